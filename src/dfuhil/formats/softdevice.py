@@ -114,8 +114,9 @@ def softdevice_by_fwid(fwid: int) -> SoftDevice | None:
 def build_info_struct(sd: SoftDevice) -> bytes:
     """The 0x18-byte information structure a real SoftDevice carries at 0x3000."""
     head = bytes([SD_INFO_STRUCT_SIZE, 0xFF, 0xFF, 0xFF])
-    return head + struct.pack("<IIHHII", SD_MAGIC, sd.flash_size, sd.fwid, 0xFFFF, sd.family_id,
-                              sd.version_word)
+    return head + struct.pack(
+        "<IIHHII", SD_MAGIC, sd.flash_size, sd.fwid, 0xFFFF, sd.family_id, sd.version_word
+    )
 
 
 class MemoryReader(Protocol):

@@ -53,7 +53,9 @@ class Behaviour:
             separators=(",", ":"),
         ).encode()
         if len(payload) > MAX_PAYLOAD:
-            raise ValueError(f"behaviour descriptor payload is {len(payload)} bytes, max {MAX_PAYLOAD}")
+            raise ValueError(
+                f"behaviour descriptor payload is {len(payload)} bytes, max {MAX_PAYLOAD}"
+            )
         return HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), zlib.crc32(payload)) + payload
 
 

@@ -1,0 +1,134 @@
+"""``dfuhil boards check|list``: look at a farm file before a night of runs depends on it.
+
+``check`` is what CI and a lab engineer run after editing boards.yaml: every problem, one per
+line, in the ``FILE:LINE: field: message`` form editors jump to. ``list`` shows what the file
+resolves to (defaults filled in, virtual serial numbers assigned), as a table or as JSON for
+scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from dfuhil.errors import InputError
+from dfuhil.farm.loader import load_farm
+from dfuhil.farm.model import BoardSpec
+
+DEFAULT_FILE = "boards.yaml"
+COLUMNS = ("name", "chip", "board type", "roles", "probe", "serial port")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``boards check [FILE]`` and ``boards list [--json] [FILE]``."""
+    boards = subparsers.add_parser("boards", help="check or list the boards of a farm file")
+    verbs = boards.add_subparsers(dest="boards_command", metavar="VERB", required=True)
+    check = verbs.add_parser(
+        "check", help="report every problem of the file (and missing firmware files)"
+    )
+    _file_argument(check)
+    check.set_defaults(func=check_command)
+    listing = verbs.add_parser("list", help="show the boards as the file resolves them")
+    listing.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    _file_argument(listing)
+    listing.set_defaults(func=list_command)
+
+
+def _file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file",
+        nargs="?",
+        default=DEFAULT_FILE,
+        metavar="FILE",
+        help=f"the farm description (default: {DEFAULT_FILE})",
+    )
+
+
+def check_command(args: argparse.Namespace) -> int:
+    """Print ``FILE: N boards OK`` or every problem; exit 2 on problems."""
+    try:
+        farm = load_farm(args.file, check_files=True)
+    except InputError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return InputError.exit_code
+    count = len(farm.boards)
+    print(f"{args.file}: {count} board{'s' if count != 1 else ''} OK")
+    return 0
+
+
+def list_command(args: argparse.Namespace) -> int:
+    """Print the boards as a table (rich on a terminal, plain text otherwise) or as JSON."""
+    farm = load_farm(args.file)
+    if args.json:
+        print(json.dumps([board_json(b) for b in farm.boards], indent=2))
+    elif sys.stdout.isatty():
+        _print_rich([table_row(b) for b in farm.boards])
+    else:
+        print(plain_table([table_row(b) for b in farm.boards]))
+    return 0
+
+
+def table_row(board: BoardSpec) -> tuple[str, ...]:
+    """One board as the table's cells, in COLUMNS order."""
+    return (
+        board.name,
+        board.chip.name,
+        board.board_type.pca if board.board_type else "-",
+        ", ".join(board.roles) or "-",
+        str(board.probe),
+        board.serial.port,
+    )
+
+
+def board_json(board: BoardSpec) -> dict[str, Any]:
+    """A board for scripts: resolved values, absolute firmware paths."""
+    firmware = board.firmware
+    return {
+        "name": board.name,
+        "chip": board.chip.name,
+        "board_type": board.board_type.pca if board.board_type else None,
+        "roles": list(board.roles),
+        "probe": {
+            "backend": board.probe.backend,
+            "snr": board.probe.snr,
+            "ip": board.probe.ip,
+            "speed_khz": board.probe.speed_khz,
+        },
+        "serial": {
+            "port": board.serial.port,
+            "baud": board.serial.baud,
+            "rtscts": board.serial.rtscts,
+        },
+        "leds": {"pins": list(board.leds.pins), "active_low": board.leds.active_low},
+        "firmware": None
+        if firmware is None
+        else {
+            "name": firmware.name,
+            "images": {
+                i.role: {"file": str(i.file), "banner": i.banner} for i in firmware.images()
+            },
+        },
+        "flash_layout": board.layout.name,
+        "line": board.line,
+    }
+
+
+def plain_table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns separated by two spaces; stable for grep and diff."""
+    table = [COLUMNS, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _print_rich(rows: list[tuple[str, ...]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*COLUMNS)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)

@@ -1,0 +1,66 @@
+"""Where the boards of a farm are right now: probes and serial ports, real or virtual.
+
+The farm file says what a board is; the rig adds where it is reachable this run (a J-Link on USB
+or over IP, or a board of a running virtual farm). Nothing above this layer asks which it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dfuhil.errors import InfrastructureError
+from dfuhil.farm.model import BoardSpec, Farm
+from dfuhil.links.console import Console
+from dfuhil.links.probe import Probe, ProbeTarget, jlink_factory, virtual_factory
+from dfuhil.sim.state import SimState
+
+
+class Rig:
+    def __init__(self, farm: Farm, sim: SimState | None = None) -> None:
+        self.farm = farm
+        self.sim = sim
+
+    def _virtual(self, board: BoardSpec) -> SimState:
+        if self.sim is None:
+            raise InfrastructureError(
+                "the board is virtual but no virtual farm is running",
+                f"start one: dfuhil sim serve --boards {self.farm.path} (pytest starts its own)",
+                board=board.name,
+            )
+        return self.sim
+
+    def time_scale(self, board: BoardSpec) -> float:
+        return self._virtual(board).time_scale if board.is_virtual else 1.0
+
+    def probe(self, board: BoardSpec) -> Probe:
+        """An unopened probe session for the board (``with rig.probe(b) as probe: ...``)."""
+        if board.is_virtual:
+            state = self._virtual(board).board(board.name)
+            target = ProbeTarget(board=board.name, chip=board.chip, snr=state.snr)
+            return Probe(target, virtual_factory(state.endpoint), time_scale=self.time_scale(board))
+        target = ProbeTarget(
+            board=board.name,
+            chip=board.chip,
+            snr=board.probe.snr,
+            ip=board.probe.ip,
+            speed_khz=board.probe.speed_khz,
+        )
+        return Probe(target, jlink_factory)
+
+    def serial_url(self, board: BoardSpec) -> str:
+        if board.serial.is_virtual:
+            return self._virtual(board).board(board.name).serial
+        return board.serial.port
+
+    def console(
+        self, board: BoardSpec, log_dir: Path | None = None, *, open_timeout: float = 0.0
+    ) -> Console:
+        """An unopened console; its full log goes to ``log_dir/<board>.log``."""
+        return Console(
+            self.serial_url(board),
+            baud=board.serial.baud,
+            rtscts=board.serial.rtscts,
+            log_path=log_dir / f"{board.name}.log" if log_dir is not None else None,
+            name=board.name,
+            open_timeout=open_timeout,
+        )

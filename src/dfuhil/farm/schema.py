@@ -1,0 +1,264 @@
+"""Pydantic models of boards.yaml exactly as written, before any cross-reference is resolved.
+
+These models only check what one value can tell on its own (types, ranges, spellings); whatever
+needs the chip catalogue or another part of the file (page alignment, references, duplicates) is
+the loader's job, because only there can the message name both places. Unknown keys are refused
+everywhere: a misspelt ``flow_contol`` silently ignored would cost a night of failed runs.
+
+Validation is strict (no ``"123"`` -> 123 coercion) except that region ``start``/``size`` also
+take strings such as ``"0x26000"``, the form people copy from linker scripts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
+
+SUPPORTED_VERSION = 1
+
+# Rates the nRF5 UART(E) BAUDRATE register supports, which is what a DK's VCOM can carry.
+STANDARD_BAUDS: tuple[int, ...] = (
+    1200,
+    2400,
+    4800,
+    9600,
+    14400,
+    19200,
+    28800,
+    31250,
+    38400,
+    56000,
+    57600,
+    76800,
+    115200,
+    230400,
+    250000,
+    460800,
+    921600,
+    1000000,
+)
+
+VIRTUAL_PORT = "virtual"
+BOARD_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_PORT_URL_RE = re.compile(r"^(?:rfc2217|socket)://(?P<host>[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+_HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+# Tags of the "name or inline mapping" unions; the loader drops them from error locations.
+TAG_REF = "@ref"
+TAG_INLINE = "@inline"
+UNION_TAGS = frozenset({TAG_REF, TAG_INLINE})
+
+
+def _parse_int(value: Any) -> Any:
+    """Accept ``"0x26000"``/``"4096"`` strings for addresses; leave everything else to pydantic."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 0)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a number; write an integer such as 0x26000 or '0x26000'"
+            ) from None
+    return value
+
+
+Address = Annotated[int, BeforeValidator(_parse_int), Field(ge=0)]
+Size = Annotated[int, BeforeValidator(_parse_int), Field(gt=0)]
+
+
+def _ref_or_inline(value: Any) -> str | None:
+    """Discriminate a reference by name from an inline mapping, so errors come from one branch."""
+    if isinstance(value, str):
+        return TAG_REF
+    if isinstance(value, dict):
+        return TAG_INLINE
+    return None
+
+
+def is_valid_host(host: str) -> bool:
+    """A dotted IPv4 address or an RFC 1123 host name (what a networked J-Link answers on)."""
+    labels = host.split(".")
+    if all(label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    return len(host) <= 253 and all(_HOST_LABEL_RE.match(label) for label in labels)
+
+
+class _Strict(BaseModel):
+    """Every model refuses unknown keys and silent type coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class VirtualFarmSchema(_Strict):
+    """Settings of the virtual farm process."""
+
+    time_scale: float = Field(default=1.0, gt=0, le=10)
+
+
+class RegionSchema(_Strict):
+    """One named flash region, in bytes."""
+
+    start: Address
+    size: Size
+
+
+class FlashLayoutSchema(_Strict):
+    """How one chip's flash is carved up; region names are free, later code looks some up."""
+
+    chip: str
+    regions: dict[str, RegionSchema] = Field(min_length=1)
+
+
+class ImageSchema(_Strict):
+    """One image of a firmware set; ``banner`` is what the console must print after boot."""
+
+    file: str = Field(min_length=1)
+    banner: str | None = None
+
+    @field_validator("banner")
+    @classmethod
+    def _banner_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid Python regex ({exc})") from None
+        return value
+
+
+class FirmwareSetSchema(_Strict):
+    """The images a board is provisioned with; every one optional."""
+
+    chip: str
+    softdevice: ImageSchema | None = None
+    bootloader: ImageSchema | None = None
+    application: ImageSchema | None = None
+    device_page: ImageSchema | None = None
+
+
+class ProbeSchema(_Strict):
+    """The debug probe: a J-Link (optionally networked) or a virtual farm probe."""
+
+    backend: Literal["jlink", "virtual"]
+    snr: int | None = Field(default=None, ge=1, le=2**32 - 1)
+    ip: str | None = None
+    speed_khz: int = Field(default=2000, ge=1, le=50000)
+
+    @field_validator("ip")
+    @classmethod
+    def _ip_is_host(cls, value: str | None) -> str | None:
+        if value is not None and not is_valid_host(value):
+            raise ValueError(f"{value!r} is neither an IPv4 address nor a host name")
+        return value
+
+
+class SerialSchema(_Strict):
+    """The board's console UART as the test host reaches it."""
+
+    port: str
+    baud: int = 115200
+    flow_control: Literal["none", "rtscts"] = "none"
+
+    @field_validator("port")
+    @classmethod
+    def _port_form(cls, value: str) -> str:
+        if value == VIRTUAL_PORT or (value.startswith("/dev/") and len(value) > 5):
+            return value
+        match = _PORT_URL_RE.match(value)
+        if match and 1 <= int(match["port"]) <= 65535:
+            return value
+        raise ValueError(
+            f"{value!r} is not a port; use 'virtual', a device path (/dev/ttyACM0, "
+            "/dev/serial/by-id/...), rfc2217://host:port or socket://host:port"
+        )
+
+    @field_validator("baud")
+    @classmethod
+    def _standard_baud(cls, value: int) -> int:
+        if value not in STANDARD_BAUDS:
+            rates = ", ".join(str(b) for b in STANDARD_BAUDS)
+            raise ValueError(f"{value} is not a standard baud rate; use one of {rates}")
+        return value
+
+
+class LedSchema(_Strict):
+    """LED pins as flat GPIO numbers (P1.03 = 35); ``pins`` defaults to the board type's."""
+
+    pins: list[int] | None = None
+    active_low: bool = True
+
+
+FirmwareField = Annotated[
+    Annotated[str, Tag(TAG_REF)] | Annotated[FirmwareSetSchema, Tag(TAG_INLINE)],
+    Discriminator(
+        _ref_or_inline,
+        custom_error_type="ref_or_mapping",
+        custom_error_message="expected the name of a firmware set or an inline mapping",
+    ),
+]
+LayoutField = Annotated[
+    Annotated[str, Tag(TAG_REF)] | Annotated[FlashLayoutSchema, Tag(TAG_INLINE)],
+    Discriminator(
+        _ref_or_inline,
+        custom_error_type="ref_or_mapping",
+        custom_error_message="expected the name of a flash layout or an inline mapping",
+    ),
+]
+
+
+class BoardSchema(_Strict):
+    """One board of the farm as written."""
+
+    name: str
+    chip: str
+    board_type: str | None = None
+    probe: ProbeSchema
+    serial: SerialSchema | None = None
+    leds: LedSchema | None = None
+    roles: list[str] = Field(default_factory=list)
+    firmware: FirmwareField | None = None
+    flash_layout: LayoutField
+
+    @field_validator("name")
+    @classmethod
+    def _name_form(cls, value: str) -> str:
+        if not BOARD_NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a board name; use only letters, digits, '_', '.' and '-' "
+                "(names become pytest ids and file names)"
+            )
+        return value
+
+
+class FarmSchema(_Strict):
+    """The whole file. The loader validates the sections' items one by one (see loader.py)."""
+
+    version: int
+    virtual_farm: VirtualFarmSchema = Field(default_factory=VirtualFarmSchema)
+    flash_layouts: dict[str, FlashLayoutSchema] = Field(default_factory=dict)
+    firmware_sets: dict[str, FirmwareSetSchema] = Field(default_factory=dict)
+    boards: list[BoardSchema]
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SUPPORTED_VERSION:
+            raise ValueError(
+                f"unsupported version {value}; this dfuhil reads version {SUPPORTED_VERSION} "
+                "(see boards.lab.example.yaml)"
+            )
+        return value

@@ -1,0 +1,580 @@
+"""The per-board serial console: what the device printed, kept, searchable and logged.
+
+A test opens the console *before* it resets the board, so a background thread is already
+collecting when the first boot line arrives; ``expect()`` then searches that collected text
+from a cursor, the way pytest-embedded's ``dut.expect()`` does. Every line also goes to a
+timestamped log file, because the log is what a QA engineer reads when a nightly run fails.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO, TypeAlias
+
+import serial
+
+from dfuhil.errors import InfrastructureError
+
+__all__ = ["Console", "ExpectTimeout", "UnexpectedOutput", "follow"]
+
+# How often a waiting open() retries while a USB CDC port re-enumerates after a reset.
+_OPEN_RETRY_S = 0.1
+# Serial read timeout: bounds how long close() waits for the reader thread.
+_READ_TIMEOUT_S = 0.05
+_TAIL_LINES = 40
+
+Pattern: TypeAlias = str | re.Pattern[str]
+
+
+class ExpectTimeout(AssertionError):
+    """Product failure: the device did not print what the test waited for in time."""
+
+
+class UnexpectedOutput(AssertionError):
+    """Product failure: the device printed something the test said must not appear."""
+
+
+def _timestamp() -> str:
+    """Local wall-clock time, millisecond resolution, the prefix of every log line."""
+    now = datetime.now()
+    return now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}"
+
+
+def _compile(pattern: Pattern) -> re.Pattern[str]:
+    """Console patterns are line oriented: ``^`` and ``$`` match at every line."""
+    if isinstance(pattern, re.Pattern):
+        return re.compile(pattern.pattern, pattern.flags | re.MULTILINE)
+    return re.compile(pattern, re.MULTILINE)
+
+
+def _line_around(text: str, start: int, end: int) -> str:
+    """The whole line(s) containing ``text[start:end]``, for an error message."""
+    first = text.rfind("\n", 0, start) + 1
+    last = text.find("\n", max(end - 1, start))
+    return text[first : last if last >= 0 else len(text)]
+
+
+def _open_failure(url: str, exc: BaseException, waited: float) -> tuple[str, str]:
+    """Turn a pyserial/OS error into (message, remedy) a person at the rig can act on."""
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int):
+        context = exc.__context__
+        code = context.errno if isinstance(context, OSError) else None
+    reason = str(exc)
+    if isinstance(code, int) and code:
+        reason = errno.errorcode.get(code, str(code)) + ": " + os.strerror(code)
+    after = f" after retrying for {waited:.1f} s" if waited > 0 else ""
+    path = url.split("://", 1)[-1]
+    if isinstance(exc, ValueError):
+        return (
+            f"serial port {url!r} is not a valid port or URL ({exc})",
+            "fix the port in boards.yaml: a device path such as /dev/serial/by-id/usb-SEGGER_J-"
+            "Link_000682000000-if00, or a URL such as rfc2217://host:port or socket://host:port",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return (
+            f"permission denied opening serial port {url}{after} ({reason})",
+            "add your user to the dialout group: `sudo usermod -aG dialout $USER`, "
+            "then log out and in again",
+        )
+    if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in str(exc).lower():
+        return (
+            f"serial port {url} is busy: another process holds it{after} ({reason})",
+            f"find the holder with `fuser {path}` (or `lsof {path}`) and stop it; a DFU/SMP tool "
+            "that needs the port must run inside `console.released()`",
+        )
+    if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+        return (
+            f"serial port {url} not found{after} ({reason})",
+            "check the USB cable and that the board is powered; check the /dev/serial/by-id/... "
+            "path in boards.yaml against `ls /dev/serial/by-id/`; for a virtual board, is "
+            "`dfuhil sim serve` running?",
+        )
+    if url.startswith(("socket://", "rfc2217://")):
+        return (
+            f"serial server {url} is not reachable{after} ({exc})",
+            "for a virtual board, is `dfuhil sim serve` running? for a remote rig, is the "
+            "RFC 2217 server (e.g. ser2net) up and are host and port in boards.yaml right?",
+        )
+    return (
+        f"cannot open serial port {url}{after} ({exc})",
+        "check the USB cable, the port in boards.yaml and `dmesg | tail` for USB errors",
+    )
+
+
+class Console:
+    """One board's serial console: a background reader, an expect cursor and a log file."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        baud: int = 115200,
+        rtscts: bool = False,
+        log_path: Path | None = None,
+        name: str = "",
+        open_timeout: float = 0.0,
+    ) -> None:
+        self._url = url
+        self._baud = baud
+        self._rtscts = rtscts
+        self._log_path = Path(log_path) if log_path is not None else None
+        self._name = name
+        self._open_timeout = open_timeout
+
+        self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._port: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._started = False
+
+        self._text = ""
+        self._cursor = 0
+        self._received = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending_cr = False
+        self._lost: str | None = None
+
+        self._log: TextIO | None = None
+        self._log_partial = ""
+        self._log_partial_ts = ""
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._log_path
+
+    @property
+    def name(self) -> str:
+        """The board name, or the port when the console was not given one."""
+        return self._name or self._url
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def is_open(self) -> bool:
+        """True while the port is held and alive (False inside ``released()``)."""
+        with self._cond:
+            return self._port is not None and self._lost is None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the port and start collecting at once, so early boot lines are kept."""
+        with self._cond:
+            if self._port is not None and self._lost is None:
+                return
+        self._detach()  # a port that vanished is reopened from scratch
+        with self._cond:
+            self._close_log()
+            self._text = ""
+            self._cursor = 0
+            self._received = 0
+            self._started = True
+            self._open_log()
+            self._log_marker(f"--- opened {self._url} at {self._baud} baud ---")
+        try:
+            self._attach(self._open_timeout)
+        except InfrastructureError as exc:
+            with self._cond:
+                self._log_marker(f"--- could not open: {str(exc).splitlines()[0]} ---")
+                self._close_log()
+            raise
+
+    def close(self) -> None:
+        """Stop the reader, release the port, finish the log. Safe to call twice."""
+        self._detach()
+        with self._cond:
+            self._flush_decoder()
+            if self._log is not None:
+                self._flush_partial()
+                self._log_marker("--- closed ---")
+            self._close_log()
+
+    def __enter__(self) -> Console:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def released(self, reopen_timeout: float | None = None) -> Iterator[None]:
+        """Lend the port to another tool (nrfutil DFU, an SMP client), then take it back.
+
+        The reopen retries for ``reopen_timeout`` (default: ``open_timeout``) because a
+        DFU usually resets the board and its USB CDC port re-enumerates.
+        """
+        with self._cond:
+            if self._port is None:
+                raise RuntimeError(f"console {self.name} is not open; nothing to release")
+        self._detach()
+        with self._cond:
+            self._flush_decoder()
+            self._flush_partial()
+            self._log_marker("--- port released to another tool ---")
+        timeout = self._open_timeout if reopen_timeout is None else reopen_timeout
+        try:
+            yield
+        except BaseException as exc:
+            try:
+                self._reclaim(timeout)
+            except InfrastructureError as reopen_error:
+                exc.add_note(str(reopen_error))
+            raise
+        self._reclaim(timeout)
+
+    def _reclaim(self, timeout: float) -> None:
+        try:
+            self._attach(timeout)
+        except InfrastructureError as exc:
+            with self._cond:
+                self._log_marker(f"--- port could not be reclaimed: {str(exc).splitlines()[0]}")
+            raise
+        with self._cond:
+            self._log_marker("--- port reclaimed ---")
+
+    def _attach(self, timeout: float) -> None:
+        """Open the port (retrying until ``timeout``) and start a reader thread on it."""
+        port = self._open_port(timeout)
+        # Whatever waited in the port's buffer predates us (an earlier boot): a stale banner
+        # must never satisfy an expect() of this run.
+        with suppress(serial.SerialException, OSError, AttributeError):
+            port.reset_input_buffer()
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._reader, args=(port, stop), name=f"console-{self.name}", daemon=True
+        )
+        with self._cond:
+            self._port = port
+            self._stop = stop
+            self._thread = thread
+            self._lost = None
+            self._decoder.reset()
+            self._pending_cr = False
+        thread.start()
+
+    def _detach(self) -> None:
+        """Stop and join the reader, then close the port; the collected text stays."""
+        with self._cond:
+            port, thread, stop = self._port, self._thread, self._stop
+            self._port = None
+            self._thread = None
+        if port is None:
+            return
+        stop.set()
+        cancel = getattr(port, "cancel_read", None)
+        if cancel is not None:
+            with suppress(serial.SerialException, OSError, ValueError):
+                cancel()  # wakes the reader now instead of after its read timeout
+        if thread is not None:
+            thread.join(timeout=5.0)
+        with suppress(serial.SerialException, OSError):
+            port.close()  # a vanished port may fail to close; nothing useful to report
+        with self._cond:
+            self._cond.notify_all()
+
+    def _open_port(self, timeout: float) -> Any:
+        """``serial_for_url`` with retries; every failure becomes an InfrastructureError."""
+        kwargs: dict[str, Any] = {
+            "baudrate": self._baud,
+            "rtscts": self._rtscts,
+            "timeout": _READ_TIMEOUT_S,
+            "do_not_open": False,
+        }
+        if "://" not in self._url:
+            # A local device is locked so two processes never split one board's output.
+            kwargs["exclusive"] = True
+        start = time.monotonic()
+        while True:
+            try:
+                return serial.serial_for_url(self._url, **kwargs)
+            except ValueError as exc:
+                last: BaseException = exc
+                break  # a malformed URL will not fix itself
+            except (serial.SerialException, OSError) as exc:
+                last = exc
+            waited = time.monotonic() - start
+            if waited >= timeout:
+                break
+            time.sleep(min(_OPEN_RETRY_S, timeout - waited))
+        message, remedy = _open_failure(self._url, last, time.monotonic() - start)
+        raise InfrastructureError(message, remedy, board=self._name or None) from None
+
+    # -- the reader thread -----------------------------------------------------------------
+
+    def _reader(self, port: Any, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    data: bytes = port.read(1)
+                    if data:
+                        waiting = port.in_waiting
+                        if waiting:
+                            data += port.read(waiting)
+                except (serial.SerialException, OSError) as exc:
+                    if not stop.is_set():
+                        self._mark_lost(f"{type(exc).__name__}: {exc}")
+                    return
+                if data:
+                    self._feed(data, _timestamp())
+        except Exception as exc:  # a bug here must surface, never turn into a silent timeout
+            self._mark_lost(f"console reader crashed: {type(exc).__name__}: {exc}")
+
+    def _mark_lost(self, detail: str) -> None:
+        with self._cond:
+            self._lost = detail
+            self._flush_partial()
+            self._log_marker(f"--- port lost: {detail} ---")
+            self._cond.notify_all()
+
+    def _feed(self, data: bytes, ts: str) -> None:
+        with self._cond:
+            self._received += len(data)
+            self._append(self._decoder.decode(data), ts)
+
+    def _flush_decoder(self) -> None:
+        """Emit what an unfinished UTF-8 sequence left behind (as U+FFFD)."""
+        with self._cond:
+            self._append(self._decoder.decode(b"", final=True), _timestamp())
+            self._decoder.reset()
+
+    def _append(self, text: str, ts: str) -> None:
+        """Normalise CR LF and lone CR to LF across chunk borders, store, log, wake waiters."""
+        if not text:
+            return
+        if self._pending_cr and text.startswith("\n"):
+            text = text[1:]
+        self._pending_cr = text.endswith("\r")
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if not text:
+            return
+        self._text += text
+        self._log_device(text, ts)
+        self._cond.notify_all()
+
+    # -- log file --------------------------------------------------------------------------
+
+    def _open_log(self) -> None:
+        if self._log_path is None or self._log is not None:
+            return
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Append: several consoles (one per test) may share a board's log in one session.
+        self._log = self._log_path.open("a", encoding="utf-8", newline="\n")
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _log_line(self, ts: str, line: str) -> None:
+        if self._log is not None:
+            self._log.write(f"[{ts}] {line}\n")
+            self._log.flush()
+
+    def _log_marker(self, marker: str) -> None:
+        self._log_line(_timestamp(), marker)
+
+    def _log_device(self, text: str, ts: str) -> None:
+        """Write complete lines, stamped with the time their first byte arrived."""
+        if self._log is None:
+            return
+        *complete, partial = (self._log_partial + text).split("\n")
+        first_ts = self._log_partial_ts or ts
+        for i, line in enumerate(complete):
+            self._log_line(first_ts if i == 0 else ts, line)
+        if complete:
+            self._log_partial_ts = ts if partial else ""
+        else:
+            self._log_partial_ts = first_ts
+        self._log_partial = partial
+
+    def _flush_partial(self) -> None:
+        if self._log_partial:
+            self._log_line(self._log_partial_ts or _timestamp(), self._log_partial)
+        self._log_partial = ""
+        self._log_partial_ts = ""
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def text(self) -> str:
+        """Everything received since ``open()``, with line endings normalised to LF."""
+        with self._cond:
+            return self._text
+
+    def unread(self) -> str:
+        """The text after the expect cursor."""
+        with self._cond:
+            return self._text[self._cursor :]
+
+    def skip_to_end(self) -> None:
+        """Forget unread output, so the next expect only sees what arrives from now on."""
+        with self._cond:
+            self._cursor = len(self._text)
+
+    def expect(
+        self,
+        pattern: Pattern,
+        timeout: float = 10.0,
+        *,
+        not_matching: Sequence[Pattern] = (),
+    ) -> re.Match[str]:
+        """Wait until ``pattern`` appears in the unread text; advance the cursor past it.
+
+        The match is made against the unread text (``match.string``), multi-line mode. A
+        pattern that ends in a number may match while digits are still arriving: end it with
+        ``\\n`` when that matters. ``not_matching`` patterns seen before the wanted match (or
+        while waiting) raise UnexpectedOutput at once instead of waiting out the timeout.
+        """
+        wanted = _compile(pattern)
+        forbidden = [_compile(p) for p in not_matching]
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if not self._started:
+                raise RuntimeError(
+                    f"console {self.name} was never opened; call open() or use `with Console(...)`"
+                )
+            seen = -1
+            while True:
+                if len(self._text) != seen:
+                    seen = len(self._text)
+                    unread = self._text[self._cursor :]
+                    match = wanted.search(unread)
+                    self._check_forbidden(unread, forbidden, match)
+                    if match is not None:
+                        self._cursor += match.end()
+                        return match
+                if self._lost is not None:
+                    raise self._vanished_error()
+                if self._port is None:
+                    raise RuntimeError(
+                        f"console {self.name} is closed (or lent out by released()); "
+                        f"no more output can arrive while waiting for {wanted.pattern!r}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ExpectTimeout(self._timeout_message(wanted.pattern, timeout))
+                self._cond.wait(remaining)
+
+    def expect_exact(self, text: str, timeout: float = 10.0) -> str:
+        """Wait for a literal string (no regex escaping needed); returns it."""
+        return self.expect(re.escape(text), timeout).group(0)
+
+    def _check_forbidden(
+        self, unread: str, forbidden: Sequence[re.Pattern[str]], match: re.Match[str] | None
+    ) -> None:
+        hits = [(m, p) for p in forbidden if (m := p.search(unread)) is not None]
+        hits = [(m, p) for m, p in hits if match is None or m.start() < match.end()]
+        if not hits:
+            return
+        bad, pat = min(hits, key=lambda hit: hit[0].start())
+        self._cursor += bad.end()
+        raise UnexpectedOutput(
+            f"console {self.name}: forbidden pattern '{pat.pattern}' appeared in:\n"
+            f"  {_line_around(unread, bad.start(), bad.end())}\n"
+            f"{self._log_hint()}"
+        )
+
+    def _timeout_message(self, pattern: str, timeout: float) -> str:
+        head = f"console {self.name}: no match for '{pattern}' within {timeout:.1f} s"
+        if self._received == 0:
+            return (
+                f"{head}: nothing was received (is the board powered, "
+                f"is the baud rate {self._baud} right?)\n{self._log_hint()}"
+            )
+        unread = self._text[self._cursor :]
+        if not unread:
+            body = "--- unread output: none (everything received was consumed by earlier expects)"
+            return f"{head}\n{body} ---\n{self._log_hint()}"
+        tail = unread.rstrip("\n").split("\n")[-_TAIL_LINES:]
+        return (
+            f"{head}\n--- unread output (last {_TAIL_LINES} lines) ---\n"
+            + "\n".join(tail)
+            + f"\n{self._log_hint()}"
+        )
+
+    def _log_hint(self) -> str:
+        if self._log_path is None:
+            return "--- no log file (log_path not set) ---"
+        return f"--- full log: {self._log_path} ---"
+
+    def _vanished_error(self) -> InfrastructureError:
+        return InfrastructureError(
+            f"serial port {self._url} vanished ({self._lost})",
+            "check the USB cable and hub power; if the board's USB port re-enumerates on reset, "
+            "open the console with open_timeout=...; if another tool used the port, run it "
+            "inside console.released()",
+            board=self._name or None,
+        )
+
+    def _wait_text(self, pos: int, timeout: float) -> tuple[str, int]:
+        """Text after ``pos`` once there is some (or ``timeout`` passed); for follow()."""
+        with self._cond:
+            if len(self._text) <= pos and self._lost is None and self._port is not None:
+                self._cond.wait(timeout)
+            if len(self._text) <= pos and self._lost is not None:
+                raise self._vanished_error()
+            return self._text[pos:], len(self._text)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the device; the log shows them as ``>>`` lines."""
+        with self._cond:
+            port = self._port
+            if port is None:
+                raise RuntimeError(f"console {self.name} is not open; cannot write")
+            if self._lost is not None:
+                raise self._vanished_error()
+            shown = data.decode("utf-8", errors="backslashreplace")
+            for line in shown.replace("\r\n", "\n").rstrip("\n").split("\n"):
+                self._log_line(_timestamp(), f">> {line}")
+        try:
+            with self._write_lock:
+                port.write(data)
+                port.flush()
+        except (serial.SerialException, OSError) as exc:
+            self._mark_lost(f"write failed: {type(exc).__name__}: {exc}")
+            raise self._vanished_error() from None
+
+    def writeline(self, line: str) -> None:
+        """Send one shell command line, terminated the way nRF shells expect (CR LF)."""
+        self.write((line + "\r\n").encode("utf-8"))
+
+
+def follow(console: Console, out: TextIO, stop: threading.Event | None = None) -> None:
+    """Copy console output to ``out`` as it arrives until Ctrl-C or ``stop`` is set.
+
+    Starts at the expect cursor, so lines printed before the call are shown too; prompts
+    without a newline appear at once because output is copied chunk by chunk.
+    """
+    pos = len(console.text()) - len(console.unread())
+    try:
+        while stop is None or not stop.is_set():
+            chunk, pos = console._wait_text(pos, 0.1)
+            if chunk:
+                out.write(chunk)
+                out.flush()
+            elif not console.is_open:
+                return
+    except KeyboardInterrupt:
+        return

@@ -1,0 +1,45 @@
+"""``dfuhil sim serve``: run the virtual farm described by a boards file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dfuhil.farm.loader import load_farm
+from dfuhil.sim.state import DEFAULT_STATE_FILE
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = subparsers.add_parser("sim", help="the virtual farm")
+    commands = sim.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve", help="host every virtual board of the boards file until SIGINT/SIGTERM"
+    )
+    serve.add_argument("--boards", type=Path, default=Path("boards.yaml"), metavar="FILE")
+    serve.add_argument(
+        "--state-file",
+        type=Path,
+        default=DEFAULT_STATE_FILE,
+        metavar="STATE.json",
+        help=f"where to publish ptys and probe endpoints (default: {DEFAULT_STATE_FILE})",
+    )
+    serve.add_argument(
+        "--time-scale",
+        type=float,
+        default=None,
+        help="wall seconds per device second (overrides virtual_farm.time_scale)",
+    )
+    serve.add_argument(
+        "--log-dir", type=Path, default=None, help="write one <board>.sim.log per board here"
+    )
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from dfuhil.sim.server import serve
+
+    farm = load_farm(args.boards)
+    if not farm.virtual_boards():
+        print(f"{args.boards}: no board has `probe: {{backend: virtual}}`; nothing to serve")
+        return 2
+    return serve(farm, args.state_file, time_scale=args.time_scale, log_dir=args.log_dir)

@@ -1,0 +1,203 @@
+"""The virtual farm's debug port: a loopback socket standing in for SWD through a J-Link.
+
+Requests and answers are length-prefixed JSON (4-byte big-endian length), bytes as base64. One
+socket serves every virtual board of the farm, addressed by probe serial number, exactly as one
+J-Link DLL enumerates every probe on a host. The client is ``dfuhil.sim.lowlevel``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from dfuhil.sim.board import AccessFault, VirtualBoard
+from dfuhil.sim.flash import FlashFault
+
+log = logging.getLogger(__name__)
+
+LENGTH = struct.Struct(">I")
+MAX_MESSAGE = 64 * 1024 * 1024
+
+# pynrfjprog error codes the virtual port answers with (pynrfjprog.APIError.NrfjprogdllErr).
+INVALID_OPERATION = -2
+INVALID_PARAMETER = -3
+EMULATOR_NOT_CONNECTED = -10
+NVMC_ERROR = -20
+JLINKARM_DLL_ERROR = -102
+
+
+class PortError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def encode_bytes(data: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def decode_bytes(value: dict[str, str]) -> bytes:
+    return base64.b64decode(value["b64"])
+
+
+def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    sock.sendall(LENGTH.pack(len(payload)) + payload)
+
+
+def recv_message(sock: socket.socket) -> dict[str, Any] | None:
+    head = _recv_exact(sock, LENGTH.size)
+    if head is None:
+        return None
+    (length,) = LENGTH.unpack(head)
+    if length > MAX_MESSAGE:
+        raise PortError(INVALID_PARAMETER, f"debug port message of {length} bytes is too large")
+    body = _recv_exact(sock, length)
+    if body is None:
+        return None
+    message: dict[str, Any] = json.loads(body)
+    return message
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            return None
+        chunks += chunk
+    return bytes(chunks)
+
+
+Handler = Callable[[VirtualBoard, dict[str, Any]], Any]
+
+
+def _read(board: VirtualBoard, a: dict[str, Any]) -> Any:
+    return encode_bytes(board.read(int(a["address"]), int(a["length"])))
+
+
+def _write(board: VirtualBoard, a: dict[str, Any]) -> Any:
+    board.write(int(a["address"]), decode_bytes(a["data"]), bool(a["control"]))
+
+
+def _reset(halt: bool, reason: str) -> Handler:
+    def handler(board: VirtualBoard, _a: dict[str, Any]) -> Any:
+        board.cpu.reset(halt=halt, reason=reason)
+
+    return handler
+
+
+HANDLERS: dict[str, Handler] = {
+    "read": _read,
+    "write": _write,
+    "erase_all": lambda b, a: b.erase_all(),
+    "erase_page": lambda b, a: b.erase_page(int(a["address"])),
+    "erase_uicr": lambda b, a: b.erase_uicr(),
+    # A debugger's system reset leaves the core halted until go(); a pin reset just runs.
+    "sys_reset": _reset(True, "system reset by debugger"),
+    "debug_reset": _reset(False, "debug reset"),
+    "hard_reset": _reset(False, "hard reset"),
+    "pin_reset": _reset(False, "pin reset"),
+    "halt": lambda b, a: b.cpu.halt(),
+    "go": lambda b, a: b.cpu.go(),
+    "is_halted": lambda b, a: b.cpu.halted,
+    "device": lambda b, a: {
+        "family": b.chip.family,
+        "device_version": b.chip.device_version,
+        "chip": b.chip.name,
+        "serial": b.uart.path,
+    },
+    "status": lambda b, a: b.status(),
+    "stats": lambda b, a: b.stats(),
+    "reset_stats": lambda b, a: b.reset_stats(),
+}
+
+
+class DebugPortServer:
+    """Serves the boards of one virtual farm on a Unix socket."""
+
+    def __init__(self, path: str, boards: dict[int, VirtualBoard], time_scale: float) -> None:
+        self.path = path
+        self.boards = boards
+        self.time_scale = time_scale
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(path)
+        self._sock.listen(16)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="debugport", daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix:{self.path}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                try:
+                    request = recv_message(conn)
+                except (OSError, ValueError, PortError):
+                    return
+                if request is None:
+                    return
+                try:
+                    send_message(conn, self._answer(request))
+                except OSError:
+                    return
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        method = str(request.get("method", ""))
+        args: dict[str, Any] = request.get("args", {})
+        try:
+            if method == "enum":
+                return {"ok": sorted(self.boards)}
+            if method == "time_scale":
+                return {"ok": self.time_scale}
+            handler = HANDLERS.get(method)
+            if handler is None:
+                raise PortError(INVALID_OPERATION, f"debug port has no method '{method}'")
+            board = self.boards.get(int(request.get("snr", -1)))
+            if board is None:
+                raise PortError(
+                    EMULATOR_NOT_CONNECTED,
+                    f"no virtual probe with serial number {request.get('snr')}",
+                )
+            return {"ok": handler(board, args)}
+        except PortError as exc:
+            return {"err": exc.code, "msg": str(exc)}
+        except FlashFault as exc:
+            return {"err": INVALID_PARAMETER, "msg": str(exc)}
+        except AccessFault as exc:
+            code = NVMC_ERROR if exc.nvmc else JLINKARM_DLL_ERROR
+            return {"err": code, "msg": str(exc)}
+        except Exception as exc:  # never kill the farm for one bad request
+            log.exception("debug port request %s failed", method)
+            return {"err": JLINKARM_DLL_ERROR, "msg": f"{type(exc).__name__}: {exc}"}

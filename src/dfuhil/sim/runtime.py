@@ -1,0 +1,307 @@
+"""The virtual CPU: decides what runs from what is in flash, and runs it as a plug-in.
+
+At every reset the runtime does what the silicon and Nordic's MBR do: start the image at 0x0 if
+it is one the virtual board can run; otherwise, if the MBR and a SoftDevice are installed (found
+by the SoftDevice information structure), continue at UICR.BOOTLOADERADDR when it is set, else at
+the end of the SoftDevice. The image found there must carry a behaviour descriptor
+(sim/descriptor.py) naming a registered :class:`Firmware` plug-in; real ARM code is reported as
+such and the CPU stays parked, as a virtual board must never pretend.
+
+Plug-ins register with :func:`behaviour` (built-ins in ``dfuhil.sim.behaviours`` and, for third
+parties, the ``dfuhil.behaviours`` entry-point group); nothing here knows any plug-in by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, NoReturn
+
+from dfuhil.formats.chips import ERASED_WORD, UICR_BOOTLOADERADDR
+from dfuhil.formats.softdevice import read_installed_softdevice
+from dfuhil.sim import descriptor
+from dfuhil.sim.clock import ResetSignal
+from dfuhil.sim.descriptor import Behaviour
+
+if TYPE_CHECKING:
+    from dfuhil.sim.board import VirtualBoard
+
+log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, type[Firmware]] = {}
+_BUILTINS = ("dfuhil.sim.behaviours",)
+_loaded = False
+
+
+def behaviour(kind: str) -> Callable[[type[Firmware]], type[Firmware]]:
+    """Class decorator: register a firmware plug-in under the descriptor's ``kind``."""
+
+    def register(cls: type[Firmware]) -> type[Firmware]:
+        _REGISTRY[kind] = cls
+        return cls
+
+    return register
+
+
+def registry() -> dict[str, type[Firmware]]:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in _BUILTINS:
+            importlib.import_module(module)
+        for ep in entry_points(group="dfuhil.behaviours"):
+            ep.load()
+    return _REGISTRY
+
+
+class Jump(BaseException):
+    """Raised by a firmware to hand the CPU to the image at ``address`` (a bootloader's jump)."""
+
+    def __init__(self, address: int) -> None:
+        super().__init__(f"jump to 0x{address:08X}")
+        self.address = address
+
+
+class Firmware(ABC):
+    """One behaviour plug-in instance: lives from a boot until the next reset or jump."""
+
+    def __init__(self, ctx: FirmwareContext) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    def run(self) -> None:
+        """The firmware's main; returning parks the CPU (idle) until the next reset."""
+
+
+@dataclass(frozen=True)
+class BootTarget:
+    address: int
+    behaviour: Behaviour | None
+    status: str  # "running <name>" or why nothing can run
+
+
+class FirmwareContext:
+    """What a plug-in may touch: the same things firmware on the chip can."""
+
+    def __init__(self, board: VirtualBoard, cancel: threading.Event, target: BootTarget) -> None:
+        self.board = board
+        self.cancel = cancel
+        self.address = target.address
+        assert target.behaviour is not None
+        self.behaviour = target.behaviour
+
+    # time
+    def now(self) -> float:
+        return self.board.clock.now()
+
+    def sleep(self, device_s: float) -> None:
+        self.checkpoint()
+        if not self.board.clock.sleep(device_s, self.cancel):
+            raise ResetSignal
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Unwind on reset; block while a debugger holds the CPU halted."""
+        self.board.cpu.wait_running(self.cancel)
+
+    # UART
+    def uart_write(self, data: bytes) -> None:
+        self.checkpoint()
+        self.board.uart.write(data)
+
+    def print(self, line: str) -> None:
+        self.uart_write(line.encode() + b"\r\n")
+
+    def uart_read(self, max_bytes: int = 4096, timeout_s: float | None = None) -> bytes:
+        self.checkpoint()
+        return self.board.uart.read(max_bytes, timeout_s, self.cancel)
+
+    # GPIO and LEDs (the board support package knows the DK's pins)
+    def led(self, index: int, lit: bool) -> None:
+        pins = self.board.led_pins
+        if 0 <= index < len(pins):
+            level = (not lit) if self.board.leds_active_low else lit
+            self.board.gpio.drive(pins[index], level)
+
+    def leds_all(self, lit: bool) -> None:
+        for i in range(len(self.board.led_pins)):
+            self.led(i, lit)
+
+    # memory and flash, as the CPU sees them
+    def read(self, address: int, length: int) -> bytes:
+        return self.board.read(address, length)
+
+    def read_u32(self, address: int) -> int:
+        return int.from_bytes(self.board.read(address, 4), "little")
+
+    def flash_write(self, address: int, data: bytes) -> None:
+        self.checkpoint()
+        self.board.nvmc_write(address, data)
+
+    def flash_erase_page(self, address: int) -> None:
+        self.checkpoint()
+        self.board.nvmc_erase_page(address)
+
+    # control flow
+    def jump(self, address: int) -> NoReturn:
+        raise Jump(address)
+
+    def system_reset(self) -> NoReturn:
+        """NVIC_SystemReset(): the CPU restarts from the boot chain."""
+        self.board.cpu.reset(halt=False, reason="firmware requested system reset")
+        raise ResetSignal
+
+    def log(self, message: str) -> None:
+        self.board.log.info("%s: %s", self.behaviour.name, message)
+
+    def park(self) -> NoReturn:
+        """Idle until the next reset (WFE forever)."""
+        while True:
+            self.sleep(3600)
+
+
+def boot_entry(board: VirtualBoard) -> int:
+    """Where the CPU starts after reset: the image at 0, or the MBR's choice."""
+    if _descriptor_at(board, 0) is not None:
+        return 0
+    sd = read_installed_softdevice(board.read)
+    if sd is not None:
+        bootloader = board.read_u32(UICR_BOOTLOADERADDR)
+        return bootloader if bootloader != ERASED_WORD else sd.size
+    return 0
+
+
+def _descriptor_at(board: VirtualBoard, address: int) -> Behaviour | None:
+    start = address + descriptor.DESCRIPTOR_OFFSET
+    if not board.chip.is_flash(start):
+        return None
+    length = min(descriptor.read_length(), board.chip.flash_size - start)
+    try:
+        return descriptor.decode(board.read(start, length))
+    except (descriptor.DescriptorError, ValueError):
+        return None
+
+
+def resolve(board: VirtualBoard, address: int) -> BootTarget:
+    """What is at ``address``, and can this virtual board run it?"""
+    if not board.chip.is_flash(address):
+        return BootTarget(address, None, f"halted: jump to 0x{address:08X}, which is not flash")
+    if board.read_u32(address) == ERASED_WORD:
+        return BootTarget(
+            address,
+            None,
+            f"halted: no firmware at 0x{address:08X} (flash erased; a real nRF5 would lock up)",
+        )
+    start = address + descriptor.DESCRIPTOR_OFFSET
+    length = min(descriptor.read_length(), board.chip.flash_size - start)
+    try:
+        found = descriptor.decode(board.read(start, length))
+    except descriptor.DescriptorError as exc:
+        return BootTarget(address, None, f"halted: image at 0x{address:08X}: {exc}")
+    if found is None:
+        return BootTarget(
+            address,
+            None,
+            f"cannot run on a virtual board: the image at 0x{address:08X} is real ARM code "
+            "(no dfuhil behaviour descriptor); use real hardware for it",
+        )
+    if found.kind not in registry():
+        known = ", ".join(sorted(registry()))
+        return BootTarget(
+            address, None, f"halted: no behaviour plug-in '{found.kind}' (known: {known})"
+        )
+    return BootTarget(address, found, f"running {found.name} {found.version} at 0x{address:08X}")
+
+
+class Cpu:
+    """Reset, halt and run; one firmware thread per boot."""
+
+    def __init__(self, board: VirtualBoard) -> None:
+        self.board = board
+        self._running = threading.Event()  # cleared = halted by a debugger
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self.status = "powered, not started"
+        self.boots = 0
+
+    @property
+    def halted(self) -> bool:
+        return not self._running.is_set()
+
+    def wait_running(self, cancel: threading.Event) -> None:
+        while not self._running.wait(0.05):
+            if cancel.is_set():
+                raise ResetSignal
+        if cancel.is_set():
+            raise ResetSignal
+
+    def halt(self) -> None:
+        self._running.clear()
+
+    def go(self) -> None:
+        self._running.set()
+
+    def reset(self, *, halt: bool, reason: str) -> None:
+        """Stop the current firmware, reset peripherals, start again from the boot chain."""
+        with self._lock:
+            self._cancel.set()
+            self.board.uart.wake()
+            old = self._thread
+            if old is not None and old is not threading.current_thread():
+                old.join(timeout=5)
+            self.board.reset_peripherals()
+            self._cancel = threading.Event()
+            if halt:
+                self._running.clear()
+            else:
+                self._running.set()
+            self.boots += 1
+            self.board.log.info("reset (%s)%s", reason, ", halted" if halt else "")
+            self._thread = threading.Thread(
+                target=self._main,
+                args=(self._cancel,),
+                name=f"{self.board.name}-cpu{self.boots}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._cancel.set()
+        self.board.uart.wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _main(self, cancel: threading.Event) -> None:
+        try:
+            self.wait_running(cancel)
+            address = boot_entry(self.board)
+            while True:
+                target = resolve(self.board, address)
+                self._set_status(target.status)
+                if target.behaviour is None:
+                    return
+                ctx = FirmwareContext(self.board, cancel, target)
+                try:
+                    if target.behaviour.banner:
+                        ctx.print(target.behaviour.banner)
+                    registry()[target.behaviour.kind](ctx).run()
+                    self._set_status(f"idle: {target.behaviour.name} returned")
+                    ctx.park()
+                except Jump as jump:
+                    address = jump.address
+        except ResetSignal:
+            return
+        except Exception:  # a plug-in bug must not take the farm down; the log says what
+            self._set_status("crashed: firmware plug-in raised (see the virtual farm log)")
+            self.board.log.error("firmware crashed:\n%s", traceback.format_exc())
+
+    def _set_status(self, status: str) -> None:
+        self.status = status
+        self.board.log.info("cpu: %s", status)

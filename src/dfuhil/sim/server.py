@@ -1,0 +1,114 @@
+"""``dfuhil sim serve``: host every virtual board of a farm in one process until told to stop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from dfuhil.farm.model import Farm
+from dfuhil.sim.board import BoardWiring, VirtualBoard
+from dfuhil.sim.clock import VirtualClock
+from dfuhil.sim.debugport import DebugPortServer
+from dfuhil.sim.state import SimState, VirtualBoardState
+
+
+def _board_logger(name: str, log_dir: Path | None) -> logging.Logger:
+    logger = logging.getLogger(f"dfuhil.sim.board.{name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_dir / f"{name}.sim.log", mode="w")
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+class VirtualFarm:
+    """The boards, their shared clock and the debug port that reaches them."""
+
+    def __init__(self, farm: Farm, *, time_scale: float | None = None, log_dir: Path | None = None):
+        self.clock = VirtualClock(time_scale if time_scale is not None else farm.time_scale)
+        self.boards: dict[str, VirtualBoard] = {}
+        for spec in farm.virtual_boards():
+            wiring = BoardWiring(
+                name=spec.name,
+                snr=spec.probe.snr,
+                chip=spec.chip,
+                baud=spec.serial.baud,
+                led_pins=spec.leds.pins,
+                leds_active_low=spec.leds.active_low,
+            )
+            self.boards[spec.name] = VirtualBoard(
+                wiring, self.clock, _board_logger(spec.name, log_dir)
+            )
+        # Unix socket paths are limited to ~100 bytes: keep the socket in a short temp dir.
+        self._sockdir = tempfile.mkdtemp(prefix="dfuhil-")
+        self.debug_port = DebugPortServer(
+            os.path.join(self._sockdir, "debug.sock"),
+            {b.snr: b for b in self.boards.values()},
+            self.clock.time_scale,
+        )
+
+    def start(self) -> None:
+        self.debug_port.start()
+        for board in self.boards.values():
+            board.power_on()
+
+    def stop(self) -> None:
+        for board in self.boards.values():
+            board.shutdown()
+        self.debug_port.close()
+        with contextlib.suppress(OSError):
+            os.rmdir(self._sockdir)
+
+    def state(self, path: Path, boards_file: Path) -> SimState:
+        return SimState(
+            path=path,
+            pid=os.getpid(),
+            time_scale=self.clock.time_scale,
+            boards_file=str(boards_file),
+            boards={
+                name: VirtualBoardState(
+                    name=name,
+                    serial=board.uart.path,
+                    snr=board.snr,
+                    endpoint=self.debug_port.endpoint,
+                )
+                for name, board in self.boards.items()
+            },
+        )
+
+
+def serve(
+    farm: Farm,
+    state_file: Path,
+    *,
+    time_scale: float | None = None,
+    log_dir: Path | None = None,
+    ready: threading.Event | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM; the state file exists exactly while the farm is up."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    virtual = VirtualFarm(farm, time_scale=time_scale, log_dir=log_dir)
+    virtual.start()
+    state = virtual.state(state_file, farm.path)
+    try:
+        state.write()
+        if ready is not None:
+            ready.set()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            state_file.unlink()
+        virtual.stop()
+    return 0

@@ -1,0 +1,132 @@
+"""A virtual board's UART: a real pseudo-terminal, paced at the configured baud rate.
+
+The host side opens the pty's slave path with pyserial exactly as it would open a J-Link VCOM.
+The board keeps its own slave descriptor open so the master never sees EIO while no host is
+attached, and sets it raw so no line discipline rewrites protocol bytes. Both directions are
+paced at 10 bits per byte (8N1) on the farm's virtual clock, so transfer benches are honest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import threading
+import tty
+from collections import deque
+
+from dfuhil.sim.clock import ResetSignal, VirtualClock
+
+BITS_PER_BYTE = 10  # start + 8 data + stop
+
+
+class PtyUart:
+    def __init__(self, clock: VirtualClock, baud: int = 115200, name: str = "uart") -> None:
+        self.clock = clock
+        self.baud = baud
+        self.name = name
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        os.set_blocking(self._master, False)
+        self.path = os.ttyname(self._slave)
+        self._rx: deque[int] = deque()
+        self._rx_cond = threading.Condition()
+        self._tx: deque[bytes] = deque()
+        self._tx_cond = threading.Condition()
+        self._stop = threading.Event()
+        self.dropped_tx = 0
+        self._threads = [
+            threading.Thread(target=self._rx_loop, name=f"{name}-rx", daemon=True),
+            threading.Thread(target=self._tx_loop, name=f"{name}-tx", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def byte_time(self) -> float:
+        """Device seconds to shift one byte."""
+        return BITS_PER_BYTE / self.baud
+
+    # --- firmware side -------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for transmission; the TX thread paces them onto the wire."""
+        if data:
+            with self._tx_cond:
+                self._tx.append(bytes(data))
+                self._tx_cond.notify()
+
+    def read(self, max_bytes: int, timeout_s: float | None, cancel: threading.Event) -> bytes:
+        """Bytes received so far (at most ``max_bytes``); waits up to ``timeout_s`` device seconds.
+
+        Raises ResetSignal when ``cancel`` is set: the CPU that was reading got reset.
+        """
+        deadline = None if timeout_s is None else self.clock.now() + timeout_s
+        with self._rx_cond:
+            while not self._rx:
+                if cancel.is_set():
+                    raise ResetSignal
+                remaining = None if deadline is None else deadline - self.clock.now()
+                if remaining is not None and remaining <= 0:
+                    return b""
+                wait = 0.05 if remaining is None else min(0.05, self.clock.wall(remaining))
+                self._rx_cond.wait(wait)
+            n = min(max_bytes, len(self._rx))
+            return bytes(self._rx.popleft() for _ in range(n))
+
+    def flush_rx(self) -> None:
+        with self._rx_cond:
+            self._rx.clear()
+
+    def wake(self) -> None:
+        """Wake readers so they notice a reset."""
+        with self._rx_cond:
+            self._rx_cond.notify_all()
+
+    # --- wire side -----------------------------------------------------------------------------
+
+    def _rx_loop(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._master], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._master, 4096)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EIO):
+                    continue
+                raise
+            # The bytes arrive at the line rate, not all at once.
+            self.clock.sleep(len(chunk) * self.byte_time)
+            with self._rx_cond:
+                self._rx.extend(chunk)
+                self._rx_cond.notify_all()
+
+    def _tx_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._tx_cond:
+                while not self._tx and not self._stop.is_set():
+                    self._tx_cond.wait(0.1)
+                if self._stop.is_set():
+                    return
+                data = self._tx.popleft()
+            for start in range(0, len(data), 64):
+                chunk = data[start : start + 64]
+                self.clock.sleep(len(chunk) * self.byte_time)
+                try:
+                    os.write(self._master, chunk)
+                except BlockingIOError:
+                    # Nobody reads the port and the pty buffer is full: the bytes are lost, as
+                    # on a real UART with no listener.
+                    self.dropped_tx += len(chunk)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._tx_cond:
+            self._tx_cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=2)
+        for fd in (self._master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
