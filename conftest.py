@@ -1,8 +1,8 @@
 """Registers dfuhil's pytest layer (fixtures/) for the suites and the framework's own tests."""
 
 pytest_plugins = [
+    "fixtures.evidence",
     "fixtures.farm",
     "fixtures.boards",
     "fixtures.provisioning",
-    "fixtures.evidence",
 ]

@@ -166,7 +166,8 @@ def _locate(raw: CommentedMap, loc: Loc) -> tuple[int | None, list[str | int]]:
     """Follow ``loc`` through the parsed YAML: the deepest line reached, and the shown path.
 
     Steps that do not exist in the YAML are pydantic's own (union tags, ``[key]``) and are
-    dropped, except a missing last key, which is exactly what the user has to add.
+    dropped, except a missing last key, which is exactly what the user has to add. In the shown
+    path, list indexes are ints and mapping keys are strs (even a key written as ``1:``).
     """
     node: Any = raw
     line = _node_line(raw)
@@ -176,12 +177,13 @@ def _locate(raw: CommentedMap, loc: Loc) -> tuple[int | None, list[str | int]]:
         if isinstance(node, CommentedMap) and step in node:
             line = _key_line(node, step) or _node_line(node) or line
             node = node[step]
+            shown.append(str(step))
         elif isinstance(node, CommentedSeq) and isinstance(step, int) and 0 <= step < len(node):
             line = _item_line(node, step) or line
             node = node[step]
-        elif i != len(steps) - 1:
-            continue
-        shown.append(step)
+            shown.append(step)
+        elif i == len(steps) - 1:
+            shown.append(str(step))
     return line, shown
 
 
@@ -199,13 +201,14 @@ def _board_labels(raw: CommentedMap) -> dict[int, str]:
 
 
 def _render(shown: Sequence[str | int], labels: Mapping[int, str]) -> str:
+    """``boards[dk-a].probe.snr``: list items in brackets (boards by name), keys dotted."""
     text = ""
     for i, step in enumerate(shown):
         if isinstance(step, int):
             label = labels.get(step, str(step)) if shown[:i] == ["boards"] else str(step)
             text += f"[{label}]"
         else:
-            text += f".{step}" if text else str(step)
+            text += f".{step}" if text else step
     return text
 
 
@@ -272,12 +275,16 @@ def _describe_value(value: Any) -> str:
 def _message(detail: ErrorDetails, loc: Loc) -> str:
     """Reword pydantic's messages so they say what to do in YAML terms."""
     kind = detail["type"]
-    key = loc[-1] if loc else ""
+    key = next((s for s in reversed(loc) if s != "[key]" and s not in UNION_TAGS), "")
     if kind == "extra_forbidden":
         return _unknown_key_message(str(key), _allowed_keys(loc[:-1]))
     if kind == "missing":
         return f"required key {key!r} is missing; add it"
     msg = detail["msg"]
+    if "[key]" in loc or msg.startswith("Keys should be strings"):
+        return f"the key {key!r} must be a string (a name); quote it"
+    if kind in ("too_short", "string_too_short"):
+        return "must not be empty"
     if kind == "value_error":
         return msg.removeprefix("Value error, ")
     got = _describe_value(detail.get("input"))
@@ -328,7 +335,6 @@ def _allowed_keys(loc: Loc) -> list[str]:
 class _Parsed:
     """What pass 2 accepted; names in ``broken_*`` failed validation and were reported."""
 
-    raw: CommentedMap
     top: FarmSchema | None
     layouts: dict[str, FlashLayoutSchema]
     firmware_sets: dict[str, FirmwareSetSchema]
@@ -356,7 +362,6 @@ def _validate(raw: CommentedMap, report: _Report) -> _Parsed:
         plain.get("firmware_sets"), "firmware_sets", FirmwareSetSchema, report
     )
     return _Parsed(
-        raw=raw,
         top=top,
         layouts=layouts,
         firmware_sets=sets,
