@@ -15,6 +15,7 @@ from typing import Any
 
 from pynrfjprog import Parameters
 from pynrfjprog.APIError import APIError, NrfjprogdllErr
+from pynrfjprog.LowLevel import ConfigFile
 
 from dfuhil.sim.debugport import decode_bytes, encode_bytes, recv_message, send_message
 
@@ -29,9 +30,21 @@ def _check_u32(name: str, value: object) -> int:
 
 
 def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
+    # pynrfjprog's is_bool(): a bool, or a number from 0 to 1 (control=1 works on a J-Link).
+    if not isinstance(value, bool) and not (isinstance(value, int | float) and 0 <= value <= 1):
         raise ValueError(f"The {name} parameter must be a boolean value.")
-    return value
+    return bool(value)
+
+
+def _check_buf(value: object) -> bytes:
+    # pynrfjprog's is_valid_buf(): a non-empty sequence of unsigned 8-bit values.
+    if (
+        not isinstance(value, bytes | bytearray | list | tuple)
+        or len(value) == 0
+        or not all(isinstance(b, int) and 0 <= b <= 0xFF for b in value)
+    ):
+        raise ValueError("The data parameter must be a sequence type with at least one item.")
+    return bytes(value)
 
 
 def _family_name(family: object) -> str:
@@ -77,6 +90,7 @@ class VirtualLowLevelAPI:
         return (10, 24, 2)
 
     def dll_version(self) -> tuple[int, int, str]:
+        self._require_open()
         return (10, 24, "virtual")
 
     def is_open(self) -> bool:
@@ -103,7 +117,11 @@ class VirtualLowLevelAPI:
         self._snr = None
         self._device_connected = False
 
-    def configure(self, configuration: object = None, config_type: object = None) -> None:
+    def configure(
+        self,
+        configuration: object = ConfigFile,
+        config_type: object = Parameters.FileInputType.FILE_INPUT_PATH,
+    ) -> None:
         self._require_open()
         if isinstance(configuration, dict):
             self.configuration.update(configuration)
@@ -128,6 +146,7 @@ class VirtualLowLevelAPI:
         return [Parameters.ComPortInfo(info)]
 
     def is_connected_to_emu(self) -> bool:
+        self._require_open()
         return self._snr is not None
 
     def connect_to_emu_with_snr(
@@ -162,12 +181,14 @@ class VirtualLowLevelAPI:
         return self._require_emu()
 
     def disconnect_from_emu(self) -> None:
+        self._require_open()
         self._snr = None
         self._device_connected = False
 
     # --- device -------------------------------------------------------------------------------
 
     def select_family(self, family: object) -> None:
+        self._require_open()
         self._family = _family_name(family)
 
     def connect_to_device(self) -> None:
@@ -180,9 +201,11 @@ class VirtualLowLevelAPI:
         self._device_connected = True
 
     def is_connected_to_device(self) -> bool:
+        self._require_open()
         return self._device_connected
 
     def disconnect_from_device(self) -> None:
+        self._require_open()
         self._device_connected = False
 
     def read_device_family(self) -> str:
@@ -231,16 +254,14 @@ class VirtualLowLevelAPI:
 
     def write(self, addr: int, data: object, control: bool) -> None:
         _check_u32("addr", addr)
-        if not isinstance(data, bytes | bytearray | list | tuple) or len(data) == 0:
-            raise ValueError("The data parameter must be a sequence type with at least one item.")
-        _check_bool("control", control)
-        payload = bytes(data)
+        payload = _check_buf(data)
+        control = _check_bool("control", control)
         self._device_call("write", address=addr, data=encode_bytes(payload), control=control)
 
     def write_u32(self, addr: int, data: int, control: bool) -> None:
         _check_u32("addr", addr)
         _check_u32("data", data)
-        _check_bool("control", control)
+        control = _check_bool("control", control)
         raw = data.to_bytes(4, "little")
         self._device_call("write", address=addr, data=encode_bytes(raw), control=control)
 

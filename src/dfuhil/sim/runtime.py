@@ -263,6 +263,8 @@ class Cpu:
             else:
                 self._running.set()
             self.boots += 1
+            # The previous boot's status ("running blinky ...") is no longer true.
+            self.status = "reset: halted, waiting for go()" if halt else "reset: starting"
             self.board.log.info("reset (%s)%s", reason, ", halted" if halt else "")
             self._thread = threading.Thread(
                 target=self._main,
