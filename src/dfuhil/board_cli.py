@@ -104,7 +104,10 @@ def run_console(args: argparse.Namespace) -> int:
 
     rig, board = open_rig(args)
     with rig.console(board, open_timeout=2.0) as console:
-        print(f"--- {board.name} on {console.url} at {board.serial.baud} baud; Ctrl-C quits ---")
+        print(
+            f"--- {board.name} on {console.url} at {board.serial.baud} baud; Ctrl-C quits ---",
+            flush=True,
+        )
         with contextlib.suppress(KeyboardInterrupt):
             follow(console, sys.stdout)
     return 0
