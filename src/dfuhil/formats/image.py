@@ -73,14 +73,14 @@ class FlashImage:
     def size(self) -> int:
         return sum(len(r.data) for r in self.runs)
 
-    def flash_runs(self, chip: Chip) -> list[Run]:
+    def flash_runs(self) -> list[Run]:
         return [r for r in self.runs if r.start < UICR_BASE]
 
-    def uicr_runs(self, chip: Chip) -> list[Run]:
+    def uicr_runs(self) -> list[Run]:
         return [r for r in self.runs if r.start >= UICR_BASE]
 
-    def flash_span(self, chip: Chip) -> tuple[int, int] | None:
-        runs = self.flash_runs(chip)
+    def flash_span(self) -> tuple[int, int] | None:
+        runs = self.flash_runs()
         if not runs:
             return None
         return runs[0].start, max(r.end for r in runs)
@@ -93,7 +93,7 @@ class FlashImage:
         """
         pages: dict[int, bytearray] = {}
         size = chip.page_size
-        for run in self.flash_runs(chip):
+        for run in self.flash_runs():
             offset = 0
             while offset < len(run.data):
                 address = run.start + offset
@@ -107,7 +107,7 @@ class FlashImage:
     def uicr_words(self, chip: Chip) -> dict[int, int]:
         """UICR content as word address -> value (bytes the image leaves out stay 0xFF)."""
         words: dict[int, bytearray] = {}
-        for run in self.uicr_runs(chip):
+        for run in self.uicr_runs():
             for i, byte in enumerate(run.data):
                 address = run.start + i
                 word = address - address % 4

@@ -93,8 +93,12 @@ class ProvisioningPlan:
             raise InputError(problems)
         return cls(board=board, images=images)
 
-    def wanted_pages(self) -> set[int]:
-        return {page for planned in self.images.values() for page in planned.pages}
+    def wanted_content(self) -> dict[int, bytes]:
+        """Page address -> wanted bytes, over every image of the set."""
+        pages: dict[int, bytes] = {}
+        for planned in self.images.values():
+            pages.update(planned.pages)
+        return pages
 
     def wanted_uicr(self) -> dict[int, int]:
         words: dict[int, int] = {}
@@ -110,7 +114,7 @@ def _check_placement(
     chip = board.chip
     problems: list[Problem] = []
     where = str(image.path)
-    span = image.flash_span(chip)
+    span = image.flash_span()
     region = board.layout.find(role)
     if span is not None:
         start, end = span
@@ -153,7 +157,7 @@ def _check_placement(
                     "rebuild the image for this layout or fix the layout",
                 )
             )
-    for run in image.uicr_runs(chip):
+    for run in image.uicr_runs():
         if not chip.is_uicr(run.start) or not chip.is_uicr(run.end - 1):
             problems.append(
                 Problem(
@@ -213,18 +217,18 @@ class Provisioner:
         gets one ERASEALL instead when that is cheaper by the chip's own timings.
         """
         chip = self.chip
-        wanted = self.plan.wanted_pages()
-        flash = self._read_flash()
+        wanted = self.plan.wanted_content()
+        # Only pages outside the set are read here; the image steps read their own pages.
+        others = [p for p in range(0, chip.flash_size, chip.page_size) if p not in wanted]
         stale = [
             page
-            for page in range(0, chip.flash_size, chip.page_size)
-            if page not in wanted
-            and flash[page : page + chip.page_size].count(0xFF) != chip.page_size
+            for page, content in self._read_pages(others).items()
+            if content.count(0xFF) != len(content)
         ]
         uicr = self.probe.read(UICR_BASE, chip.uicr_size)
         wanted_uicr = self.plan.wanted_uicr()
         stale_uicr = any(
-            int.from_bytes(uicr[off : off + 4], "little") not in (0xFFFFFFFF,)
+            int.from_bytes(uicr[off : off + 4], "little") != 0xFFFFFFFF
             and (UICR_BASE + off) not in wanted_uicr
             for off in range(0, chip.uicr_size, 4)
         )
@@ -237,11 +241,9 @@ class Provisioner:
             )
         t = chip.timing
         selective = (len(stale) + int(stale_uicr)) * t.erase_page_s
-        matching_bytes = sum(
-            len(p)
-            for page, p in self._all_wanted_pages().items()
-            if flash[page : page + chip.page_size] == p
-        )
+        # ERASEALL would also wipe what already matches: price rewriting it.
+        current = self._read_pages(list(wanted))
+        matching_bytes = sum(len(p) for page, p in wanted.items() if current[page] == p)
         full = t.erase_all_s + matching_bytes / 4 * t.write_word_s
         if full < selective:
             self.probe.erase_all()
@@ -262,17 +264,19 @@ class Provisioner:
             self.board, "chip_erase", "partial", what, pages_erased=len(stale) + int(stale_uicr)
         )
 
-    def _all_wanted_pages(self) -> dict[int, bytes]:
-        pages: dict[int, bytes] = {}
-        for planned in self.plan.images.values():
-            pages.update(planned.pages)
-        return pages
-
-    def _read_flash(self) -> bytes:
-        out = bytearray()
-        for start in range(0, self.chip.flash_size, READ_CHUNK):
-            out += self.probe.read(start, min(READ_CHUNK, self.chip.flash_size - start))
-        return bytes(out)
+    def _read_pages(self, pages: list[int]) -> dict[int, bytes]:
+        """Read the given pages, in as few probe reads as contiguous runs allow."""
+        size = self.chip.page_size
+        out: dict[int, bytes] = {}
+        run: list[int] = []
+        for page in [*sorted(pages), None]:
+            if run and (page is None or page != run[-1] + size or len(run) * size >= READ_CHUNK):
+                data = self.probe.read(run[0], len(run) * size)
+                out.update({p: data[i * size : (i + 1) * size] for i, p in enumerate(run)})
+                run = []
+            if page is not None:
+                run.append(page)
+        return out
 
     # --- image steps --------------------------------------------------------------------------
 
@@ -281,28 +285,31 @@ class Provisioner:
         if planned is None:
             return StepResult(self.board, role, "skipped", "the firmware set has no such image")
         name = planned.image.path.name
-        erased = written = changed = 0
+        erased = written = 0
+        changed: list[int] = []
         total = len(planned.pages)
         for i, (page, wanted) in enumerate(planned.pages.items()):
             current = self.probe.read(page, len(wanted))
             if current != wanted:
                 e, w = self._program_page(page, current, wanted)
-                erased, written, changed = erased + e, written + w, changed + 1
+                erased, written = erased + e, written + w
+                changed.append(page)
             self.progress(role, i + 1, total)
         uicr_written, uicr_erased = self._program_uicr(planned.uicr)
         written += uicr_written
         erased += uicr_erased
-        self._verify(planned)
+        # Pages that matched were just read; only what was written needs reading back.
+        self._verify(planned, changed, uicr=uicr_written > 0)
         sha = planned.image.sha256[:12]
-        if changed == 0 and uicr_written == 0:
+        if not changed and uicr_written == 0:
             return StepResult(
                 self.board,
                 role,
                 "skipped",
                 f"{name} already on the board ({total} pages match, sha256 {sha})",
             )
-        action = "done" if changed == total else "partial"
-        detail = f"{name}: rewrote {changed} of {total} pages"
+        action = "done" if len(changed) == total else "partial"
+        detail = f"{name}: rewrote {len(changed)} of {total} pages"
         if uicr_written:
             detail += f", UICR {uicr_written} bytes"
         return StepResult(
@@ -354,8 +361,9 @@ class Provisioner:
                 self.probe.write_flash(address, value.to_bytes(4, "little"))
         return 4 * len(todo), erased
 
-    def _verify(self, planned: PlannedImage) -> None:
-        for page, wanted in planned.pages.items():
+    def _verify(self, planned: PlannedImage, pages: list[int], *, uicr: bool) -> None:
+        for page in pages:
+            wanted = planned.pages[page]
             if self.probe.read(page, len(wanted)) != wanted:
                 raise InfrastructureError(
                     f"{planned.role} verify failed at page 0x{page:X} after programming "
@@ -364,7 +372,7 @@ class Provisioner:
                     "`nrfjprog --recover`, or take the board out of the farm",
                     board=self.board,
                 )
-        for address, value in planned.uicr.items():
+        for address, value in planned.uicr.items() if uicr else ():
             if self.probe.read_u32(address) != value:
                 raise InfrastructureError(
                     f"{planned.role} verify failed at UICR 0x{address:08X}",
