@@ -33,6 +33,7 @@ from dfuhil.farm.model import (
     ImageRef,
     LedSpec,
     ProbeSpec,
+    RadioSpec,
     Region,
     SerialSpec,
 )
@@ -46,6 +47,7 @@ from dfuhil.farm.schema import (
     FlashLayoutSchema,
     LedSchema,
     ProbeSchema,
+    RadioSchema,
     SerialSchema,
 )
 from dfuhil.formats.chips import (
@@ -503,7 +505,22 @@ class _Resolver:
         if top is None or any(b is None for b in boards):
             return None
         resolved = tuple(b for b in boards if b is not None)
-        return Farm(path=self.path, boards=resolved, time_scale=top.virtual_farm.time_scale)
+        radio = self._radio(top.virtual_farm.radio, {b.name for b in resolved})
+        return Farm(
+            path=self.path, boards=resolved, time_scale=top.virtual_farm.time_scale, radio=radio
+        )
+
+    def _radio(self, schema: RadioSchema, names: set[str]) -> RadioSpec:
+        loc: Loc = ("virtual_farm", "radio", "neighbours")
+        for board, heard in schema.neighbours.items():
+            for name in [board, *heard]:
+                if name not in names:
+                    self.report.add(
+                        (*loc, board),
+                        f"no board named {name!r} (boards: {', '.join(sorted(names))})",
+                    )
+        neighbours = tuple((b, tuple(h)) for b, h in sorted(schema.neighbours.items()))
+        return RadioSpec(loss=schema.loss, neighbours=neighbours, seed=schema.seed)
 
     @staticmethod
     def _named(
@@ -571,7 +588,7 @@ class _Resolver:
         file = Path(os.path.normpath(self.base_dir / image.file))
         if self.check_files and not file.is_file():
             self.report.add((*loc, role, "file"), f"file not found: {file}; {MISSING_FILE_FIX}")
-        return ImageRef(role=role, file=file, banner=image.banner)
+        return ImageRef(role=role, file=file, banner=image.banner, protocol=image.protocol)
 
     # boards
 

@@ -73,6 +73,7 @@ class ImageRef:
     role: str
     file: Path
     banner: str | None
+    protocol: str = "text"  # "text" (banner on the console) or "mesh-serial" (binary events)
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,31 @@ class BoardSpec:
 
 
 @dataclass(frozen=True)
+class RadioSpec:
+    """The virtual farm's radio medium (real boards share the real air, nothing to configure)."""
+
+    loss: float = 0.0  # probability that one receiver misses one packet
+    neighbours: tuple[tuple[str, tuple[str, ...]], ...] = ()  # empty: everyone hears everyone
+    seed: int = 1
+
+    def hears(self, sender: str, receiver: str) -> bool:
+        """Whether ``receiver`` is in radio range of ``sender`` (links are symmetric)."""
+        if sender == receiver:
+            return False
+        if not self.neighbours:
+            return True
+        table = dict(self.neighbours)
+        return receiver in table.get(sender, ()) or sender in table.get(receiver, ())
+
+
+@dataclass(frozen=True)
 class Farm:
     """Every board of one boards.yaml, plus the virtual farm's settings."""
 
     path: Path
     boards: tuple[BoardSpec, ...]
     time_scale: float
+    radio: RadioSpec = RadioSpec()
 
     def names(self) -> list[str]:
         """Board names in file order."""

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
+    model_validator,
 )
 
 SUPPORTED_VERSION = 1
@@ -103,10 +104,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class RadioSchema(_Strict):
+    """The virtual farm's radio medium: every virtual board is one node of one mesh."""
+
+    loss: float = Field(default=0.0, ge=0, lt=1)
+    # board -> boards that hear it; omitted = everyone hears everyone. Links are symmetric.
+    neighbours: dict[str, list[str]] = Field(default_factory=dict)
+    seed: int = 1
+
+
 class VirtualFarmSchema(_Strict):
     """Settings of the virtual farm process."""
 
     time_scale: float = Field(default=1.0, gt=0, le=10)
+    radio: RadioSchema = Field(default_factory=RadioSchema)
 
 
 class RegionSchema(_Strict):
@@ -124,10 +135,25 @@ class FlashLayoutSchema(_Strict):
 
 
 class ImageSchema(_Strict):
-    """One image of a firmware set; ``banner`` is what the console must print after boot."""
+    """One image of a firmware set; how to tell it booted depends on what its UART speaks.
+
+    ``protocol: text`` (default): ``banner`` is the regex the console must print after boot.
+    ``protocol: mesh-serial``: the nRF5 SDK for Mesh binary serial; boot shows as its
+    DEVICE_STARTED event, so a text banner makes no sense there.
+    """
 
     file: str = Field(min_length=1)
     banner: str | None = None
+    protocol: Literal["text", "mesh-serial"] = "text"
+
+    @model_validator(mode="after")
+    def _banner_needs_text(self) -> ImageSchema:
+        if self.banner is not None and self.protocol != "text":
+            raise ValueError(
+                f"a {self.protocol} firmware prints no text banner; remove 'banner' (its boot "
+                "is checked by the DEVICE_STARTED event)"
+            )
+        return self
 
     @field_validator("banner")
     @classmethod
