@@ -20,9 +20,9 @@ def test_provisioned_board_prints_its_boot_banner(
 ) -> None:
     assert [r.step for r in provisioned] == list(STEPS), "steps ran out of the guide's order"
     app = board.firmware.application if board.firmware else None
-    if app is None or not app.banner:
+    if app is None or app.boot_pattern is None:
         pytest.skip(f"firmware set of {board.name} names no application banner to expect")
-    console.expect(app.banner, timeout=BOOT_TIMEOUT_S, not_matching=[r"(?i)hard ?fault"])
+    console.expect(app.boot_pattern, timeout=BOOT_TIMEOUT_S, not_matching=[r"(?i)hard ?fault"])
 
 
 @pytest.mark.roles("mesh")

@@ -302,3 +302,20 @@ def test_follow_prints_until_stopped(pty: Pty) -> None:
             worker.join(timeout=10)
         assert not worker.is_alive()
     assert out.getvalue() == "early\nuart:~$ "
+
+
+def test_mesh_serial_console_renders_one_line_per_frame(pty: Pty, tmp_path: Path) -> None:
+    """A binary-protocol board: expect() and the log see frames, not mojibake."""
+    log = tmp_path / "b1.log"
+    with Console(pty.path, name="b1", protocol="mesh-serial", log_path=log) as console:
+        # DEVICE_STARTED (application), then an echo answer split across two writes.
+        pty.send(bytes.fromhex("04 81 02 00 04 05 82 AA"))
+        pty.send(bytes.fromhex("BB CC DD"))
+        console.expect(r"DEVICE_STARTED mode=APPLICATION hw_error=0 credit=4\n")
+        console.expect_exact("ECHO_RSP AA BB CC DD\n")
+    assert "DEVICE_STARTED mode=APPLICATION" in log.read_text()
+
+
+def test_unknown_console_protocol_is_refused(pty: Pty) -> None:
+    with pytest.raises(ValueError, match="mesh-serial"):
+        Console(pty.path, protocol="slip")

@@ -330,6 +330,53 @@ def test_banner_must_be_a_regex(tmp_path: Path) -> None:
     assert_problem(problem, 18, "firmware_sets.fw52.application.banner", "regex")
 
 
+def test_mesh_serial_firmware_has_no_text_banner(tmp_path: Path) -> None:
+    problem = only(
+        edited(tmp_path, r"banner: 'app \d+ started'}", r"banner: 'x', protocol: mesh-serial}")
+    )
+    assert_problem(problem, 18, "firmware_sets.fw52.application", "DEVICE_STARTED")
+
+
+def test_mesh_serial_boot_pattern_is_the_device_started_event(tmp_path: Path) -> None:
+    farm = load_farm(
+        write(tmp_path, BASE.replace(r"banner: 'app \d+ started'}", "protocol: mesh-serial}"))
+    )
+    app = farm.board("vdk-a").firmware.application  # type: ignore[union-attr]
+    assert app is not None and app.protocol == "mesh-serial"
+    assert app.boot_pattern == r"DEVICE_STARTED mode=APPLICATION\b"
+
+
+def test_radio_settings(tmp_path: Path) -> None:
+    radio = "  radio: {loss: 0.05, neighbours: {vdk-a: [dk-b]}, seed: 7}\n"
+    farm = load_farm(
+        write(tmp_path, BASE.replace("  time_scale: 0.1\n", f"  time_scale: 0.1\n{radio}"))
+    )
+    assert (farm.radio.loss, farm.radio.seed) == (0.05, 7)
+    assert farm.radio.hears("dk-b", "vdk-a") and farm.radio.hears("vdk-a", "dk-b")
+    assert not farm.radio.hears("vdk-a", "vdk-a")
+    assert load_farm(write(tmp_path, BASE)).radio.hears("vdk-a", "dk-b")  # default: all
+
+
+def test_radio_neighbour_must_be_a_board(tmp_path: Path) -> None:
+    radio = "  radio: {neighbours: {vdk-a: [dk-x]}}\n"
+    problem = only(
+        problems_of(
+            write(tmp_path, BASE.replace("  time_scale: 0.1\n", f"  time_scale: 0.1\n{radio}"))
+        )
+    )
+    assert_problem(problem, 4, "virtual_farm.radio.neighbours.vdk-a", "dk-x", "dk-b")
+
+
+def test_radio_loss_range(tmp_path: Path) -> None:
+    radio = "  radio: {loss: 1.5}\n"
+    problem = only(
+        problems_of(
+            write(tmp_path, BASE.replace("  time_scale: 0.1\n", f"  time_scale: 0.1\n{radio}"))
+        )
+    )
+    assert_problem(problem, 4, "virtual_farm.radio.loss", "less than 1")
+
+
 def test_region_number_strings(tmp_path: Path) -> None:
     problem = only(edited(tmp_path, "{start: 0x78000, size:", "{start: '0x78OOO', size:"))
     assert_problem(problem, 11, "flash_layouts.l52.regions.bootloader.start", "not a number")

@@ -14,6 +14,7 @@ from typing import Literal
 
 from dfuhil.errors import InputError, Problem
 from dfuhil.formats.chips import BoardType, Chip
+from dfuhil.formats.meshdfu import STARTED_APPLICATION_PATTERN
 
 VIRTUAL_PORT = "virtual"
 
@@ -74,6 +75,16 @@ class ImageRef:
     file: Path
     banner: str | None
     protocol: str = "text"  # "text" (banner on the console) or "mesh-serial" (binary events)
+
+    @property
+    def boot_pattern(self) -> str | None:
+        """What the board's console shows once this image has booted (None: nothing known).
+
+        Mesh serial firmware prints no text; the console renders its DEVICE_STARTED event.
+        """
+        if self.protocol == "mesh-serial":
+            return STARTED_APPLICATION_PATTERN
+        return self.banner
 
 
 @dataclass(frozen=True)

@@ -63,4 +63,11 @@ class Rig:
             log_path=log_dir / f"{board.name}.log" if log_dir is not None else None,
             name=board.name,
             open_timeout=open_timeout,
+            protocol=console_protocol(board),
         )
+
+
+def console_protocol(board: BoardSpec) -> str:
+    """What the board's UART speaks once provisioned: its application's protocol."""
+    app = board.firmware.application if board.firmware else None
+    return app.protocol if app is not None else "text"

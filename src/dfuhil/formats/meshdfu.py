@@ -339,3 +339,89 @@ def app_fwid(company_id: int, app_id: int, app_version: int) -> bytes:
 def decode_app_fwid(fwid: bytes) -> tuple[int, int, int]:
     company_id, app_id, app_version = struct.unpack("<IHI", fwid)
     return company_id, app_id, app_version
+
+
+# --- human-readable rendering (console logs, frame logs) --------------------------------------
+
+
+def describe_packet(raw: bytes) -> str:
+    """One DFU packet as a person reads it: ``DATA seg=12 tid=0x1234ABCD len=16``."""
+    try:
+        packet = decode_packet(raw)
+    except PacketError as exc:
+        return f"DFU ? ({exc}) {raw.hex(' ').upper()}"
+    if isinstance(packet, State):
+        return (
+            f"STATE type={_type_name(packet.dfu_type)} authority={packet.authority} "
+            f"tid=0x{packet.transaction_id:08X} fwid={packet.fwid.hex().upper()}"
+        )
+    if isinstance(packet, Start):
+        return (
+            f"START tid=0x{packet.transaction_id:08X} start=0x{packet.start_address:08X} "
+            f"words={packet.length_words} sig_len={packet.signature_length}"
+        )
+    if isinstance(packet, Data):
+        kind = "DATA_RSP" if packet.response else "DATA"
+        return (
+            f"{kind} seg={packet.segment} tid=0x{packet.transaction_id:08X} len={len(packet.data)}"
+        )
+    if isinstance(packet, DataRequest):
+        return f"DATA_REQ seg={packet.segment} tid=0x{packet.transaction_id:08X}"
+    return (
+        f"FWID sd=0x{packet.sd:04X} bl={packet.bl_id}.{packet.bl_version} "
+        f"company=0x{packet.company_id:08X} app={packet.app_id} version={packet.app_version}"
+    )
+
+
+def _type_name(dfu_type: int) -> str:
+    try:
+        return DfuType(dfu_type).name
+    except ValueError:
+        return str(dfu_type)
+
+
+def describe_frame(item: Frame) -> str:
+    """One serial frame as a log line; unknown opcodes keep their bytes in hex."""
+    payload = item.payload
+    if item.opcode == Opcode.DEVICE_STARTED and len(payload) >= 3:
+        try:
+            mode = OperatingMode(payload[0]).name
+        except ValueError:
+            mode = str(payload[0])
+        return f"DEVICE_STARTED mode={mode} hw_error={payload[1]} credit={payload[2]}"
+    if item.opcode in (Opcode.ECHO, Opcode.ECHO_RSP):
+        name = "ECHO" if item.opcode == Opcode.ECHO else "ECHO_RSP"
+        return f"{name} {payload.hex(' ').upper()}".rstrip()
+    if item.opcode == Opcode.CMD_RSP and len(payload) >= 2:
+        rsp = CommandResponse.decode(payload)
+        extra = f" packet=0x{rsp.packet_type:04X}" if rsp.packet_type is not None else ""
+        return f"CMD_RSP opcode=0x{rsp.opcode:02X} status={status_name(rsp.status)}{extra}"
+    if item.opcode == Opcode.DFU_DATA:
+        return describe_packet(payload)
+    return f"FRAME opcode=0x{item.opcode:02X} {payload.hex(' ').upper()}".rstrip()
+
+
+class FrameTextDecoder:
+    """Turns a mesh serial byte stream into one text line per frame, for the console.
+
+    It has the incremental-decoder shape (``decode(data, final)``, ``reset()``) so the console
+    can read a binary-protocol board with the same ``expect()`` as a text one.
+    """
+
+    def __init__(self) -> None:
+        self._reader = FrameReader()
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        lines = [describe_frame(f) + "\n" for f in self._reader.feed(data)]
+        if final and self._reader.pending():
+            lines.append(f"(incomplete frame: {self._reader.pending()} bytes)\n")
+            self._reader = FrameReader()
+        return "".join(lines)
+
+    def reset(self) -> None:
+        self._reader = FrameReader()
+
+
+# What a console sees when mesh serial firmware boots (bootloader_verify.py checks 81 02 00).
+STARTED_APPLICATION_PATTERN = r"DEVICE_STARTED mode=APPLICATION\b"
+STARTED_BOOTLOADER_PATTERN = r"DEVICE_STARTED mode=BOOTLOADER\b"

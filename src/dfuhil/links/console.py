@@ -19,11 +19,12 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO, TypeAlias
+from typing import Any, Protocol, TextIO, TypeAlias
 
 import serial
 
 from dfuhil.errors import InfrastructureError
+from dfuhil.formats.meshdfu import FrameTextDecoder
 
 __all__ = ["Console", "ExpectTimeout", "UnexpectedOutput", "follow"]
 
@@ -34,6 +35,21 @@ _READ_TIMEOUT_S = 0.05
 _TAIL_LINES = 40
 
 Pattern: TypeAlias = str | re.Pattern[str]
+
+
+class _Decoder(Protocol):
+    def decode(self, data: bytes, final: bool = False) -> str: ...
+    def reset(self) -> None: ...
+
+
+def _decoder_for(protocol: str) -> _Decoder:
+    """UTF-8 text, or one line per frame for firmware that speaks a binary protocol."""
+    if protocol == "mesh-serial":
+        return FrameTextDecoder()
+    if protocol != "text":
+        raise ValueError(f"unknown console protocol {protocol!r} (text or mesh-serial)")
+    decoder: _Decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    return decoder
 
 
 class ExpectTimeout(AssertionError):
@@ -124,6 +140,7 @@ class Console:
         log_path: Path | None = None,
         name: str = "",
         open_timeout: float = 0.0,
+        protocol: str = "text",
     ) -> None:
         self._url = url
         self._baud = baud
@@ -142,7 +159,7 @@ class Console:
         self._text = ""
         self._cursor = 0
         self._received = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder: _Decoder = _decoder_for(protocol)
         self._pending_cr = False
         self._lost: str | None = None
 
