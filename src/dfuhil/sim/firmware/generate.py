@@ -10,7 +10,6 @@ flash contents against a file is reproducible.
 from __future__ import annotations
 
 import hashlib
-import io
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from intelhex import IntelHex
 from dfuhil.errors import InputError
 from dfuhil.formats.chips import RAM_BASE, UICR_BOOTLOADERADDR, UICR_MBR_PARAMS, Chip, find_chip
 from dfuhil.formats.devpage import BootloaderConfig, device_page_hex
+from dfuhil.formats.hexfile import DEVICE_PAGE_BYTES_PER_LINE, hex_text
 from dfuhil.formats.softdevice import (
     MBR_SIZE,
     SD_INFO_STRUCT_ADDRESS,
@@ -34,8 +34,6 @@ from dfuhil.sim.descriptor import DESCRIPTOR_OFFSET, Behaviour
 _RESERVED_VECTORS = frozenset({7, 8, 9, 10, 13})
 # Reset handler offset inside every sample image: past the largest descriptor, Thumb bit set.
 RESET_OFFSET = 0xA80
-HEX_BYTES_PER_LINE = 32
-DEVICE_PAGE_BYTES_PER_LINE = 16  # what device_page_generator.py writes
 
 BOOTLOADER_SIZE = 16 * 1024
 BLINKY_SIZE = 8 * 1024
@@ -171,13 +169,6 @@ def to_intelhex(segments: Iterable[Segment]) -> IntelHex:
     for segment in segments:
         ih.frombytes(segment.data, offset=segment.address)
     return ih
-
-
-def hex_text(ih: IntelHex, byte_count: int = HEX_BYTES_PER_LINE) -> str:
-    """Intel HEX text with LF line ends and no start record, so files match across machines."""
-    buffer = io.StringIO()
-    ih.write_hex_file(buffer, write_start_addr=False, byte_count=byte_count)
-    return buffer.getvalue()
 
 
 def chip_files(chip: Chip) -> dict[str, str]:
