@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
 
-.PHONY: setup firmware regression test lint typecheck bench clean
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ test: setup firmware lint typecheck
 
 bench: setup firmware
 	$(PY) bench/provision.py
+	$(PY) bench/mesh_dfu.py
+
+bench-mesh: setup firmware
+	$(PY) bench/mesh_dfu.py
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache

@@ -5,4 +5,5 @@ pytest_plugins = [
     "fixtures.farm",
     "fixtures.boards",
     "fixtures.provisioning",
+    "fixtures.mesh",
 ]

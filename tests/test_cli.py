@@ -182,7 +182,7 @@ def board_args(served: Served, board: str) -> list[str | Path]:
 def test_boards_check_accepts_the_shipped_farm() -> None:
     result = dfuhil("boards", "check", "boards.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "boards.yaml: 4 boards OK"
+    assert re.fullmatch(r"boards.yaml: \d+ boards OK", result.stdout.strip()), result.stdout
 
 
 MALFORMED = textwrap.dedent(

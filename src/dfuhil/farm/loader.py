@@ -576,7 +576,7 @@ class _Resolver:
 
     def _firmware_set(self, name: str, schema: FirmwareSetSchema, loc: Loc) -> FirmwareSet | None:
         chip = self._chip(schema.chip, (*loc, "chip"))
-        images = {role: self._image(role, schema, loc) for role in IMAGE_ROLES}
+        images = {role: self._image(role, schema, loc) for role in (*IMAGE_ROLES, "dfu_update")}
         if chip is None:
             return None
         return FirmwareSet(name=name, chip=chip, **images)

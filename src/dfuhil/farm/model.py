@@ -97,6 +97,8 @@ class FirmwareSet:
     bootloader: ImageRef | None
     application: ImageRef | None
     device_page: ImageRef | None
+    # Not flashed: the application the DFU suites send over the air (the guide sends blinky).
+    dfu_update: ImageRef | None = None
 
     def images(self) -> list[ImageRef]:
         """Present images in provisioning order: the SoftDevice first, the device page last."""

@@ -174,6 +174,7 @@ class FirmwareSetSchema(_Strict):
     bootloader: ImageSchema | None = None
     application: ImageSchema | None = None
     device_page: ImageSchema | None = None
+    dfu_update: ImageSchema | None = None  # sent by the DFU suites, never flashed over SWD
 
 
 class ProbeSchema(_Strict):

@@ -79,6 +79,7 @@ class FixedInterval:
 # AIMD constants (device seconds). See Adaptive's docstring for why each has its value.
 ADAPTIVE_CEILING_S = NRFUTIL_INTERVAL_S
 ADAPTIVE_FIRST_WIDEN_S = 0.06
+ADAPTIVE_FLOOR_S = 0.06
 ADAPTIVE_FACTOR = 2.0
 ADAPTIVE_STEP_S = 0.01
 ADAPTIVE_RUN = 16
@@ -107,8 +108,8 @@ class Adaptive:
       recovered mesh is back from the ceiling to full speed after 800 frames (12.8 kB).
     """
 
-    initial: float = 0.0
-    floor: float = 0.0
+    initial: float = ADAPTIVE_FLOOR_S
+    floor: float = ADAPTIVE_FLOOR_S
     ceiling: float = ADAPTIVE_CEILING_S
     first_widen: float = ADAPTIVE_FIRST_WIDEN_S
     factor: float = ADAPTIVE_FACTOR
