@@ -486,8 +486,17 @@ def test_fixed_interval_ignores_everything() -> None:
     assert pacing.name == "fixed 500 ms"
 
 
-def test_adaptive_starts_at_full_speed() -> None:
+def test_adaptive_starts_at_the_guides_safe_minimum_and_never_goes_below() -> None:
+    """Nordic's guide: intervals below 60 ms are not safe for the mesh (relay slots)."""
     pacing = Adaptive()
+    assert pacing.gap() == pytest.approx(0.06)
+    for _ in range(100):
+        pacing.on_ack(0.0)
+    assert pacing.gap() == pytest.approx(0.06)
+
+
+def test_adaptive_without_floor_starts_at_full_speed() -> None:
+    pacing = Adaptive(initial=0.0, floor=0.0)
     assert pacing.gap() == 0.0
     for _ in range(100):
         pacing.on_ack(0.0)
@@ -496,7 +505,7 @@ def test_adaptive_starts_at_full_speed() -> None:
 
 
 def test_adaptive_widens_multiplicatively_once_per_hold_up_to_the_ceiling() -> None:
-    pacing = Adaptive()
+    pacing = Adaptive(initial=0.0, floor=0.0)
     pacing.on_request(10.0)
     assert pacing.gap() == pytest.approx(0.06)  # the first loss jumps to the 60 ms floor step
     pacing.on_request(10.5)  # same episode (within the 1 s hold): no further widening
@@ -510,7 +519,7 @@ def test_adaptive_widens_multiplicatively_once_per_hold_up_to_the_ceiling() -> N
 
 
 def test_adaptive_busy_widens_at_once_ignoring_the_hold() -> None:
-    pacing = Adaptive()
+    pacing = Adaptive(initial=0.0, floor=0.0)
     pacing.on_request(1.0)
     pacing.on_busy(1.1)
     pacing.on_busy(1.2)
@@ -518,7 +527,7 @@ def test_adaptive_busy_widens_at_once_ignoring_the_hold() -> None:
 
 
 def test_adaptive_narrows_additively_after_a_calm_run() -> None:
-    pacing = Adaptive()
+    pacing = Adaptive(initial=0.0, floor=0.0)
     pacing.on_request(0.0)
     pacing.on_request(5.0)
     assert pacing.gap() == pytest.approx(0.12)
@@ -533,7 +542,7 @@ def test_adaptive_narrows_additively_after_a_calm_run() -> None:
 
 
 def test_adaptive_request_restarts_the_calm_run() -> None:
-    pacing = Adaptive()
+    pacing = Adaptive(initial=0.0, floor=0.0)
     pacing.on_request(0.0)
     for _ in range(15):
         pacing.on_ack(0.5)

@@ -90,8 +90,13 @@ ADAPTIVE_HOLD_S = 1.0
 class Adaptive:
     """AIMD on the inter-frame gap: widen multiplicatively on loss, narrow additively on calm.
 
-    * Start at ``initial`` (0: the next frame goes as soon as the previous one is acked; the
-      serial node's own acks are then the only brake, which is all a lone node needs).
+    * Start at ``initial`` = ``floor`` = 60 ms, the smallest interval Nordic's DFU guide calls
+      safe. Why not 0: the serial node acknowledges a frame once it has *queued* its relay in
+      one of 7 radio slots; a faster host kills queued relays before their first transmission
+      (the SDK's "Killing a TX slot prematurely"), and while the root is itself a target it
+      answers the resulting DATA_REQs from its own flash, so the host never hears of that loss
+      until targets fall 64 segments behind and abort. Measured on the virtual mesh: at full
+      speed both radio-only targets aborted with PACKET_LOSS; at 60 ms all installed.
     * A new DATA_REQ widens the gap to ``max(gap * factor, first_widen)``, at most ``ceiling``.
       ``factor`` 2 halves the rate, the classic multiplicative decrease. ``first_widen`` 60 ms
       is the smallest interval Nordic's DFU guide calls safe, so the first loss jumps straight
