@@ -19,6 +19,7 @@ from pathlib import Path
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import Farm
 from dfuhil.formats.chips import UICR_BASE, Chip, find_chip
+from dfuhil.formats.meshdfu import STARTED_APPLICATION_PATTERN
 from dfuhil.links.probe import Probe
 from dfuhil.procedures.provision import ProvisioningPlan
 from dfuhil.sim.descriptor import Behaviour
@@ -41,7 +42,8 @@ TIME_SCALE = 0.05
 # Generous upper bounds only: nothing asserts how long anything took.
 BOOT_TIMEOUT_S = 20.0
 PROCESS_TIMEOUT_S = 120.0
-DFU_BANNER = r"dfu example \d+\.\d+\.\d+ started"
+# The sample DFU app speaks the binary mesh serial protocol: its boot shows as DEVICE_STARTED.
+DFU_BOOTED = STARTED_APPLICATION_PATTERN
 
 # The nRF5 SDK for Mesh layouts of the shipped boards.yaml.
 LAYOUTS: dict[str, list[tuple[str, int, int]]] = {
@@ -100,14 +102,11 @@ def dfu_app_bytes(target: Chip, version: str = "1.0.0", *, start: int | None = N
     """The sample DFU app as `dfuhil firmware generate` builds it, in any version.
 
     Same seed and size as the shipped dfu_app.hex, so a new version differs from the shipped
-    one only where the behaviour descriptor (version, banner) differs.
+    one only where the behaviour descriptor (its version) differs. It prints no text banner (it
+    speaks mesh serial); the virtual CPU's status names the version that runs.
     """
     behaviour = Behaviour(
-        kind="dfu_app",
-        name="dfu example",
-        version=version,
-        banner=f"dfu example {version} started",
-        params={},
+        kind="mesh_dfu_app", name="dfu example", version=version, banner="", params={}
     )
     where = app_start(target) if start is None else start
     seed = f"{target.name}/dfu_app"
@@ -125,11 +124,15 @@ def write_hex(path: Path, *segments: tuple[int, bytes]) -> Path:
 
 @dataclass(frozen=True)
 class FirmwareSpec:
-    """One firmware set of a boards file: role -> file, and the app banner."""
+    """One firmware set of a boards file: role -> file, and the app banner.
+
+    Without a banner the application is mesh serial firmware (the sample DFU app): its boards
+    file entry says ``protocol: mesh-serial`` and its console shows DEVICE_STARTED.
+    """
 
     chip: Chip
     files: dict[str, Path]
-    banner: str | None = DFU_BANNER
+    banner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,9 @@ def boards_yaml(
     for set_name, spec in sets.items():
         lines += [f"  {set_name}:", f"    chip: {spec.chip.name}"]
         for role, path in spec.files.items():
-            banner = f", banner: '{spec.banner}'" if role == "application" and spec.banner else ""
+            banner = ""
+            if role == "application":
+                banner = f", banner: '{spec.banner}'" if spec.banner else ", protocol: mesh-serial"
             lines.append(f"    {role}: {{file: '{path}'{banner}}}")
     lines.append("boards:")
     for board in boards:

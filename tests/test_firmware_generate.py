@@ -21,6 +21,7 @@ from dfuhil.sim.firmware.generate import (
     BOOTLOADER_BEHAVIOUR,
     DEFAULT_SOFTDEVICES,
     DFU_APP_BEHAVIOUR,
+    MESH_APPLICATION_IDS,
     filler,
     generate_firmware,
     sample_image,
@@ -33,7 +34,7 @@ SHORT = {
     "nRF52833_xxAA": "nrf52833",
     "nRF52840_xxAA": "nrf52840",
 }
-FILES = ["blinky.hex", "bootloader.hex", "device_page.hex", "dfu_app.hex"]
+FILES = ["blinky.hex", "bootloader.hex", "device_page.hex", "dfu_app.hex", "dfu_blinky.hex"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_file_set(farm: Path) -> None:
 
 def test_deterministic_and_unchanged_files_not_rewritten(farm: Path, tmp_path: Path) -> None:
     written = generate_firmware(tmp_path)
-    assert len(written) == 1 + 5 * len(SHORT)
+    assert len(written) == 1 + (len(FILES) + 1) * len(SHORT)
     for path in written:
         assert path.read_bytes() == (farm / path.relative_to(tmp_path)).read_bytes()
     mtimes = {p: p.stat().st_mtime_ns for p in written}
@@ -86,14 +87,17 @@ def test_images_sit_in_their_regions(farm: Path, name: str) -> None:
     chip, d = chip_dir(farm, name)
     sd = SOFTDEVICES[DEFAULT_SOFTDEVICES[name]]
     assert span(load(d / f"softdevice_{sd.name}.hex")) == (0, sd.flash_size)
-    for app, size in (("blinky.hex", 8 * 1024), ("dfu_app.hex", 12 * 1024)):
+    for app, size in (("blinky.hex", 8192), ("dfu_blinky.hex", 8192), ("dfu_app.hex", 12288)):
         assert span(load(d / app)) == (sd.flash_size, sd.flash_size + size)
     bl_start, bl_end = span(load(d / "bootloader.hex"), hi=chip.flash_size)
     assert bl_start == chip.mesh_bootloader_start
     assert bl_end <= chip.mesh_bootloader_start + chip.mesh_bootloader_size
     page = load(d / "device_page.hex")
     assert span(page)[0] == chip.device_page_address == chip.flash_size - chip.page_size
-    expected = device_page_entries(chip, sd, BootloaderConfig())
+    # The SDK's default config, except that each chip runs its own application ID.
+    config = BootloaderConfig(application_id=MESH_APPLICATION_IDS[chip.name])
+    assert config.application_id == 1 or chip.name != "nRF52832_xxAA"
+    expected = device_page_entries(chip, sd, config)
     assert page.tobinstr(start=chip.device_page_address, size=len(expected)) == expected
 
 
@@ -163,7 +167,7 @@ def test_chip_selection_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert args.func(args) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "nrf52832"]
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 6 + 1 and "6 file(s) written" in lines[-1]
+    assert len(lines) == 7 + 1 and "7 file(s) written" in lines[-1]
     assert args.func(args) == 0
     assert "up to date" in capsys.readouterr().out
     with pytest.raises(InputError, match="nRF52820"):

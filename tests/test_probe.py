@@ -123,7 +123,7 @@ def test_probe_for_a_serial_number_not_in_the_farm_lists_the_probes_seen(
 def test_probe_reset_leaves_the_core_running_so_the_banner_appears(
     sim: RunningFarm, rig: Rig, spec: BoardSpec
 ) -> None:
-    app = Behaviour("dfu_app", "probe test app", "1.0.0", BANNER)
+    app = Behaviour("blinky", "probe test app", "1.0.0", BANNER)
     image = sample_image(0, 0x2000, app, "probe test app", ram_end(NRF52832))
     with rig.probe(spec) as probe, rig.console(spec) as console:
         probe.erase_all()

@@ -35,6 +35,7 @@ from provisionfarm import (
 )
 
 from dfuhil.farm.rig import Rig
+from dfuhil.formats.meshdfu import STARTED_APPLICATION_PATTERN
 from dfuhil.procedures.provision import STEPS
 
 SUITE = "suites/test_provisioning.py"
@@ -43,7 +44,8 @@ SUITE_TESTS = (
     "test_dfu_capable_app_leaves_every_led_off_after_reset",
     "test_second_provisioning_skips_every_unchanged_step",
 )
-BANNER_LINE = re.compile(r"dfu example 1\.0\.0 started")
+# The sample DFU app speaks mesh serial: the console renders its boot as DEVICE_STARTED.
+BANNER_LINE = re.compile(STARTED_APPLICATION_PATTERN)
 
 
 @dataclass

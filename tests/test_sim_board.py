@@ -36,6 +36,8 @@ from dfuhil.formats.chips import (
 )
 from dfuhil.formats.chips import GPIO_DIR as DIR
 from dfuhil.formats.chips import GPIO_OUT as OUT
+from dfuhil.formats.meshdfu import STARTED_APPLICATION_PATTERN
+from dfuhil.links.console import Console
 from dfuhil.procedures.leds import LedObserver
 from dfuhil.sim import descriptor
 from dfuhil.sim.descriptor import DESCRIPTOR_OFFSET, Behaviour, DescriptorError
@@ -47,7 +49,7 @@ APP_START = 0x26000  # end of s132_7.2.0: where the MBR and the bootloader start
 BOOTLOADER_START = 0x78000
 DK_LEDS = (17, 18, 19, 20)  # PCA10040, active low
 LED_MASK = sum(1 << pin for pin in DK_LEDS)
-DFU_BANNER = r"dfu example 1\.0\.0 started"
+DFU_BOOTED = STARTED_APPLICATION_PATTERN  # the DFU example speaks mesh serial, prints no text
 PACED_BAUD = 4800
 BOOTLOADER_JUMPED = "application found at 0x26000, starting it"
 
@@ -75,14 +77,14 @@ def test_bytes_without_the_magic_have_no_descriptor(raw: bytes) -> None:
 
 
 def test_descriptor_with_a_flipped_payload_byte_is_refused() -> None:
-    raw = bytearray(Behaviour("dfu_app", "dfu example").encode())
+    raw = bytearray(Behaviour("mesh_dfu_app", "dfu example").encode())
     raw[descriptor.HEADER.size + 3] ^= 0x01
     with pytest.raises(DescriptorError, match="CRC"):
         descriptor.decode(bytes(raw))
 
 
 def test_descriptor_of_an_unknown_format_version_is_refused() -> None:
-    raw = bytearray(Behaviour("dfu_app", "dfu example").encode())
+    raw = bytearray(Behaviour("mesh_dfu_app", "dfu example").encode())
     struct.pack_into("<H", raw, 8, descriptor.FORMAT_VERSION + 1)
     with pytest.raises(DescriptorError, match="format"):
         descriptor.decode(bytes(raw))
@@ -90,7 +92,7 @@ def test_descriptor_of_an_unknown_format_version_is_refused() -> None:
 
 def test_oversized_descriptor_is_refused_when_encoding() -> None:
     with pytest.raises(ValueError, match="max"):
-        Behaviour("dfu_app", "x", banner="b" * (descriptor.MAX_PAYLOAD + 1)).encode()
+        Behaviour("blinky", "x", banner="b" * (descriptor.MAX_PAYLOAD + 1)).encode()
 
 
 # --- virtual boards in a farm process ----------------------------------------------------------
@@ -104,7 +106,8 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFarm]:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The generated nRF52832 sample set: softdevice, bootloader (+UICR), blinky, dfu_app."""
+    """The generated nRF52832 sample set: softdevice, bootloader (+UICR), blinky, dfu_app and
+    the device page (the mesh bootloader starts nothing without one)."""
     return sample_firmware(tmp_path_factory.mktemp("firmware"), ["nRF52832_xxAA"])["nRF52832_xxAA"]
 
 
@@ -118,6 +121,11 @@ def dk(sim: RunningFarm) -> Iterator[VirtualLowLevelAPI]:
 
 def softdevice(images: Path) -> Path:
     return images / "softdevice_s132_7.2.0.hex"
+
+
+def mesh_console(sim: RunningFarm, board: str) -> Console:
+    """The board's UART read as mesh serial frames (one text line per frame)."""
+    return Console(sim.serial(board), name=board, protocol="mesh-serial")
 
 
 def run(api: VirtualLowLevelAPI) -> None:
@@ -137,16 +145,16 @@ def test_erased_board_reports_no_firmware(dk: VirtualLowLevelAPI) -> None:
     assert "0x00000000" in status
 
 
-def test_softdevice_bootloader_and_app_boot_through_the_bootloader_to_the_app_banner(
+def test_softdevice_bootloader_and_app_boot_through_the_bootloader_to_the_app(
     sim: RunningFarm, dk: VirtualLowLevelAPI, images: Path
 ) -> None:
-    for name in (softdevice(images).name, "bootloader.hex", "dfu_app.hex"):
+    for name in (softdevice(images).name, "bootloader.hex", "dfu_app.hex", "device_page.hex"):
         program_hex(dk, images / name)
     assert dk.read_u32(UICR_BOOTLOADERADDR) == BOOTLOADER_START
     jumps_before = sim.log_text("v52832").count(BOOTLOADER_JUMPED)
-    with sim.console("v52832") as console:
+    with mesh_console(sim, "v52832") as console:
         run(dk)
-        console.expect(DFU_BANNER, timeout=WAIT_S)
+        console.expect(DFU_BOOTED, timeout=WAIT_S)
     assert dk.sim_status()["cpu"] == "running dfu example 1.0.0 at 0x00026000"
     assert sim.log_text("v52832").count(BOOTLOADER_JUMPED) == jumps_before + 1
 
@@ -154,15 +162,15 @@ def test_softdevice_bootloader_and_app_boot_through_the_bootloader_to_the_app_ba
 def test_mbr_starts_the_app_directly_once_uicr_bootloaderaddr_is_erased(
     sim: RunningFarm, dk: VirtualLowLevelAPI, images: Path
 ) -> None:
-    for name in (softdevice(images).name, "bootloader.hex", "dfu_app.hex"):
+    for name in (softdevice(images).name, "bootloader.hex", "dfu_app.hex", "device_page.hex"):
         program_hex(dk, images / name)
     dk.erase_uicr()
     assert dk.read_u32(UICR_BOOTLOADERADDR) == 0xFFFFFFFF
     assert dk.read_u32(BOOTLOADER_START) != 0xFFFFFFFF  # the bootloader is still in flash
     jumps_before = sim.log_text("v52832").count(BOOTLOADER_JUMPED)
-    with sim.console("v52832") as console:
+    with mesh_console(sim, "v52832") as console:
         run(dk)
-        console.expect(DFU_BANNER, timeout=WAIT_S)
+        console.expect(DFU_BOOTED, timeout=WAIT_S)
     assert dk.sim_status()["cpu"] == "running dfu example 1.0.0 at 0x00026000"
     assert sim.log_text("v52832").count(BOOTLOADER_JUMPED) == jumps_before
 
@@ -173,7 +181,7 @@ def test_mbr_follows_bootloaderaddr_and_otherwise_the_softdevice_end(
     program_hex(dk, softdevice(images))
     program_hex(dk, images / "bootloader.hex")  # no application
     run(dk)
-    wait_cpu_status(dk, "running sample serial bootloader 1.0.0 at 0x00078000")
+    wait_cpu_status(dk, "running mesh serial bootloader 1.0.0 at 0x00078000")
     dk.erase_uicr()
     run(dk)
     wait_cpu_status(dk, "halted: no firmware at 0x00026000")
@@ -199,7 +207,7 @@ def test_image_with_a_damaged_descriptor_halts_naming_the_crc(
     dk: VirtualLowLevelAPI, images: Path
 ) -> None:
     program_hex(dk, softdevice(images))
-    image = bytearray(sample_app(Behaviour("dfu_app", "damaged", banner="x"), "damaged"))
+    image = bytearray(sample_app(Behaviour("blinky", "damaged", banner="x"), "damaged"))
     image[DESCRIPTOR_OFFSET + descriptor.HEADER.size + 1] ^= 0x40
     dk.write(APP_START, bytes(image), True)
     run(dk)
@@ -244,7 +252,7 @@ def test_sys_reset_keeps_the_core_halted_until_go(
 ) -> None:
     program_hex(dk, softdevice(images))
     program_hex(dk, images / "dfu_app.hex")
-    with sim.console("v52832") as console:
+    with mesh_console(sim, "v52832") as console:
         dk.sys_reset()
         assert dk.is_halted()
         time.sleep(0.5)  # ten device seconds halted
@@ -252,14 +260,14 @@ def test_sys_reset_keeps_the_core_halted_until_go(
         assert dk.read_u32(GPIO_P0_BASE + DIR) == 0
         assert dk.sim_status()["cpu"].startswith("reset: halted")
         dk.go()
-        console.expect(DFU_BANNER, timeout=WAIT_S)
+        console.expect(DFU_BOOTED, timeout=WAIT_S)
     assert not dk.is_halted()
 
 
 def test_uart_output_is_paced_no_faster_than_the_configured_baud(sim: RunningFarm) -> None:
     banner = "".join(chr(ord("a") + i % 26) for i in range(1500))
     image = sample_image(
-        0, 0x2000, Behaviour("dfu_app", "pacer", banner=banner), "pacer", ram_end(NRF52832)
+        0, 0x2000, Behaviour("blinky", "pacer", banner=banner), "pacer", ram_end(NRF52832)
     )
     expected = banner.encode() + b"\r\n"
     with sim.api("vpaced") as api, serial.Serial(sim.serial("vpaced"), PACED_BAUD) as port:

@@ -11,6 +11,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from dfuhil.farm.model import RadioSpec
 from dfuhil.formats.chips import (
     FICR_BASE,
     FICR_CODEPAGESIZE,
@@ -36,6 +37,7 @@ from dfuhil.formats.chips import (
 )
 from dfuhil.sim.clock import VirtualClock
 from dfuhil.sim.flash import NorFlash
+from dfuhil.sim.radio import RadioMedium, RadioPort
 from dfuhil.sim.runtime import Cpu
 from dfuhil.sim.uart import PtyUart
 
@@ -155,7 +157,13 @@ def build_ficr(chip: Chip, snr: int) -> bytes:
 
 
 class VirtualBoard:
-    def __init__(self, wiring: BoardWiring, clock: VirtualClock, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        wiring: BoardWiring,
+        clock: VirtualClock,
+        log: logging.Logger,
+        radio: RadioPort | None = None,
+    ) -> None:
         self.wiring = wiring
         self.name = wiring.name
         self.snr = wiring.snr
@@ -186,6 +194,8 @@ class VirtualBoard:
         self.gpio = Gpio(chip)
         self.registers: dict[int, int] = {}
         self.uart = PtyUart(clock, wiring.baud, name=f"{wiring.name}-uart")
+        # A board alone (no farm) still has a radio: the air around it is just empty.
+        self.radio = radio or RadioMedium(RadioSpec(), clock).port(wiring.name)
         self.cpu = Cpu(self)
         self._lock = threading.RLock()
 
@@ -203,6 +213,16 @@ class VirtualBoard:
         self.gpio.reset()
         self.registers = {k: v for k, v in self.registers.items() if k == POWER_GPREGRET}
         self.uart.flush_rx()
+        self.radio.reset()
+
+    @property
+    def gpregret(self) -> int:
+        """POWER.GPREGRET (8 bits): kept across a system reset, cleared at power-on only."""
+        return self.registers.get(POWER_GPREGRET, 0) & 0xFF
+
+    @gpregret.setter
+    def gpregret(self, value: int) -> None:
+        self.registers[POWER_GPREGRET] = value & 0xFF
 
     # --- memory map ---------------------------------------------------------------------------
 

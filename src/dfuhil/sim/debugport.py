@@ -95,6 +95,17 @@ def _reset(halt: bool, reason: str) -> Handler:
     return handler
 
 
+def _radio(board: VirtualBoard, a: dict[str, Any]) -> Any:
+    """The farm's radio medium, reached through any of its boards: set loss, read counters."""
+    medium = board.radio.medium
+    loss = a.get("loss")
+    if loss is not None:
+        if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0 <= loss <= 1:
+            raise PortError(INVALID_PARAMETER, f"radio loss must be in [0, 1], not {loss!r}")
+        medium.set_loss(float(loss))
+    return medium.describe()
+
+
 HANDLERS: dict[str, Handler] = {
     "read": _read,
     "write": _write,
@@ -118,6 +129,7 @@ HANDLERS: dict[str, Handler] = {
     "status": lambda b, a: b.status(),
     "stats": lambda b, a: b.stats(),
     "reset_stats": lambda b, a: b.reset_stats(),
+    "radio": _radio,
 }
 
 

@@ -336,6 +336,16 @@ class VirtualLowLevelAPI:
     def sim_reset_stats(self) -> None:
         self._call("reset_stats", self._require_emu())
 
+    def sim_radio(self, loss: float | None = None) -> dict[str, Any]:
+        """The farm's radio: set the per-receiver loss probability when ``loss`` is given;
+        always answer ``{"loss": float, "stats": {board: {sent, delivered, lost, overflow}}}``."""
+        if loss is not None and (
+            isinstance(loss, bool) or not isinstance(loss, int | float) or not 0 <= loss <= 1
+        ):
+            raise ValueError("The loss parameter must be a number from 0 to 1.")
+        radio: dict[str, Any] = self._call("radio", self._require_emu(), loss=loss)
+        return radio
+
     # --- plumbing -----------------------------------------------------------------------------
 
     def _require_open(self) -> socket.socket:

@@ -7,8 +7,9 @@ the end of the SoftDevice. The image found there must carry a behaviour descript
 (sim/descriptor.py) naming a registered :class:`Firmware` plug-in; real ARM code is reported as
 such and the CPU stays parked, as a virtual board must never pretend.
 
-Plug-ins register with :func:`behaviour` (built-ins in ``dfuhil.sim.behaviours`` and, for third
-parties, the ``dfuhil.behaviours`` entry-point group); nothing here knows any plug-in by name.
+Plug-ins register with :func:`behaviour` (built-ins in ``dfuhil.sim.behaviours`` and
+``dfuhil.sim.mesh`` and, for third parties, the ``dfuhil.behaviours`` entry-point group); nothing
+here knows any plug-in by name.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, type[Firmware]] = {}
-_BUILTINS = ("dfuhil.sim.behaviours",)
+_BUILTINS = ("dfuhil.sim.behaviours", "dfuhil.sim.mesh")
 _loaded = False
 
 
@@ -121,6 +122,24 @@ class FirmwareContext:
     def uart_read(self, max_bytes: int = 4096, timeout_s: float | None = None) -> bytes:
         self.checkpoint()
         return self.board.uart.read(max_bytes, timeout_s, self.cancel)
+
+    # radio (the farm's shared air; packets are opaque bytes, see dfuhil.sim.radio)
+    def radio_send(self, packet: bytes) -> None:
+        self.checkpoint()
+        self.board.radio.send(packet)
+
+    def radio_receive(self, timeout_s: float | None = None) -> bytes | None:
+        """The next packet heard within ``timeout_s`` device seconds; turns the receiver on."""
+        self.checkpoint()
+        return self.board.radio.receive(timeout_s, self.cancel)
+
+    # POWER.GPREGRET: survives a system reset, so a firmware can tell the next boot what to do
+    @property
+    def gpregret(self) -> int:
+        return self.board.gpregret
+
+    def set_gpregret(self, value: int) -> None:
+        self.board.gpregret = value
 
     # GPIO and LEDs (the board support package knows the DK's pins)
     def led(self, index: int, lit: bool) -> None:

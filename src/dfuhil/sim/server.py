@@ -14,6 +14,7 @@ from dfuhil.farm.model import Farm
 from dfuhil.sim.board import BoardWiring, VirtualBoard
 from dfuhil.sim.clock import VirtualClock
 from dfuhil.sim.debugport import DebugPortServer
+from dfuhil.sim.radio import RadioMedium
 from dfuhil.sim.state import SimState, VirtualBoardState
 
 
@@ -30,10 +31,11 @@ def _board_logger(name: str, log_dir: Path | None) -> logging.Logger:
 
 
 class VirtualFarm:
-    """The boards, their shared clock and the debug port that reaches them."""
+    """The boards, their shared clock and air, and the debug port that reaches them."""
 
     def __init__(self, farm: Farm, *, time_scale: float | None = None, log_dir: Path | None = None):
         self.clock = VirtualClock(time_scale if time_scale is not None else farm.time_scale)
+        self.radio = RadioMedium(farm.radio, self.clock)
         self.boards: dict[str, VirtualBoard] = {}
         for spec in farm.virtual_boards():
             wiring = BoardWiring(
@@ -45,7 +47,10 @@ class VirtualFarm:
                 leds_active_low=spec.leds.active_low,
             )
             self.boards[spec.name] = VirtualBoard(
-                wiring, self.clock, _board_logger(spec.name, log_dir)
+                wiring,
+                self.clock,
+                _board_logger(spec.name, log_dir),
+                radio=self.radio.port(spec.name),
             )
         # Unix socket paths are limited to ~100 bytes: keep the socket in a short temp dir.
         self._sockdir = tempfile.mkdtemp(prefix="dfuhil-")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from intelhex import IntelHex
@@ -46,8 +46,10 @@ DEFAULT_SOFTDEVICES: dict[str, str] = {
     "nRF52840_xxAA": "s140_7.2.0",
 }
 
+# The nRF5 SDK for Mesh serial bootloader and DFU example (dfuhil.sim.mesh). Both speak the
+# binary mesh serial protocol only: their boot shows as a DEVICE_STARTED event, never as text.
 BOOTLOADER_BEHAVIOUR = Behaviour(
-    kind="nrf5_bootloader", name="sample serial bootloader", version="1.0.0", banner="", params={}
+    kind="mesh_bootloader", name="mesh serial bootloader", version="1.0.0", banner="", params={}
 )
 BLINKY_BEHAVIOUR = Behaviour(
     kind="blinky",
@@ -57,12 +59,23 @@ BLINKY_BEHAVIOUR = Behaviour(
     params={"led": 0, "period_ms": 500},
 )
 DFU_APP_BEHAVIOUR = Behaviour(
-    kind="dfu_app",
-    name="dfu example",
-    version="1.0.0",
-    banner="dfu example 1.0.0 started",
-    params={},
+    kind="mesh_dfu_app", name="dfu example", version="1.0.0", banner="", params={}
 )
+
+# The SDK's default bootloader_config (company 89, application 1) for the nRF52832, the guide's
+# kit. The other chips run builds of their own (another application ID): in one mesh they
+# relay an nRF52832 package and never install an image linked for another chip.
+MESH_APPLICATION_IDS: dict[str, int] = {
+    "nRF52832_xxAA": 1,
+    "nRF51422_xxAC": 0x5142,
+    "nRF52833_xxAA": 0x5283,
+    "nRF52840_xxAA": 0x5284,
+}
+
+
+def mesh_bootloader_config(chip: Chip) -> BootloaderConfig:
+    return BootloaderConfig(application_id=MESH_APPLICATION_IDS.get(chip.name, 1))
+
 
 README_TEXT = """\
 # Sample firmware for the virtual farm (generated)
@@ -177,15 +190,20 @@ def chip_files(chip: Chip) -> dict[str, str]:
     app_start = sd.flash_size
     sp = ram_end(chip)
     blinky = sample_image(app_start, BLINKY_SIZE, BLINKY_BEHAVIOUR, f"{chip.name}/blinky", sp)
+    # What the mesh DFU guide sends: the SDK's blinky, silent on the UART (no banner), so a
+    # board whose port speaks mesh serial never sees text after the update.
+    silent = replace(BLINKY_BEHAVIOUR, banner="")
+    dfu_blinky = sample_image(app_start, BLINKY_SIZE, silent, f"{chip.name}/blinky", sp)
     dfu_app = sample_image(app_start, DFU_APP_SIZE, DFU_APP_BEHAVIOUR, f"{chip.name}/dfu_app", sp)
     softdevice = softdevice_image(chip, sd)
     return {
         f"softdevice_{sd.name}.hex": hex_text(to_intelhex([Segment(0, softdevice)])),
         "bootloader.hex": hex_text(to_intelhex(bootloader_segments(chip))),
         "blinky.hex": hex_text(to_intelhex([Segment(app_start, blinky)])),
+        "dfu_blinky.hex": hex_text(to_intelhex([Segment(app_start, dfu_blinky)])),
         "dfu_app.hex": hex_text(to_intelhex([Segment(app_start, dfu_app)])),
         "device_page.hex": hex_text(
-            device_page_hex(chip, sd, BootloaderConfig()), DEVICE_PAGE_BYTES_PER_LINE
+            device_page_hex(chip, sd, mesh_bootloader_config(chip)), DEVICE_PAGE_BYTES_PER_LINE
         ),
     }
 
