@@ -18,7 +18,6 @@ import pytest
 from dfuhil.farm.model import BoardSpec
 from dfuhil.formats.meshkeys import generate_key, public_key_bytes
 from dfuhil.formats.meshpkg import MeshPackage
-from dfuhil.links.mesh_serial import MeshSerialLink
 from dfuhil.procedures.bootloader_verify import VerifyReport, verify_bootloader
 from dfuhil.procedures.mesh_outcome import InstalledApp
 from fixtures.mesh import MeshUnderTest
@@ -60,17 +59,7 @@ def bootloaders_verified(mesh: MeshUnderTest) -> list[VerifyReport]:
     """tools/dfu/bootloader_verify.py on every node, as the guide asks after flashing."""
     reports = []
     for board in mesh.nodes:
-        console = mesh.links.console(board)
-        with (
-            console.released(reopen_timeout=5.0),
-            MeshSerialLink(
-                mesh.rig.serial_url(board),
-                baud=board.serial.baud,
-                rtscts=board.serial.rtscts,
-                log_path=mesh.log_dir / f"{board.name}.mesh-serial.log",
-                name=board.name,
-            ) as link,
-        ):
+        with mesh.serial_link(board) as link:
             report = verify_bootloader(
                 mesh.probe(board), link, time_scale=mesh.rig.time_scale(board)
             )

@@ -9,14 +9,11 @@ timestamped log file, because the log is what a QA engineer reads when a nightly
 from __future__ import annotations
 
 import codecs
-import errno
-import os
 import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TextIO, TypeAlias
@@ -25,6 +22,7 @@ import serial
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import FrameTextDecoder
+from dfuhil.links.serial_errors import open_failure, timestamp
 
 __all__ = ["Console", "ExpectTimeout", "UnexpectedOutput", "follow"]
 
@@ -60,12 +58,6 @@ class UnexpectedOutput(AssertionError):
     """Product failure: the device printed something the test said must not appear."""
 
 
-def _timestamp() -> str:
-    """Local wall-clock time, millisecond resolution, the prefix of every log line."""
-    now = datetime.now()
-    return now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}"
-
-
 def _compile(pattern: Pattern) -> re.Pattern[str]:
     """Console patterns are line oriented: ``^`` and ``$`` match at every line."""
     if isinstance(pattern, re.Pattern):
@@ -78,54 +70,6 @@ def _line_around(text: str, start: int, end: int) -> str:
     first = text.rfind("\n", 0, start) + 1
     last = text.find("\n", max(end - 1, start))
     return text[first : last if last >= 0 else len(text)]
-
-
-def _open_failure(url: str, exc: BaseException, waited: float) -> tuple[str, str]:
-    """Turn a pyserial/OS error into (message, remedy) a person at the rig can act on."""
-    code = getattr(exc, "errno", None)
-    if not isinstance(code, int):
-        context = exc.__context__
-        code = context.errno if isinstance(context, OSError) else None
-    reason = str(exc)
-    if isinstance(code, int) and code:
-        reason = errno.errorcode.get(code, str(code)) + ": " + os.strerror(code)
-    after = f" after retrying for {waited:.1f} s" if waited > 0 else ""
-    path = url.split("://", 1)[-1]
-    if isinstance(exc, ValueError):
-        return (
-            f"serial port {url!r} is not a valid port or URL ({exc})",
-            "fix the port in boards.yaml: a device path such as /dev/serial/by-id/usb-SEGGER_J-"
-            "Link_000682000000-if00, or a URL such as rfc2217://host:port or socket://host:port",
-        )
-    if code in (errno.EACCES, errno.EPERM):
-        return (
-            f"permission denied opening serial port {url}{after} ({reason})",
-            "add your user to the dialout group: `sudo usermod -aG dialout $USER`, "
-            "then log out and in again",
-        )
-    if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in str(exc).lower():
-        return (
-            f"serial port {url} is busy: another process holds it{after} ({reason})",
-            f"find the holder with `fuser {path}` (or `lsof {path}`) and stop it; a DFU/SMP tool "
-            "that needs the port must run inside `console.released()`",
-        )
-    if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
-        return (
-            f"serial port {url} not found{after} ({reason})",
-            "check the USB cable and that the board is powered; check the /dev/serial/by-id/... "
-            "path in boards.yaml against `ls /dev/serial/by-id/`; for a virtual board, is "
-            "`dfuhil sim serve` running?",
-        )
-    if url.startswith(("socket://", "rfc2217://")):
-        return (
-            f"serial server {url} is not reachable{after} ({exc})",
-            "for a virtual board, is `dfuhil sim serve` running? for a remote rig, is the "
-            "RFC 2217 server (e.g. ser2net) up and are host and port in boards.yaml right?",
-        )
-    return (
-        f"cannot open serial port {url}{after} ({exc})",
-        "check the USB cable, the port in boards.yaml and `dmesg | tail` for USB errors",
-    )
 
 
 class Console:
@@ -334,7 +278,7 @@ class Console:
             if waited >= timeout:
                 break
             time.sleep(min(_OPEN_RETRY_S, timeout - waited))
-        message, remedy = _open_failure(self._url, last, time.monotonic() - start)
+        message, remedy = open_failure(self._url, last, time.monotonic() - start)
         raise InfrastructureError(message, remedy, board=self._name or None) from None
 
     # -- the reader thread -----------------------------------------------------------------
@@ -353,7 +297,7 @@ class Console:
                         self._mark_lost(f"{type(exc).__name__}: {exc}")
                     return
                 if data:
-                    self._feed(data, _timestamp())
+                    self._feed(data, timestamp())
         except Exception as exc:  # a bug here must surface, never turn into a silent timeout
             self._mark_lost(f"console reader crashed: {type(exc).__name__}: {exc}")
 
@@ -372,7 +316,7 @@ class Console:
     def _flush_decoder(self) -> None:
         """Emit what an unfinished UTF-8 sequence left behind (as U+FFFD)."""
         with self._cond:
-            self._append(self._decoder.decode(b"", final=True), _timestamp())
+            self._append(self._decoder.decode(b"", final=True), timestamp())
             self._decoder.reset()
 
     def _append(self, text: str, ts: str) -> None:
@@ -409,7 +353,7 @@ class Console:
             self._log.flush()
 
     def _log_marker(self, marker: str) -> None:
-        self._log_line(_timestamp(), marker)
+        self._log_line(timestamp(), marker)
 
     def _log_device(self, text: str, ts: str) -> None:
         """Write complete lines, stamped with the time their first byte arrived."""
@@ -427,7 +371,7 @@ class Console:
 
     def _flush_partial(self) -> None:
         if self._log_partial:
-            self._log_line(self._log_partial_ts or _timestamp(), self._log_partial)
+            self._log_line(self._log_partial_ts or timestamp(), self._log_partial)
         self._log_partial = ""
         self._log_partial_ts = ""
 
@@ -564,7 +508,7 @@ class Console:
                 raise self._vanished_error()
             shown = data.decode("utf-8", errors="backslashreplace")
             for line in shown.replace("\r\n", "\n").rstrip("\n").split("\n"):
-                self._log_line(_timestamp(), f">> {line}")
+                self._log_line(timestamp(), f">> {line}")
         try:
             with self._write_lock:
                 port.write(data)

@@ -16,13 +16,11 @@ the rig's, not the product's: they surface as :class:`InfrastructureError` with 
 
 from __future__ import annotations
 
-import errno
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
@@ -31,6 +29,7 @@ import serial
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import Frame, FrameReader, describe_frame, frame
+from dfuhil.links.serial_errors import open_failure, timestamp
 
 __all__ = ["MeshSerialLink"]
 
@@ -51,51 +50,8 @@ _READ_TIMEOUT_S = 0.05
 _WRITE_TIMEOUT_S = 5.0
 
 
-def _timestamp() -> str:
-    now = datetime.now()
-    return now.strftime("%Y-%m-%d %H:%M:%S.") + f"{now.microsecond // 1000:03d}"
-
-
 def _hex(data: bytes) -> str:
     return data.hex(" ").upper()
-
-
-def _open_failure(url: str, exc: BaseException) -> tuple[str, str]:
-    """(message, remedy) for a port that cannot be opened, naming the port."""
-    code = getattr(exc, "errno", None)
-    if not isinstance(code, int):
-        context = exc.__context__
-        code = context.errno if isinstance(context, OSError) else None
-    path = url.split("://", 1)[-1]
-    if isinstance(exc, ValueError):
-        return (
-            f"serial port {url!r} is not a valid port or URL ({exc})",
-            "give a device path (/dev/ttyACM0, /dev/serial/by-id/...) or a pyserial URL "
-            "(rfc2217://host:port, socket://host:port)",
-        )
-    if code in (errno.EACCES, errno.EPERM):
-        return (
-            f"permission denied opening serial port {url} ({exc})",
-            "add your user to the dialout group (`sudo usermod -aG dialout $USER`, then log in "
-            "again)",
-        )
-    if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in str(exc).lower():
-        return (
-            f"serial port {url} is busy ({exc})",
-            f"is another program holding it? (a `dfuhil console`, minicom, screen, nrfutil, a "
-            f"test's console fixture); `fuser {path}` names it",
-        )
-    if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
-        return (
-            f"serial port {url} not found ({exc})",
-            "check the USB cable and that the board is powered, and the port name against "
-            "`ls /dev/serial/by-id/`; for a virtual board, is `dfuhil sim serve` running?",
-        )
-    return (
-        f"cannot open serial port {url} ({exc})",
-        f"check the port name ({url}), the USB cable and `dmesg | tail`; for a remote port, is "
-        "its RFC 2217 server up?",
-    )
 
 
 class MeshSerialLink:
@@ -173,7 +129,7 @@ class MeshSerialLink:
         try:
             port = serial.serial_for_url(self._url, **self._port_options())
         except (ValueError, serial.SerialException, OSError) as exc:
-            message, remedy = _open_failure(self._url, exc)
+            message, remedy = open_failure(self._url, exc)
             self.note(f"--- could not open: {message} ---")
             self._close_log()
             raise InfrastructureError(message, remedy, board=self.board) from None
@@ -280,7 +236,7 @@ class MeshSerialLink:
 
     def _feed(self, data: bytes) -> None:
         frames = self._reader.feed(data)
-        ts = _timestamp()
+        ts = timestamp()
         with self._cond:
             self.bytes_received += len(data)
             for item in frames:
@@ -292,7 +248,7 @@ class MeshSerialLink:
     def _mark_lost(self, detail: str) -> None:
         with self._cond:
             self._lost = detail
-            self._log_line(_timestamp(), f"--- port lost: {detail} ---")
+            self._log_line(timestamp(), f"--- port lost: {detail} ---")
             self._cond.notify_all()
 
     def _vanished(self) -> InfrastructureError:
@@ -319,7 +275,7 @@ class MeshSerialLink:
                 raise RuntimeError(f"mesh serial link {self.name} is not open; cannot send")
             if self._lost is not None:
                 raise self._vanished()
-            self._log_line(_timestamp(), f"> {_hex(raw)}  {describe_frame(item)}")
+            self._log_line(timestamp(), f"> {_hex(raw)}  {describe_frame(item)}")
         try:
             with self._write_lock:
                 port.write(raw)
@@ -393,7 +349,7 @@ class MeshSerialLink:
     def note(self, text: str) -> None:
         """A marker line in the frame log (phases of a transfer, decisions, errors)."""
         with self._cond:
-            self._log_line(_timestamp(), text)
+            self._log_line(timestamp(), text)
 
     def _open_log(self) -> None:
         if self._log_path is None or self._log is not None:
