@@ -133,3 +133,15 @@ def test_frame_text_decoder_names_what_it_sees() -> None:
         "FRAME opcode=0x99 01",
     ]
     assert decoder.decode(b"\x05\x82", final=True) == "(incomplete frame: 2 bytes)\n"
+
+
+def test_dfu_events_are_named_and_end_reasons_decoded() -> None:
+    """serial_evt.h DFU END: role, type, fwid (10 bytes), end reason."""
+    fwid = "59 00 00 00 01 00 02 00 00 00"
+    end = bytes.fromhex(f"0E A3 01 04 {fwid} 04")
+    start = bytes.fromhex(f"0D A2 02 04 {fwid}")
+    text = FrameTextDecoder().decode(end + start)
+    assert text.splitlines() == [
+        "DFU_END role=target type=APPLICATION fwid=59000000010002000000 end=ERROR_UNAUTHORIZED",
+        "DFU_START role=relay type=APPLICATION fwid=59000000010002000000",
+    ]

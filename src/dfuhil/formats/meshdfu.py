@@ -380,9 +380,40 @@ def _type_name(dfu_type: int) -> str:
         return str(dfu_type)
 
 
+# Serial DFU events of the mesh application (serial_evt.h, 0xA0-0xA6), for the logs.
+DFU_EVENTS = {
+    0xA0: "DFU_REQ_RELAY",
+    0xA1: "DFU_REQ_SOURCE",
+    0xA2: "DFU_START",
+    0xA3: "DFU_END",
+    0xA4: "DFU_BANK_AVAILABLE",
+    0xA5: "DFU_FW_OUTDATED",
+    0xA6: "DFU_FW_OUTDATED_NO_AUTH",
+}
+_ROLES = {0: "none", 1: "target", 2: "relay", 3: "source"}
+
+
+def _describe_dfu_event(opcode: int, payload: bytes) -> str:
+    name = DFU_EVENTS[opcode]
+    if opcode in (0xA2, 0xA3) and len(payload) >= 12:
+        role = _ROLES.get(payload[0], str(payload[0]))
+        text = (
+            f"{name} role={role} type={_type_name(payload[1])} fwid={payload[2:12].hex().upper()}"
+        )
+        if opcode == 0xA3 and len(payload) >= 13:
+            try:
+                text += f" end={EndReason(payload[12]).name}"
+            except ValueError:
+                text += f" end={payload[12]}"
+        return text
+    return f"{name} {payload.hex(' ').upper()}".rstrip()
+
+
 def describe_frame(item: Frame) -> str:
     """One serial frame as a log line; unknown opcodes keep their bytes in hex."""
     payload = item.payload
+    if item.opcode in DFU_EVENTS:
+        return _describe_dfu_event(item.opcode, payload)
     if item.opcode == Opcode.DEVICE_STARTED and len(payload) >= 3:
         try:
             mode = OperatingMode(payload[0]).name
