@@ -14,6 +14,7 @@ import contextlib
 import queue
 import random
 import threading
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -120,14 +121,17 @@ class MeshNode(Firmware):
 
     # --- to be provided by the firmware -----------------------------------------------------------
 
+    @abstractmethod
     def on_serial(self, item: Frame) -> None:
-        raise NotImplementedError
+        """Handle one input; the subclass is the firmware."""
 
+    @abstractmethod
     def on_radio(self, packet: bytes, at: float) -> None:
-        raise NotImplementedError
+        """Handle one input; the subclass is the firmware."""
 
+    @abstractmethod
     def on_timer(self, action: TimerAction) -> None:
-        raise NotImplementedError
+        """Handle one input; the subclass is the firmware."""
 
     # --- services ---------------------------------------------------------------------------------
 
