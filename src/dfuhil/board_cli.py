@@ -17,8 +17,8 @@ from dfuhil.farm.rig import Rig
 from dfuhil.sim.state import DEFAULT_STATE_FILE, load_state
 
 
-def _board_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--board", required=True, metavar="NAME", help="board name in the farm")
+def add_farm_options(parser: argparse.ArgumentParser) -> None:
+    """``--boards`` and ``--sim-state``: where the farm is described and where it runs."""
     parser.add_argument("--boards", type=Path, default=Path("boards.yaml"), metavar="FILE")
     parser.add_argument(
         "--sim-state",
@@ -27,6 +27,12 @@ def _board_options(parser: argparse.ArgumentParser) -> None:
         metavar="STATE.json",
         help="state file of a running `dfuhil sim serve` (for virtual boards)",
     )
+
+
+def add_board_options(parser: argparse.ArgumentParser) -> None:
+    """``--board NAME`` plus the farm options: what every verb for one board takes."""
+    parser.add_argument("--board", required=True, metavar="NAME", help="board name in the farm")
+    add_farm_options(parser)
 
 
 def open_rig(args: argparse.Namespace) -> tuple[Rig, BoardSpec]:
@@ -42,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     provision = subparsers.add_parser(
         "provision", help="flash a board's firmware set over SWD, skipping what is already there"
     )
-    _board_options(provision)
+    add_board_options(provision)
     provision.add_argument(
         "--steps",
         default=",".join(STEPS),
@@ -51,13 +57,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     provision.set_defaults(func=run_provision)
 
     leds = subparsers.add_parser("leds", help="show each LED as on, off or blinking")
-    _board_options(leds)
+    add_board_options(leds)
     leds.add_argument("--window", type=float, default=2.0, help="device seconds to sample")
     leds.add_argument("--watch", action="store_true", help="keep sampling until Ctrl-C")
     leds.set_defaults(func=run_leds)
 
     console = subparsers.add_parser("console", help="print the board's console until Ctrl-C")
-    _board_options(console)
+    add_board_options(console)
     console.set_defaults(func=run_console)
 
 

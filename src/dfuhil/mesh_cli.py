@@ -15,10 +15,10 @@ from pathlib import Path
 
 from intelhex import IntelHex
 
+from dfuhil.board_cli import add_farm_options
 from dfuhil.errors import InputError, Problem
 from dfuhil.formats.chips import CHIPS, Chip, chip_names, find_chip
 from dfuhil.formats.softdevice import SOFTDEVICES, SoftDevice, find_softdevice
-from dfuhil.sim.state import DEFAULT_STATE_FILE
 
 # device_page_generator.py's defaults (nRF5 SDK for Mesh v5.0.0).
 DEFAULT_DEVICE = "nrf52832_xxAA"
@@ -55,14 +55,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     shows.add_argument(
         "--show-board", dest="board", metavar="NAME", help="read and show a board's device page"
     )
-    devpage.add_argument("--boards", type=Path, default=Path("boards.yaml"), metavar="FILE")
-    devpage.add_argument(
-        "--sim-state",
-        type=Path,
-        default=DEFAULT_STATE_FILE,
-        metavar="STATE.json",
-        help="state file of a running `dfuhil sim serve` (for virtual boards)",
-    )
+    add_farm_options(devpage)
     devpage.set_defaults(func=run_devpage)
 
     mesh = subparsers.add_parser("mesh", help="mesh DFU signing keys and packages (nrfutil mesh)")

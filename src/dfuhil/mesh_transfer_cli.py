@@ -13,25 +13,19 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dfuhil.sim.state import DEFAULT_STATE_FILE
+from dfuhil.board_cli import add_board_options, add_farm_options
+
+if TYPE_CHECKING:
+    from dfuhil.farm.model import BoardSpec
+    from dfuhil.farm.rig import Rig
+    from dfuhil.formats.meshpkg import MeshPackage
+    from dfuhil.procedures.mesh_check import Mismatch
 
 DEFAULT_BAUD = 115200
 DEFAULT_INTERVAL_MS = 500
 REPORTS_DIR = Path("reports")
-
-
-def _board_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--board", required=required, metavar="NAME", help="board in the farm")
-    parser.add_argument("--boards", type=Path, default=Path("boards.yaml"), metavar="FILE")
-    parser.add_argument(
-        "--sim-state",
-        type=Path,
-        default=DEFAULT_STATE_FILE,
-        metavar="STATE.json",
-        help="state file of a running `dfuhil sim serve` (for virtual boards)",
-    )
 
 
 def register(mesh_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,7 +34,7 @@ def register(mesh_commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "check", help="would this board install this package? (reads the board, sends nothing)"
     )
     check.add_argument("package", type=Path, metavar="PKG.zip")
-    _board_options(check, required=True)
+    add_board_options(check)
     check.set_defaults(func=run_check)
 
     dfu = mesh_commands.add_parser(
@@ -50,8 +44,7 @@ def register(mesh_commands: argparse._SubParsersAction[argparse.ArgumentParser])
     target = dfu.add_mutually_exclusive_group(required=True)
     target.add_argument("-p", "--port", help="device path or pyserial URL (rfc2217://...)")
     target.add_argument("--board", metavar="NAME", help="board in the farm (port from boards.yaml)")
-    dfu.add_argument("--boards", type=Path, default=Path("boards.yaml"), metavar="FILE")
-    dfu.add_argument("--sim-state", type=Path, default=DEFAULT_STATE_FILE, metavar="STATE.json")
+    add_farm_options(dfu)
     dfu.add_argument(
         "-b",
         "--baudrate",
@@ -103,15 +96,10 @@ def register(mesh_commands: argparse._SubParsersAction[argparse.ArgumentParser])
 def run_check(args: argparse.Namespace) -> int:
     from dfuhil.board_cli import open_rig
     from dfuhil.formats.meshpkg import read_package
-    from dfuhil.procedures.mesh_check import check_package, preflight_notes, read_board_state
 
     package = read_package(args.package)
     rig, board = open_rig(args)
-    with rig.probe(board) as probe:
-        page, installed = read_board_state(probe, board.chip)
-    for note in preflight_notes(package, page, installed):
-        print(f"note: {note}")
-    mismatches = check_package(package, page, installed, board.name)
+    mismatches = _preflight(rig, board, package)
     if mismatches:
         print(f"package {args.package} does not fit board {board.name}:")
         for mismatch in mismatches:
@@ -173,23 +161,27 @@ def run_dfu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(rig: Rig, board: BoardSpec, package: MeshPackage) -> list[Mismatch]:
+    """Read the board once, print the notes, return what stops the package."""
+    from dfuhil.procedures.mesh_check import check_package, preflight_notes, read_board_state
+
+    with rig.probe(board) as probe:
+        page, installed = read_board_state(probe, board.chip)
+    for note in preflight_notes(package, page, installed):
+        print(f"note: {note}")
+    return check_package(package, page, installed, board.name)
+
+
 def _board_link(args: argparse.Namespace, package: Any) -> tuple[str, int, bool, float, str]:
     """Port, baud, flow control, time scale and name from boards.yaml; pre-flight first."""
     from dfuhil.board_cli import open_rig
     from dfuhil.procedures.mesh_check import (
         PreflightError,
-        check_package,
-        preflight_notes,
-        read_board_state,
     )
 
     rig, board = open_rig(args)
     if not args.no_check:
-        with rig.probe(board) as probe:
-            page, installed = read_board_state(probe, board.chip)
-        for note in preflight_notes(package, page, installed):
-            print(f"note: {note}")
-        mismatches = check_package(package, page, installed, board.name)
+        mismatches = _preflight(rig, board, package)
         if mismatches:
             raise PreflightError(board.name, str(args.package), mismatches)
     baud = args.baudrate or board.serial.baud

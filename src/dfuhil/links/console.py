@@ -22,7 +22,7 @@ import serial
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import FrameTextDecoder
-from dfuhil.links.serial_errors import open_failure, timestamp
+from dfuhil.links.serial_port import open_failure, port_options, timestamp
 
 __all__ = ["Console", "ExpectTimeout", "UnexpectedOutput", "follow"]
 
@@ -256,15 +256,7 @@ class Console:
 
     def _open_port(self, timeout: float) -> Any:
         """``serial_for_url`` with retries; every failure becomes an InfrastructureError."""
-        kwargs: dict[str, Any] = {
-            "baudrate": self._baud,
-            "rtscts": self._rtscts,
-            "timeout": _READ_TIMEOUT_S,
-            "do_not_open": False,
-        }
-        if "://" not in self._url:
-            # A local device is locked so two processes never split one board's output.
-            kwargs["exclusive"] = True
+        kwargs = port_options(self._url, self._baud, self._rtscts, _READ_TIMEOUT_S)
         start = time.monotonic()
         while True:
             try:

@@ -29,7 +29,7 @@ import serial
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import Frame, FrameReader, describe_frame, frame
-from dfuhil.links.serial_errors import open_failure, timestamp
+from dfuhil.links.serial_port import open_failure, port_options, timestamp
 
 __all__ = ["MeshSerialLink"]
 
@@ -193,16 +193,9 @@ class MeshSerialLink:
         self.close()
 
     def _port_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {
-            "baudrate": self._baud,
-            "rtscts": self._rtscts,
-            "timeout": self._drain_gap,
-            "write_timeout": _WRITE_TIMEOUT_S,
-        }
-        if "://" not in self._url:
-            # Two programs reading one board's UART would each see half of the frames.
-            options["exclusive"] = True
-        return options
+        return port_options(
+            self._url, self._baud, self._rtscts, self._drain_gap, write_timeout=_WRITE_TIMEOUT_S
+        )
 
     def _drain(self, port: Any) -> None:
         """Read until the line is quiet for ``drain_gap``: stale frames must not ack ours."""

@@ -1,4 +1,5 @@
-"""What a serial link prints when its port fails: one wording for the console and mesh links.
+"""What the console and the mesh link share about a serial port: how it is opened, and what
+is said when it cannot be.
 
 A port that cannot be opened is the rig's problem, never the product's; the message names the
 port and the remedy names the fix (dialout group, the process holding it, the cable).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from datetime import datetime
+from typing import Any
 
 
 def timestamp() -> str:
@@ -64,3 +66,12 @@ def open_failure(url: str, exc: BaseException, waited: float = 0.0) -> tuple[str
         f"cannot open serial port {url}{after} ({exc})",
         "check the USB cable, the port in boards.yaml and `dmesg | tail` for USB errors",
     )
+
+
+def port_options(url: str, baud: int, rtscts: bool, timeout: float, **extra: Any) -> dict[str, Any]:
+    """pyserial ``serial_for_url`` options; a local device is opened exclusively, because two
+    programs reading one board's UART would each see half of its output."""
+    options: dict[str, Any] = {"baudrate": baud, "rtscts": rtscts, "timeout": timeout, **extra}
+    if "://" not in url:
+        options["exclusive"] = True
+    return options
