@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh clean
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp clean
 
 setup: $(VENV)/.installed
 
@@ -41,9 +41,13 @@ test: setup firmware lint typecheck
 bench: setup firmware
 	$(PY) bench/provision.py
 	$(PY) bench/mesh_dfu.py
+	$(PY) bench/smp_upload.py
 
 bench-mesh: setup firmware
 	$(PY) bench/mesh_dfu.py
+
+bench-smp: setup firmware
+	$(PY) bench/smp_upload.py
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache

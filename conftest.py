@@ -6,4 +6,5 @@ pytest_plugins = [
     "fixtures.boards",
     "fixtures.provisioning",
     "fixtures.mesh",
+    "fixtures.mcuboot",
 ]

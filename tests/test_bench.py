@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,17 @@ def test_provision_bench_reprovisioning_writes_nothing_and_app_change_costs_app_
     assert 0 < written["(d)"] <= app_bytes and erased["(d)"] <= app_bytes
     assert 0 < written["(e)"] <= 4096 and erased["(e)"] <= 4096, "one changed page, one rewrite"
     assert erased["(a)"] >= 512 * 1024, "the naive way erases the whole chip"
+
+
+def test_smp_upload_bench_runs_every_way_with_the_same_chunking() -> None:
+    bench = [str(ROOT / "bench" / "smp_upload.py"), "--time-scale", "0.05", "--image-kib", "32"]
+    done = subprocess.run(
+        [sys.executable, *bench], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    rows = _rows(done.stdout)
+    assert set(rows) == {"(a)", "(b)", "(c)", "(d)", "(e)"}, done.stdout
+    assert "framing bound" in done.stdout and "goal:" in done.stdout
+    # smpclient and both dfuhil ways fill the negotiated buffer: the same number of requests
+    counts = [re.search(r"(\d+) requests", " ".join(rows[k])) for k in ("(c)", "(d)", "(e)")]
+    assert all(counts) and len({m.group(1) for m in counts if m}) == 1, done.stdout

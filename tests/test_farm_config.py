@@ -10,15 +10,19 @@ import argparse
 import json
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from dfuhil.errors import InputError, Problem
+from dfuhil.errors import InfrastructureError, InputError, Problem
 from dfuhil.farm import cli
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import Farm, FlashLayout, Region
+from dfuhil.farm.rig import Rig
 from dfuhil.formats.chips import CHIPS
+from dfuhil.procedures.image_sign import generate_key
+from dfuhil.sim.state import SimState, VirtualBoardState
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,8 +201,10 @@ def test_lab_example_is_valid() -> None:
     assert any(b.probe.ip for b in farm.boards)
     assert any(b.serial.port.startswith("rfc2217://") for b in farm.boards)
     assert all(b.roles for b in farm.boards)
-    mcuboot = [b for b in farm.boards if "slot0" in b.layout.regions]
-    assert mcuboot and mcuboot[0].layout.region("storage").end == mcuboot[0].chip.flash_size
+    mcuboot = [b for b in farm.boards if b.mcuboot is not None]
+    assert mcuboot and mcuboot[0].layout.source is not None  # from a Partition Manager file
+    assert mcuboot[0].layout.region("settings_storage").end == mcuboot[0].chip.flash_size
+    assert mcuboot[0].mcuboot is not None and mcuboot[0].mcuboot.mode == "swap-move"
 
 
 # --- unreadable files -----------------------------------------------------------------------
@@ -694,3 +700,228 @@ def test_flash_layout_hash_ignores_dict() -> None:
     a = FlashLayout("x", chip, {"a": Region("a", 0, 4096)})
     b = FlashLayout("x", chip, {"a": Region("a", 0, 4096)})
     assert a == b and hash(a) == hash(b)
+
+
+# --- MCUboot boards ---------------------------------------------------------------------------
+
+MCU = textwrap.dedent(
+    """
+    version: 1
+    flash_layouts:
+      l40:
+        chip: nRF52840_xxAA
+        regions:
+          mcuboot: {start: 0x0, size: 0xC000}
+          mcuboot_primary: {start: 0xC000, size: 0x76000}
+          mcuboot_secondary: {start: 0x82000, size: 0x76000}
+          settings_storage: {start: 0xF8000, size: 0x8000}
+    firmware_sets:
+      mcu:
+        chip: nRF52840_xxAA
+        bootloader: {file: fw/mcuboot.hex}
+        application: {file: fw/app.hex, banner: 'Booting Zephyr OS build'}
+        mcuboot:
+          mode: swap-move
+          key: keys/k.pem
+          transports: [serial, udp]
+          dfu_lock_timeout_ms: 5000
+          builds: {update: fw/update.bin}
+    boards:
+      - name: vdk
+        chip: nRF52840_xxAA
+        probe: {backend: virtual}
+        smp_udp: virtual
+        roles: [mcuboot, swap-move]
+        firmware: mcu
+        flash_layout: l40
+    """
+).lstrip()
+# The public half of MCUboot's root-ed25519.pem (spec §1.8: raw key d4b31ba4...).
+SAMPLE_ED25519_PUB = (
+    "-----BEGIN PUBLIC KEY-----\n"
+    "MCowBQYDK2VwAyEA1LMbpJo63T+CXRDKfzG1Cw3ofzfMxJ8aQDpcEyD/tOA=\n"
+    "-----END PUBLIC KEY-----\n"
+)
+
+
+def mcu_problems(tmp_path: Path, old: str = "", new: str = "", **kwargs: bool) -> list[Problem]:
+    assert MCU.count(old) == 1 or not old, old
+    return problems_of(write(tmp_path, MCU.replace(old, new) if old else MCU), **kwargs)
+
+
+def test_mcuboot_block_resolves(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    generate_key(tmp_path / "keys" / "k.pem", "ecdsa-p256")
+    board = load_farm(write(tmp_path, MCU)).board("vdk")
+    spec = board.mcuboot
+    assert spec is not None and board.firmware is not None and board.firmware.mcuboot is spec
+    assert (spec.mode, spec.key, spec.header_size, spec.max_align, spec.write_size) == (
+        "swap-move",
+        tmp_path / "keys" / "k.pem",
+        0x200,
+        8,
+        4,
+    )
+    assert (spec.confirm, spec.transports, spec.dfu_lock_timeout_ms) == (
+        "host",
+        ("serial", "udp"),
+        5000,
+    )
+    assert spec.build("update") == tmp_path / "fw" / "update.bin"
+    assert spec.build_names == ("update",)
+    with pytest.raises(KeyError, match="builds: update"):
+        spec.build("nope")
+    assert spec.can_sign and spec.public_key().type == "ecdsa-p256"
+    assert board.smp_udp == "virtual"
+    geometry = spec.geometry(board.layout)
+    assert (geometry.primary.start, geometry.primary.size, geometry.sector_size) == (
+        0xC000,
+        0x76000,
+        4096,
+    )
+    assert geometry.secondary is not None and geometry.secondary.start == 0x82000
+    assert spec.trailer(0x76000).size == 128 * 3 * 4 + 48
+    hash(board)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "field", "words"),
+    [
+        (
+            "      mode: swap-move",
+            "      mode: swap-mov",
+            16,
+            "firmware_sets.mcu.mcuboot.mode",
+            "'swap-scratch', 'swap-move'",
+        ),
+        (
+            "      key: keys/k.pem",
+            "      key: keys/k.pem\n      keys: x",
+            18,
+            "firmware_sets.mcu.mcuboot.keys",
+            "did you mean 'key'?",
+        ),
+        (
+            "      mode: swap-move",
+            "      mode: direct-xip\n      downgrade_prevention: true",
+            15,
+            "firmware_sets.mcu.mcuboot",
+            "not allow it with direct-xip",
+        ),
+        (
+            "      mode: swap-move",
+            "      mode: single-slot",
+            15,
+            "firmware_sets.mcu.mcuboot",
+            "add serial_recovery: {wait_ms: 0}",
+        ),
+        (
+            "      transports: [serial, udp]",
+            "      transports: [serial]",
+            15,
+            "firmware_sets.mcu.mcuboot",
+            "with one transport there is nothing to lock",
+        ),
+        (
+            "      mode: swap-move",
+            "      mode: swap-move\n      max_align: 12",
+            17,
+            "firmware_sets.mcu.mcuboot.max_align",
+            "should be 8, 16 or 32",
+        ),
+        (
+            "    smp_udp: virtual",
+            "    smp_udp: 'localhost'",
+            25,
+            "boards[vdk].smp_udp",
+            "not a UDP endpoint",
+        ),
+    ],
+)
+def test_mcuboot_block_errors(
+    tmp_path: Path, old: str, new: str, line: int, field: str, words: str
+) -> None:
+    assert_problem(only(mcu_problems(tmp_path, old, new)), line, field, words)
+
+
+def test_mode_without_the_slots_it_needs(tmp_path: Path) -> None:
+    p = only(mcu_problems(tmp_path, "      mode: swap-move", "      mode: swap-scratch"))
+    assert_problem(p, 28, "boards[vdk].flash_layout", "swap-scratch", "'mcuboot_scratch'", "Add it")
+    gone = "      mcuboot_secondary: {start: 0x82000, size: 0x76000}\n"
+    problems = problems_of(write(tmp_path, MCU.replace(gone, "")))
+    assert (
+        "needs a 'mcuboot_secondary' region (where updates are uploaded)" in only(problems).message
+    )
+    assert "or use mode single-slot" in problems[0].message
+
+
+def test_too_many_sectors_for_the_status_area(tmp_path: Path) -> None:
+    p = only(
+        mcu_problems(
+            tmp_path, "      mode: swap-move", "      mode: swap-move\n      max_sectors: 64"
+        )
+    )
+    assert_problem(p, 29, "boards[vdk].flash_layout", "118 sectors", "at least 118")
+
+
+def test_udp_needs_an_address_of_the_right_kind(tmp_path: Path) -> None:
+    p = only(mcu_problems(tmp_path, "    smp_udp: virtual\n", ""))
+    assert_problem(p, 22, "boards[vdk]", "speaks SMP over udp", "add smp_udp: virtual")
+    p = only(mcu_problems(tmp_path, "    smp_udp: virtual", "    smp_udp: 127.0.0.1:1337"))
+    assert_problem(p, 25, "boards[vdk].smp_udp", "assigned by the virtual farm")
+    p = only(
+        mcu_problems(
+            tmp_path,
+            "      transports: [serial, udp]\n      dfu_lock_timeout_ms: 5000\n",
+            "",
+        )
+    )
+    assert_problem(p, 23, "boards[vdk].smp_udp", "lists no udp transport")
+
+
+def test_key_file_checks(tmp_path: Path) -> None:
+    p = only([q for q in mcu_problems(tmp_path, check_files=True) if q.field.endswith("key")])
+    assert_problem(p, 17, "firmware_sets.mcu.mcuboot.key", "key file not found", "keygen")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "k.pem").write_text("not a key\n")
+    keys = [q for q in mcu_problems(tmp_path, check_files=True) if q.field.endswith("key")]
+    assert "not a PEM private or public key" in only(keys).message
+    (tmp_path / "keys" / "k.pem").write_text(SAMPLE_ED25519_PUB)
+    keys = [q for q in mcu_problems(tmp_path, check_files=True) if q.field.endswith("key")]
+    assert "published sample key root-ed25519.pem" in only(keys).message
+    allowed = MCU.replace(
+        "      key: keys/k.pem", "      key: keys/k.pem\n      allow_sample_keys: true"
+    )
+    farm_problems = problems_of(write(tmp_path, allowed), check_files=True)
+    assert not [q for q in farm_problems if q.field.endswith("key")]
+    builds = [q for q in farm_problems if "builds" in q.field]
+    assert_problem(only(builds), 21, "firmware_sets.mcu.mcuboot.builds.update", "file not found")
+    # A public key checks but cannot sign.
+    board = load_farm(write(tmp_path, allowed)).board("vdk")
+    assert board.mcuboot is not None and not board.mcuboot.can_sign
+
+
+def test_rig_smp_udp(tmp_path: Path) -> None:
+    """Virtual boards get their UDP port from the running farm, real ones from boards.yaml."""
+    (tmp_path / "keys").mkdir()
+    generate_key(tmp_path / "keys" / "k.pem", "ecdsa-p256")
+    real = MCU.replace("probe: {backend: virtual}", "probe: {backend: jlink, snr: 1}").replace(
+        "smp_udp: virtual", "smp_udp: 192.0.2.7:1337\n    serial: {port: /dev/ttyACM0}"
+    )
+    dk = load_farm(write(tmp_path, real, "real.yaml")).board("vdk")
+    assert Rig(load_farm(tmp_path / "real.yaml")).smp_udp(dk) == "192.0.2.7:1337"
+    farm = load_farm(write(tmp_path, MCU))
+    vdk = farm.board("vdk")
+    with pytest.raises(InfrastructureError, match="no virtual farm is running"):
+        Rig(farm).smp_udp(vdk)
+    board = VirtualBoardState("vdk", "/dev/pts/9", 1, "127.0.0.1:1", smp_udp="127.0.0.1:4242")
+    state = SimState(tmp_path / "s.json", 1, 0.1, "boards.yaml", {"vdk": board})
+    assert Rig(farm, state).smp_udp(vdk) == "127.0.0.1:4242"
+    silent = replace(board, smp_udp=None)
+    with pytest.raises(InfrastructureError, match="reports no SMP UDP port"):
+        Rig(farm, replace(state, boards={"vdk": silent})).smp_udp(vdk)
+    serial_only = MCU.replace("    smp_udp: virtual\n", "").replace(
+        "      transports: [serial, udp]\n      dfu_lock_timeout_ms: 5000\n", ""
+    )
+    farm = load_farm(write(tmp_path, serial_only))
+    assert Rig(farm, state).smp_udp(farm.board("vdk")) is None

@@ -224,14 +224,16 @@ def test_trailer_offsets_match_mcuboot_for_align_8_and_32() -> None:
     assert overwrite.size == imgtool_image.Image()._trailer_size(4, 128, True, None, False, 0)
 
 
-def test_status_records_fill_the_area_from_the_highest_index_down() -> None:
+def test_status_records_start_with_the_first_swap_step() -> None:
+    # boot_status_internal_off: (idx - IDX_0) * records * write_size + (state - STATE_0) * ...
     layout = TrailerLayout(SLOT)
-    top = layout.status_offset(127, 1)
-    assert top == layout.status_start
-    assert layout.status_offset(0, 3) == layout.status_start + layout.status_size - 4
-    assert layout.status_offset(0, 3) < layout.swap_size
+    assert layout.status_offset(1, 1) == layout.status_start
+    assert layout.status_offset(1, 3) == layout.status_start + 8
+    assert layout.status_offset(2, 1) == layout.status_start + 12
+    assert layout.status_offset(128, 3) == layout.status_start + layout.status_size - 4
+    assert layout.status_offset(128, 3) < layout.swap_size
     with pytest.raises(ValueError):
-        layout.status_offset(128, 1)
+        layout.status_offset(0, 1)
 
 
 def _state(magic: Magic, ok: Flag, done: Flag) -> TrailerState:

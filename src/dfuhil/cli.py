@@ -15,7 +15,7 @@ from dfuhil.errors import DfuhilError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dfuhil import board_cli, mesh_cli
+    from dfuhil import board_cli, image_cli, mcuboot_cli, mesh_cli
     from dfuhil.farm import cli as farm_cli
     from dfuhil.sim import cli as sim_cli
     from dfuhil.sim.firmware import cli as firmware_cli
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     farm_cli.register(commands)
     board_cli.register(commands)
     mesh_cli.register(commands)
+    image_cli.register(commands)
+    mcuboot_cli.register(commands)
     firmware_cli.register(commands)
     sim_cli.register(commands)
     return parser

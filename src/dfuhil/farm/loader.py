@@ -13,7 +13,7 @@ import difflib
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -26,12 +26,16 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from dfuhil.errors import InputError, Problem
 from dfuhil.farm.model import (
+    PRIMARY_SLOT,
+    SCRATCH_AREA,
+    SECONDARY_SLOT,
     BoardSpec,
     Farm,
     FirmwareSet,
     FlashLayout,
     ImageRef,
     LedSpec,
+    McubootSpec,
     ProbeSpec,
     RadioSpec,
     Region,
@@ -46,6 +50,7 @@ from dfuhil.farm.schema import (
     FirmwareSetSchema,
     FlashLayoutSchema,
     LedSchema,
+    McubootSchema,
     ProbeSchema,
     RadioSchema,
     SerialSchema,
@@ -58,6 +63,9 @@ from dfuhil.formats.chips import (
     find_board_type,
     find_chip,
 )
+from dfuhil.formats.mcuboot import KeyFileError, load_public_key
+from dfuhil.formats.mcuboot_build import SerialRecovery
+from dfuhil.formats.pm_static import read_pm_static
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -411,6 +419,7 @@ class _BoardParts:
     roles: tuple[str, ...] = ()
     firmware: str | FirmwareSetSchema | None = None
     flash_layout: str | FlashLayoutSchema | None = None
+    smp_udp: str | None = None
 
     @classmethod
     def of(cls, index: int, board: BoardSchema) -> _BoardParts:
@@ -538,6 +547,9 @@ class _Resolver:
 
     def _layout(self, name: str, schema: FlashLayoutSchema, loc: Loc) -> FlashLayout | None:
         chip = self._chip(schema.chip, (*loc, "chip"))
+        if schema.pm_static is not None:
+            return self._pm_layout(name, chip, schema.pm_static, loc)
+        assert schema.regions is not None
         regions = {n: Region(n, r.start, r.size) for n, r in schema.regions.items()}
         if chip is not None:
             for region in regions.values():
@@ -545,18 +557,49 @@ class _Resolver:
         self._check_overlaps(list(regions.values()), (*loc, "regions"))
         return FlashLayout(name=name, chip=chip, regions=regions) if chip else None
 
-    def _check_region(self, chip: Chip, region: Region, loc: Loc) -> None:
-        for key, value in (("start", region.start), ("size", region.size)):
+    def _pm_layout(
+        self, name: str, chip: Chip | None, pm_static: str, loc: Loc
+    ) -> FlashLayout | None:
+        """Regions from a Partition Manager file; its own problems name its own lines."""
+        path = Path(os.path.normpath(self.base_dir / pm_static))
+        try:
+            table = read_pm_static(path)
+        except InputError as exc:
+            line = self.report.line((*loc, "pm_static"))
+            where = f"{self.report.file}:{line}" if line else self.report.file
+            for problem in exc.problems:
+                message = f"{problem.message} (read for flash layout {name!r}, {where})"
+                self.report.problems.append(replace(problem, message=message))
+            return None
+        regions = {p.name: Region(p.name, p.address, p.size) for p in table.partitions}
+        containers = frozenset(p.name for p in table.partitions if p.is_container)
+        if chip is not None:
+            # Partitions inside a span (mcuboot_pad, app) need not be whole pages; the span does.
+            nested = table.nested()
+            for region in regions.values():
+                self._check_region(
+                    chip, region, (*loc, "pm_static"), pages=region.name not in nested
+                )
+        if chip is None:
+            return None
+        return FlashLayout(name, chip, regions, containers=containers, source=path)
+
+    def _check_region(self, chip: Chip, region: Region, loc: Loc, *, pages: bool = True) -> None:
+        # From a pm_static file, loc is the pm_static key: name the partition in the message.
+        pm = loc[-1] == "pm_static"
+        what = f"partition {region.name!r}: " if pm else ""
+        for key, value in (("start", region.start), ("size", region.size)) if pages else ():
             if value % chip.page_size:
                 self.report.add(
-                    (*loc, key),
-                    f"0x{value:X} is not a multiple of the {chip.name} page size "
-                    f"0x{chip.page_size:X}; regions must be whole pages",
+                    loc if pm else (*loc, key),
+                    f"{what}{'address' if pm and key == 'start' else key} 0x{value:X} is not a "
+                    f"multiple of the {chip.name} page size 0x{chip.page_size:X}; regions must "
+                    "be whole pages",
                 )
         if region.end > chip.flash_size:
             self.report.add(
                 loc,
-                f"ends at 0x{region.end:X}, beyond the end of {chip.name} flash "
+                f"{what}ends at 0x{region.end:X}, beyond the end of {chip.name} flash "
                 f"(0x{chip.flash_size:X}, flash size {_size_text(chip.flash_size)}); "
                 "shrink or move it",
             )
@@ -577,9 +620,64 @@ class _Resolver:
     def _firmware_set(self, name: str, schema: FirmwareSetSchema, loc: Loc) -> FirmwareSet | None:
         chip = self._chip(schema.chip, (*loc, "chip"))
         images = {role: self._image(role, schema, loc) for role in (*IMAGE_ROLES, "dfu_update")}
+        mcuboot = None
+        if schema.mcuboot is not None:
+            mcuboot = self._mcuboot(schema.mcuboot, (*loc, "mcuboot"))
         if chip is None:
             return None
-        return FirmwareSet(name=name, chip=chip, **images)
+        return FirmwareSet(name=name, chip=chip, **images, mcuboot=mcuboot)
+
+    def _file(self, relative: str) -> Path:
+        return Path(os.path.normpath(self.base_dir / relative))
+
+    def _mcuboot(self, schema: McubootSchema, loc: Loc) -> McubootSpec:
+        key = self._file(schema.key)
+        if self.check_files:
+            self._check_key(key, schema.allow_sample_keys, (*loc, "key"))
+        builds = tuple((name, self._file(file)) for name, file in schema.builds.items())
+        for name, file in builds if self.check_files else ():
+            if not file.is_file():
+                self.report.add(
+                    (*loc, "builds", name), f"file not found: {file}; {MISSING_FILE_FIX}"
+                )
+        sr = schema.serial_recovery
+        return McubootSpec(
+            mode=schema.mode,
+            key=key,
+            header_size=schema.header_size,
+            max_align=schema.max_align,
+            write_size=schema.write_size,
+            max_sectors=schema.max_sectors,
+            downgrade_prevention=schema.downgrade_prevention,
+            allow_sample_keys=schema.allow_sample_keys,
+            confirm=schema.confirm,
+            transports=tuple(schema.transports),
+            dfu_lock_timeout_ms=schema.dfu_lock_timeout_ms,
+            serial_recovery=None if sr is None else SerialRecovery(wait_ms=sr.wait_ms),
+            builds=builds,
+        )
+
+    def _check_key(self, key: Path, allow_sample: bool, loc: Loc) -> None:
+        """The key MCUboot trusts must load, and be no published sample key unless allowed."""
+        if not key.is_file():
+            self.report.add(
+                loc,
+                f"key file not found: {key}; point it at the PEM your MCUboot was built with "
+                "(CONFIG_BOOT_SIGNATURE_KEY_FILE), or make one with `dfuhil image keygen`",
+            )
+            return
+        try:
+            public = load_public_key(key)
+        except KeyFileError as exc:
+            self.report.add(loc, str(exc))
+            return
+        if public.sample_key and not allow_sample:
+            self.report.add(
+                loc,
+                f"{key.name} is MCUboot's published sample key {public.sample_key}: anyone can "
+                "sign images for a board that trusts it. Use your own key (`dfuhil image "
+                "keygen`), or set allow_sample_keys: true for a development board",
+            )
 
     def _image(self, role: str, schema: FirmwareSetSchema, loc: Loc) -> ImageRef | None:
         image = getattr(schema, role)
@@ -606,6 +704,9 @@ class _Resolver:
         leds = None if "leds" in parts.failed else self._leds(parts, board_type, chip, loc)
         layout = self._board_layout(parts, layouts, chip, (*loc, "flash_layout"))
         firmware = self._board_firmware(parts, sets, chip, (*loc, "firmware"))
+        if firmware is not None and firmware.mcuboot is not None and layout is not None:
+            self._mcuboot_layout(firmware, layout, (*loc, "flash_layout"))
+        self._smp_udp(parts, firmware, (*loc, "smp_udp"))
         if (
             parts.failed
             or parts.name is None
@@ -628,7 +729,88 @@ class _Resolver:
             firmware=firmware,
             layout=layout,
             line=self.report.line(loc) or 0,
+            smp_udp=parts.smp_udp,
         )
+
+    def _smp_udp(self, board: _BoardParts, firmware: FirmwareSet | None, loc: Loc) -> None:
+        """A UDP transport needs an address; 'virtual' only on the virtual farm."""
+        wants_udp = bool(firmware and firmware.mcuboot and "udp" in firmware.mcuboot.transports)
+        if "smp_udp" in board.failed or board.probe is None:
+            return
+        virtual = board.probe.backend == "virtual"
+        if board.smp_udp is None:
+            if wants_udp:
+                fix = "smp_udp: virtual" if virtual else "smp_udp: HOST:PORT (the board's address)"
+                self.report.add(
+                    loc[:-1],
+                    f"firmware set {firmware.name if firmware else ''!r} speaks SMP over udp, "
+                    f"but the board has no smp_udp; add {fix}",
+                )
+        elif board.smp_udp == VIRTUAL_PORT and not virtual:
+            self.report.add(
+                loc,
+                "'virtual' only exists on the virtual farm; give this board's host:port",
+            )
+        elif board.smp_udp != VIRTUAL_PORT and virtual:
+            self.report.add(
+                loc, "a virtual board's UDP port is assigned by the virtual farm; write 'virtual'"
+            )
+        elif not wants_udp and firmware is not None:
+            self.report.add(
+                loc,
+                "the board's firmware set lists no udp transport (mcuboot.transports); add udp "
+                "there or remove smp_udp",
+            )
+
+    def _mcuboot_layout(self, firmware: FirmwareSet, layout: FlashLayout, loc: Loc) -> None:
+        """The layout must have the slots the firmware set's MCUboot mode works with."""
+        spec = firmware.mcuboot
+        assert spec is not None
+        mode = spec.mode
+        slots = layout.mcuboot_slots()
+        what = f"firmware set {firmware.name!r} runs MCUboot in {mode}"
+        needed = [(PRIMARY_SLOT, slots.primary, "the slot MCUboot boots")]
+        if mode != "single-slot":
+            needed.append((SECONDARY_SLOT, slots.secondary, "where updates are uploaded"))
+        if mode == "swap-scratch":
+            needed.append((SCRATCH_AREA, slots.scratch, "the scratch area of the swap"))
+        missing = [(n, why) for n, region, why in needed if region is None]
+        for name, why in missing:
+            other = " or use mode single-slot (serial recovery)" if name == SECONDARY_SLOT else ""
+            self.report.add(
+                loc,
+                f"{what}, which needs a {name!r} region ({why}); flash layout {layout.name!r} "
+                f"has {', '.join(layout.regions) or 'none'}. Add it{other}",
+            )
+        if missing:
+            return
+        sector = layout.chip.page_size
+        areas = [r for r in (slots.primary, slots.secondary) if r is not None]
+        if mode == "single-slot":
+            areas = areas[:1]
+        largest = max(areas, key=lambda r: r.size)
+        sectors = largest.size // sector
+        if spec.trailer(largest.size).status_records and sectors > spec.max_sectors:
+            self.report.add(
+                loc,
+                f"{largest.name} has {sectors} sectors of {sector // 1024} KiB but "
+                f"mcuboot.max_sectors is {spec.max_sectors} (BOOT_MAX_IMG_SECTORS): MCUboot "
+                f"cannot swap it; raise max_sectors to at least {sectors}",
+            )
+        for region in areas:
+            trailer = spec.trailer(region.size)
+            room = region.size - trailer.size - (sector if mode == "swap-move" else 0)
+            if room < spec.header_size + 1024:
+                self.report.add(
+                    loc,
+                    f"{region.name} (0x{region.size:X} bytes) leaves no room for an image after "
+                    f"the {mode} trailer (0x{trailer.size:X} bytes); enlarge the slot",
+                )
+        if slots.scratch is not None and mode == "swap-scratch" and slots.scratch.size < sector:
+            self.report.add(
+                loc,
+                f"{SCRATCH_AREA} must hold at least one {sector // 1024} KiB sector; enlarge it",
+            )
 
     def _board_type(self, name: str | None, chip: Chip | None, loc: Loc) -> BoardType | None:
         if name is None:

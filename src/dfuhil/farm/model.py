@@ -14,9 +14,22 @@ from typing import Literal
 
 from dfuhil.errors import InputError, Problem
 from dfuhil.formats.chips import BoardType, Chip
+from dfuhil.formats.mcuboot import PublicKey, load_public_key
+from dfuhil.formats.mcuboot_build import FlashGeometry, SerialRecovery, Slot
+from dfuhil.formats.mcuboot_trailer import Mode, TrailerLayout
 from dfuhil.formats.meshdfu import STARTED_APPLICATION_PATTERN
 
 VIRTUAL_PORT = "virtual"
+
+# MCUboot's image slots under their Partition Manager names (nRF Connect SDK).
+PRIMARY_SLOT = "mcuboot_primary"
+SECONDARY_SLOT = "mcuboot_secondary"
+SCRATCH_AREA = "mcuboot_scratch"
+# Provisioning looks regions up by image role; an MCUboot layout names them the PM way.
+ROLE_REGIONS: dict[str, tuple[str, ...]] = {
+    "bootloader": ("mcuboot",),
+    "application": (PRIMARY_SLOT, "app"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,30 +54,92 @@ class Region:
 
 
 @dataclass(frozen=True)
+class McubootSlots:
+    """MCUboot's areas in a layout; secondary is None for single-slot, scratch for non-scratch."""
+
+    primary: Region | None
+    secondary: Region | None
+    scratch: Region | None
+
+    def geometry(
+        self,
+        mode: Mode,
+        *,
+        sector_size: int,
+        max_align: int = 8,
+        write_size: int = 4,
+        max_sectors: int = 128,
+    ) -> FlashGeometry:
+        """The slots as the virtual MCUboot and app are built with (descriptor params)."""
+        if self.primary is None:
+            raise ValueError(f"no {PRIMARY_SLOT} region: MCUboot has nowhere to boot from")
+
+        def slot(region: Region | None) -> Slot | None:
+            return Slot(region.start, region.size) if region is not None else None
+
+        primary = slot(self.primary)
+        assert primary is not None
+        return FlashGeometry(
+            mode=mode,
+            primary=primary,
+            secondary=None if mode == "single-slot" else slot(self.secondary),
+            scratch=slot(self.scratch) if mode == "swap-scratch" else None,
+            sector_size=sector_size,
+            max_align=max_align,
+            write_size=write_size,
+            max_sectors=max_sectors,
+        )
+
+
+@dataclass(frozen=True)
 class FlashLayout:
-    """How one chip's flash is carved up, by region name (e.g. ``bootloader``, ``slot0``)."""
+    """How one chip's flash is carved up, by region name (e.g. ``bootloader``, ``slot0``).
+
+    ``containers`` names regions that span others (Partition Manager ``span`` partitions such
+    as ``mcuboot_primary`` = ``mcuboot_pad`` + ``app``); ``source`` is the pm_static.yml the
+    regions came from, if any.
+    """
 
     name: str
     chip: Chip
     regions: dict[str, Region]
+    containers: frozenset[str] = frozenset()
+    source: Path | None = None
 
     def region(self, name: str) -> Region:
         """The region called ``name``; the KeyError lists what the layout does have."""
-        try:
-            return self.regions[name]
-        except KeyError:
+        found = self.find(name)
+        if found is None:
             have = ", ".join(self.regions) or "none"
             raise KeyError(
                 f"flash layout {self.name!r} has no region {name!r}; its regions: {have}"
-            ) from None
+            )
+        return found
 
     def find(self, name: str) -> Region | None:
-        """The region called ``name`` or None, for code that has a fallback."""
-        return self.regions.get(name)
+        """The region called ``name`` or None, for code that has a fallback.
+
+        An image role (``bootloader``, ``application``) missing from an MCUboot layout falls
+        back to its Partition Manager name (``mcuboot``, ``mcuboot_primary``).
+        """
+        if name in self.regions:
+            return self.regions[name]
+        for alias in ROLE_REGIONS.get(name, ()):
+            if alias in self.regions:
+                return self.regions[alias]
+        return None
+
+    def mcuboot_slots(self) -> McubootSlots:
+        """MCUboot's primary, secondary and scratch areas (PM names), each None if absent."""
+        return McubootSlots(
+            primary=self.regions.get(PRIMARY_SLOT),
+            secondary=self.regions.get(SECONDARY_SLOT),
+            scratch=self.regions.get(SCRATCH_AREA),
+        )
 
     def __hash__(self) -> int:
         # The dict would make the generated hash fail; boards are used as cache keys.
-        return hash((self.name, self.chip, tuple(self.regions.items())))
+        return hash((self.name, self.chip, tuple(self.regions.items()), self.containers))
 
 
 @dataclass(frozen=True)
@@ -88,6 +163,73 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
+class McubootSpec:
+    """What a board's MCUboot was built with (the ``mcuboot:`` block of its firmware set).
+
+    ``key`` is the PEM file of the key MCUboot trusts (absolute); ``builds`` are the unsigned
+    application builds suites sign at test time, by name.
+    """
+
+    mode: Mode
+    key: Path
+    header_size: int = 0x200
+    max_align: int = 8
+    write_size: int = 4
+    max_sectors: int = 128
+    downgrade_prevention: bool = False
+    allow_sample_keys: bool = False
+    confirm: Literal["host", "app"] = "host"
+    transports: tuple[str, ...] = ("serial",)
+    dfu_lock_timeout_ms: int = 0
+    serial_recovery: SerialRecovery | None = None
+    builds: tuple[tuple[str, Path], ...] = ()
+
+    def public_key(self) -> PublicKey:
+        """The key MCUboot verifies with (KeyFileError if the file is unusable)."""
+        return load_public_key(self.key)
+
+    @property
+    def can_sign(self) -> bool:
+        """Whether ``key`` holds a private key, so suites can sign updates with it."""
+        try:
+            return b"PRIVATE KEY" in self.key.read_bytes()
+        except OSError:
+            return False
+
+    def build(self, name: str) -> Path:
+        """The unsigned build called ``name``; the KeyError lists what there is."""
+        for build_name, path in self.builds:
+            if build_name == name:
+                return path
+        have = ", ".join(n for n, _ in self.builds) or "none"
+        raise KeyError(f"no MCUboot build {name!r}; builds: {have}")
+
+    @property
+    def build_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.builds)
+
+    def geometry(self, layout: FlashLayout) -> FlashGeometry:
+        """Slots and trailer geometry of this MCUboot on ``layout`` (descriptor params)."""
+        return layout.mcuboot_slots().geometry(
+            self.mode,
+            sector_size=layout.chip.page_size,
+            max_align=self.max_align,
+            write_size=self.write_size,
+            max_sectors=self.max_sectors,
+        )
+
+    def trailer(self, slot_size: int) -> TrailerLayout:
+        """The trailer this mode keeps at the end of a slot of ``slot_size`` bytes."""
+        return TrailerLayout.for_mode(
+            self.mode,
+            slot_size,
+            max_align=self.max_align,
+            write_size=self.write_size,
+            max_sectors=self.max_sectors,
+        )
+
+
+@dataclass(frozen=True)
 class FirmwareSet:
     """The images a board is provisioned with; any of them may be absent."""
 
@@ -99,6 +241,7 @@ class FirmwareSet:
     device_page: ImageRef | None
     # Not flashed: the application the DFU suites send over the air (the guide sends blinky).
     dfu_update: ImageRef | None = None
+    mcuboot: McubootSpec | None = None  # set when the bootloader is MCUboot
 
     def images(self) -> list[ImageRef]:
         """Present images in provisioning order: the SoftDevice first, the device page last."""
@@ -156,11 +299,17 @@ class BoardSpec:
     firmware: FirmwareSet | None
     layout: FlashLayout
     line: int
+    smp_udp: str | None = None  # "virtual" or "host:port": SMP over UDP, if the board has it
 
     @property
     def is_virtual(self) -> bool:
         """Whether the board lives in the virtual farm rather than on a bench."""
         return self.probe.backend == "virtual"
+
+    @property
+    def mcuboot(self) -> McubootSpec | None:
+        """The board's MCUboot settings, if its firmware set has an MCUboot."""
+        return self.firmware.mcuboot if self.firmware is not None else None
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,25 @@ class Rig:
             return self._virtual(board).board(board.name).serial
         return board.serial.port
 
+    def smp_udp(self, board: BoardSpec) -> str | None:
+        """``host:port`` of the board's SMP UDP server, or None if the board has no UDP transport.
+
+        A virtual board's port is assigned by the running farm (its state file); a real board's
+        is the boards.yaml value.
+        """
+        if board.smp_udp is None:
+            return None
+        if not board.is_virtual:
+            return board.smp_udp
+        address = self._virtual(board).board(board.name).smp_udp
+        if not address:
+            raise InfrastructureError(
+                "the running virtual farm reports no SMP UDP port for the board",
+                f"restart it from this dfuhil: dfuhil sim serve --boards {self.farm.path}",
+                board=board.name,
+            )
+        return address
+
     def console(
         self, board: BoardSpec, log_dir: Path | None = None, *, open_timeout: float = 0.0
     ) -> Console:

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from dfuhil.formats.mcuboot_trailer import Mode
+
 SUPPORTED_VERSION = 1
 
 # Rates the nRF5 UART(E) BAUDRATE register supports, which is what a DK's VCOM can carry.
@@ -128,10 +130,24 @@ class RegionSchema(_Strict):
 
 
 class FlashLayoutSchema(_Strict):
-    """How one chip's flash is carved up; region names are free, later code looks some up."""
+    """How one chip's flash is carved up; region names are free, later code looks some up.
+
+    The regions are written here, or read from a Nordic Partition Manager file (``pm_static``,
+    path relative to the farm file) so the farm and the firmware build share one layout.
+    """
 
     chip: str
-    regions: dict[str, RegionSchema] = Field(min_length=1)
+    regions: Annotated[dict[str, RegionSchema], Field(min_length=1)] | None = None
+    pm_static: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FlashLayoutSchema:
+        if (self.regions is None) == (self.pm_static is None):
+            raise ValueError(
+                "give exactly one of 'regions' (addresses written here) or 'pm_static' (a "
+                "Partition Manager file such as pm_static.yml)"
+            )
+        return self
 
 
 class ImageSchema(_Strict):
@@ -166,6 +182,63 @@ class ImageSchema(_Strict):
         return value
 
 
+class SerialRecoverySchema(_Strict):
+    """MCUboot's serial recovery (CONFIG_MCUBOOT_SERIAL): an SMP server in the bootloader."""
+
+    wait_ms: int = Field(default=0, ge=0, le=60_000)  # BOOT_SERIAL_WAIT_FOR_DFU; 0: off
+
+
+Transport = Literal["serial", "udp"]
+
+
+def _serial_only() -> list[Transport]:
+    return ["serial"]
+
+
+class McubootSchema(_Strict):
+    """What the board's MCUboot was built with, as far as a DFU test has to know.
+
+    ``key`` is the PEM of the key MCUboot trusts: a private key lets suites sign updates, a
+    public one only lets dfuhil check images. ``builds`` are unsigned application builds (.bin)
+    the suites sign at test time (e.g. ``update``, ``crash-at-boot``, ``never-confirm``).
+    """
+
+    mode: Mode
+    key: str = Field(min_length=1)
+    header_size: Annotated[int, BeforeValidator(_parse_int), Field(ge=32, le=0xFFFF)] = 0x200
+    max_align: Literal[8, 16, 32] = 8  # BOOT_MAX_ALIGN
+    write_size: Literal[1, 2, 4, 8, 16, 32] = 4  # flash program unit; imgtool --align
+    max_sectors: int = Field(default=128, ge=1, le=8192)  # BOOT_MAX_IMG_SECTORS
+    downgrade_prevention: bool = False
+    allow_sample_keys: bool = False
+    confirm: Literal["host", "app"] = "host"  # who confirms a test image after it booted
+    transports: list[Transport] = Field(default_factory=_serial_only)
+    dfu_lock_timeout_ms: int = Field(default=0, ge=0, le=3_600_000)  # nRF Desktop DFU lock
+    serial_recovery: SerialRecoverySchema | None = None
+    builds: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> McubootSchema:
+        if not self.transports or len(set(self.transports)) != len(self.transports):
+            raise ValueError("transports: list each of serial, udp at most once, at least one")
+        if self.dfu_lock_timeout_ms and len(self.transports) < 2:
+            raise ValueError(
+                "dfu_lock_timeout_ms: the DFU lock is shared between transports; with one "
+                "transport there is nothing to lock, remove it (or add udp to transports)"
+            )
+        if self.downgrade_prevention and self.mode in ("direct-xip", "direct-xip-revert"):
+            raise ValueError(
+                f"downgrade_prevention: MCUboot does not allow it with {self.mode} (the highest "
+                "version boots anyway); remove it"
+            )
+        if self.mode == "single-slot" and self.serial_recovery is None:
+            raise ValueError(
+                "a single-slot MCUboot has no secondary slot to upload to, only serial recovery "
+                "can update it; add serial_recovery: {wait_ms: 0}"
+            )
+        return self
+
+
 class FirmwareSetSchema(_Strict):
     """The images a board is provisioned with; every one optional."""
 
@@ -175,6 +248,7 @@ class FirmwareSetSchema(_Strict):
     application: ImageSchema | None = None
     device_page: ImageSchema | None = None
     dfu_update: ImageSchema | None = None  # sent by the DFU suites, never flashed over SWD
+    mcuboot: McubootSchema | None = None  # the bootloader is MCUboot: its build settings
 
 
 class ProbeSchema(_Strict):
@@ -259,6 +333,20 @@ class BoardSchema(_Strict):
     roles: list[str] = Field(default_factory=list)
     firmware: FirmwareField | None = None
     flash_layout: LayoutField
+    # SMP over UDP (MCUboot boards with a network transport): "virtual" or "host:port".
+    smp_udp: str | None = None
+
+    @field_validator("smp_udp")
+    @classmethod
+    def _udp_form(cls, value: str | None) -> str | None:
+        if value is None or value == VIRTUAL_PORT:
+            return value
+        host, sep, port = value.rpartition(":")
+        if sep and is_valid_host(host) and port.isdigit() and 1 <= int(port) <= 65535:
+            return value
+        raise ValueError(
+            f"{value!r} is not a UDP endpoint; use 'virtual' or host:port (e.g. 192.0.2.7:1337)"
+        )
 
     @field_validator("name")
     @classmethod

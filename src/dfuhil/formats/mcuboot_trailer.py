@@ -164,19 +164,18 @@ class TrailerLayout:
     def status_start(self) -> int:
         return self.slot_size - self.size
 
-    @property
-    def max_image_size(self) -> int:
-        return self.status_start
+    def status_offset(self, idx: int, state: int) -> int:
+        """Where record ``state`` (1..records) of swap step ``idx`` lives.
 
-    def status_offset(self, sector_index: int, state: int) -> int:
-        """Record ``state`` (1..records) of sector ``sector_index``: indices run from
-        max_sectors-1 down to 0, so slots with fewer sectors start mid-area (spec §2.8)."""
-        if not 0 <= sector_index < self.max_sectors:
-            raise ValueError(f"sector index {sector_index} outside 0..{self.max_sectors - 1}")
+        ``idx`` is MCUboot's ``bs->idx``: 1 (BOOT_STATUS_IDX_0) for the first step of a swap,
+        counting up as the swap works through the sectors, so the first step is recorded at
+        the start of the status area (``boot_status_internal_off``).
+        """
+        if not 1 <= idx <= self.max_sectors:
+            raise ValueError(f"swap step {idx} outside 1..{self.max_sectors}")
         if not 1 <= state <= self.status_records:
             raise ValueError(f"status state {state} outside 1..{self.status_records}")
-        slot_in_area = self.max_sectors - 1 - sector_index
-        index = slot_in_area * self.status_records + (state - 1)
+        index = (idx - 1) * self.status_records + (state - 1)
         return self.status_start + index * self.write_size
 
 

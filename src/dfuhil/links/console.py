@@ -12,7 +12,7 @@ import codecs
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +22,9 @@ import serial
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import FrameTextDecoder
+from dfuhil.formats.smp import SerialFrameDecoder, SmpPacket, encode_frames
 from dfuhil.links.serial_port import open_failure, port_options, timestamp
+from dfuhil.links.smp_log import describe_packet
 
 __all__ = ["Console", "ExpectTimeout", "UnexpectedOutput", "follow"]
 
@@ -33,6 +35,8 @@ _READ_TIMEOUT_S = 0.05
 _TAIL_LINES = 40
 
 Pattern: TypeAlias = str | re.Pattern[str]
+# Receives each SMP packet (header + CBOR) that arrived between the console's text lines.
+PacketSink: TypeAlias = Callable[[bytes], None]
 
 
 class _Decoder(Protocol):
@@ -104,6 +108,10 @@ class Console:
         self._cursor = 0
         self._received = 0
         self._decoder: _Decoder = _decoder_for(protocol)
+        # A text console also carries SMP ("SMP over console"): frames are split out of the
+        # text, logged as one summary line each and handed to the attached SMP client.
+        self._frames = SerialFrameDecoder() if protocol == "text" else None
+        self._packet_sink: PacketSink | None = None
         self._pending_cr = False
         self._lost: str | None = None
 
@@ -125,6 +133,10 @@ class Console:
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def baud(self) -> int:
+        return self._baud
 
     @property
     def is_open(self) -> bool:
@@ -231,6 +243,8 @@ class Console:
             self._thread = thread
             self._lost = None
             self._decoder.reset()
+            if self._frames is not None:
+                self._frames = SerialFrameDecoder()
             self._pending_cr = False
         thread.start()
 
@@ -301,9 +315,22 @@ class Console:
             self._cond.notify_all()
 
     def _feed(self, data: bytes, ts: str) -> None:
+        packets: list[bytes] = []
         with self._cond:
             self._received += len(data)
-            self._append(self._decoder.decode(data), ts)
+            if self._frames is None:
+                self._append(self._decoder.decode(data), ts)
+            else:
+                for item in self._frames.feed(data):
+                    if isinstance(item, SmpPacket):
+                        self._log_line(ts, f"<< {describe_packet(item.data)}")
+                        packets.append(item.data)
+                    else:
+                        self._append(self._decoder.decode(item.data), ts)
+            sink = self._packet_sink
+        if sink is not None:
+            for packet in packets:
+                sink(packet)
 
     def _flush_decoder(self) -> None:
         """Emit what an unfinished UTF-8 sequence left behind (as U+FFFD)."""
@@ -492,14 +519,17 @@ class Console:
 
     def write(self, data: bytes) -> None:
         """Send bytes to the device; the log shows them as ``>>`` lines."""
+        shown = data.decode("utf-8", errors="backslashreplace")
+        self._send(data, shown.replace("\r\n", "\n").rstrip("\n").split("\n"))
+
+    def _send(self, data: bytes, shown: list[str]) -> None:
         with self._cond:
             port = self._port
             if port is None:
                 raise RuntimeError(f"console {self.name} is not open; cannot write")
             if self._lost is not None:
                 raise self._vanished_error()
-            shown = data.decode("utf-8", errors="backslashreplace")
-            for line in shown.replace("\r\n", "\n").rstrip("\n").split("\n"):
+            for line in shown:
                 self._log_line(timestamp(), f">> {line}")
         try:
             with self._write_lock:
@@ -508,6 +538,24 @@ class Console:
         except (serial.SerialException, OSError) as exc:
             self._mark_lost(f"write failed: {type(exc).__name__}: {exc}")
             raise self._vanished_error() from None
+
+    def attach_packets(self, sink: PacketSink | None) -> None:
+        """Hand SMP packets to ``sink`` (an SMP client) while the text stays the console's.
+
+        One client at a time, like one mcumgr per port; ``None`` detaches.
+        """
+        if self._frames is None:
+            raise RuntimeError(
+                f"console {self.name} speaks a binary protocol; SMP needs a text console"
+            )
+        with self._cond:
+            if sink is not None and self._packet_sink is not None:
+                raise RuntimeError(f"console {self.name} already has an SMP client attached")
+            self._packet_sink = sink
+
+    def send_packet(self, packet: bytes, line_length: int = 128) -> None:
+        """Send one SMP packet in console framing; the log shows one summary line, not base64."""
+        self._send(encode_frames(packet, line_length), [describe_packet(packet)])
 
     def writeline(self, line: str) -> None:
         """Send one shell command line, terminated the way nRF shells expect (CR LF)."""

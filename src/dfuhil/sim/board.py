@@ -35,11 +35,12 @@ from dfuhil.formats.chips import (
     UICR_BASE,
     Chip,
 )
-from dfuhil.sim.clock import VirtualClock
+from dfuhil.sim.clock import PowerLoss, VirtualClock
 from dfuhil.sim.flash import NorFlash
 from dfuhil.sim.radio import RadioMedium, RadioPort
 from dfuhil.sim.runtime import Cpu
 from dfuhil.sim.uart import PtyUart
+from dfuhil.sim.udp import UdpPort
 
 FICR_SIZE = 0x400
 GPIO_DIRSET = 0x518
@@ -194,25 +195,66 @@ class VirtualBoard:
         self.gpio = Gpio(chip)
         self.registers: dict[int, int] = {}
         self.uart = PtyUart(clock, wiring.baud, name=f"{wiring.name}-uart")
+        self.udp = UdpPort(clock, name=f"{wiring.name}-udp")
         # A board alone (no farm) still has a radio: the air around it is just empty.
         self.radio = radio or RadioMedium(RadioSpec(), clock).port(wiring.name)
         self.cpu = Cpu(self)
+        self.powered = True
         self._lock = threading.RLock()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def power_on(self) -> None:
+        self.powered = True
         self.cpu.reset(halt=False, reason="power on")
+
+    # --- power faults (driven from the host by dfuhil.sim.faults through the debug port) ------
+
+    def arm_power_cut(self, after_ops: int) -> None:
+        """Lose power instead of performing the ``after_ops``-th code flash write or erase from
+        now. Every NVMC operation counts, the firmware's and a debugger's alike."""
+        if after_ops < 1:
+            raise ValueError(f"after_ops must be at least 1, not {after_ops}")
+        remaining = after_ops
+        lock = threading.Lock()
+
+        def countdown(kind: str, address: int) -> None:
+            nonlocal remaining
+            with lock:
+                remaining -= 1
+                if remaining > 0:
+                    return
+                self.flash.fault_hook = None
+            reason = f"power cut before flash operation {after_ops} ({kind} at 0x{address:08X})"
+            self.cut_power(reason)  # whichever thread asked: the whole board goes dark
+            raise PowerLoss(reason)  # and the asker unwinds without its operation
+
+        self.flash.fault_hook = countdown
+
+    def cut_power(self, reason: str) -> None:
+        """The supply drops now: the CPU stops where it is; an nRF5 without power keeps its
+        flash and UICR only (RAM, GPREGRET, GPIO and the receive buffers are gone)."""
+        self.cpu.power_off(reason)
+        self.flash.fault_hook = None
+        self.powered = False
+        self.ram[:] = bytes(len(self.ram))
+        self.registers = {}
+        self.gpio.reset()
+        self.uart.flush_rx()
+        self.udp.flush()
+        self.log.info("power lost: %s", reason)
 
     def shutdown(self) -> None:
         self.cpu.stop()
         self.uart.close()
+        self.udp.close()
 
     def reset_peripherals(self) -> None:
         """What a system reset clears: GPIO config and volatile registers (not GPREGRET)."""
         self.gpio.reset()
         self.registers = {k: v for k, v in self.registers.items() if k == POWER_GPREGRET}
         self.uart.flush_rx()
+        self.udp.flush()
         self.radio.reset()
 
     @property
@@ -328,7 +370,9 @@ class VirtualBoard:
             "cpu": self.cpu.status,
             "halted": self.cpu.halted,
             "boots": self.cpu.boots,
+            "powered": self.powered,
             "serial": self.uart.path,
+            "smp_udp": self.udp.address,
         }
 
     def stats(self) -> dict[str, float]:

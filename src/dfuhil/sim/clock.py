@@ -15,6 +15,12 @@ class ResetSignal(BaseException):
     """Raised inside a firmware thread when its CPU was reset; unwinds the firmware cleanly."""
 
 
+class PowerLoss(ResetSignal):
+    """The board's supply failed (fault injection) instead of the flash operation that was
+    about to run; the message says which. A ResetSignal, so every thread of the firmware that
+    unwinds quietly on a reset unwinds quietly on a power cut too."""
+
+
 class VirtualClock:
     def __init__(self, time_scale: float = 1.0) -> None:
         if not 0 < time_scale <= 10:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dfuhil.sim.board import AccessFault, VirtualBoard
+from dfuhil.sim.clock import PowerLoss
 from dfuhil.sim.flash import FlashFault
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ def _write(board: VirtualBoard, a: dict[str, Any]) -> Any:
 
 def _reset(halt: bool, reason: str) -> Handler:
     def handler(board: VirtualBoard, _a: dict[str, Any]) -> Any:
+        if not board.powered:
+            raise PortError(
+                INVALID_OPERATION, f"{board.name} has no power (power cut); power_on first"
+            )
         board.cpu.reset(halt=halt, reason=reason)
 
     return handler
@@ -104,6 +109,20 @@ def _radio(board: VirtualBoard, a: dict[str, Any]) -> Any:
             raise PortError(INVALID_PARAMETER, f"radio loss must be in [0, 1], not {loss!r}")
         medium.set_loss(float(loss))
     return medium.describe()
+
+
+def _power_cut(board: VirtualBoard, a: dict[str, Any]) -> Any:
+    """Fault injection: cut now, or arm a cut before the Nth code flash operation from now."""
+    if a.get("now"):
+        board.cut_power("power cut by the host")
+        return None
+    after = a.get("after_ops")
+    if isinstance(after, bool) or not isinstance(after, int) or after < 1:
+        raise PortError(
+            INVALID_PARAMETER, f"power_cut after_ops must be an int >= 1, not {after!r}"
+        )
+    board.arm_power_cut(after)
+    return None
 
 
 HANDLERS: dict[str, Handler] = {
@@ -125,11 +144,15 @@ HANDLERS: dict[str, Handler] = {
         "device_version": b.chip.device_version,
         "chip": b.chip.name,
         "serial": b.uart.path,
+        "smp_udp": b.udp.address,
     },
     "status": lambda b, a: b.status(),
     "stats": lambda b, a: b.stats(),
     "reset_stats": lambda b, a: b.reset_stats(),
     "radio": _radio,
+    "power_cut": _power_cut,
+    "power_on": lambda b, a: b.power_on(),
+    "flash_ops": lambda b, a: b.flash.stats.operations,
 }
 
 
@@ -202,7 +225,10 @@ class DebugPortServer:
                     EMULATOR_NOT_CONNECTED,
                     f"no virtual probe with serial number {request.get('snr')}",
                 )
-            return {"ok": handler(board, args)}
+            try:
+                return {"ok": handler(board, args)}
+            except PowerLoss as loss:  # a debugger's flash operation hit an armed power cut
+                raise PortError(JLINKARM_DLL_ERROR, f"{loss}: the target lost power") from None
         except PortError as exc:
             return {"err": exc.code, "msg": str(exc)}
         except FlashFault as exc:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, type[Firmware]] = {}
-_BUILTINS = ("dfuhil.sim.behaviours", "dfuhil.sim.mesh")
+_BUILTINS = ("dfuhil.sim.behaviours", "dfuhil.sim.mesh", "dfuhil.sim.smp", "dfuhil.sim.mcuboot")
 _loaded = False
 
 
@@ -122,6 +122,16 @@ class FirmwareContext:
     def uart_read(self, max_bytes: int = 4096, timeout_s: float | None = None) -> bytes:
         self.checkpoint()
         return self.board.uart.read(max_bytes, timeout_s, self.cancel)
+
+    # network (one UDP socket on loopback per board, see dfuhil.sim.udp)
+    def udp_receive(self, timeout_s: float | None = None) -> tuple[bytes, tuple[str, int]] | None:
+        """The next datagram and its sender within ``timeout_s`` device seconds, else None."""
+        self.checkpoint()
+        return self.board.udp.receive(timeout_s, self.cancel)
+
+    def udp_send(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.checkpoint()
+        self.board.udp.send(data, addr)
 
     # radio (the farm's shared air; packets are opaque bytes, see dfuhil.sim.radio)
     def radio_send(self, packet: bytes) -> None:
@@ -299,6 +309,17 @@ class Cpu:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def power_off(self, status: str) -> None:
+        """The supply is gone: stop the firmware wherever it is and stay off until a reset."""
+        with self._lock:
+            self._cancel.set()
+            self.board.uart.wake()
+            old = self._thread
+            if old is not None and old is not threading.current_thread():
+                old.join(timeout=5)
+            self._running.clear()
+            self._set_status(status)
+
     def _main(self, cancel: threading.Event) -> None:
         try:
             self.wait_running(cancel)
@@ -317,7 +338,7 @@ class Cpu:
                     ctx.park()
                 except Jump as jump:
                     address = jump.address
-        except ResetSignal:
+        except ResetSignal:  # also PowerLoss: the board cut its power first, the status says so
             return
         except Exception:  # a plug-in bug must not take the farm down; the log says what
             self._set_status("crashed: firmware plug-in raised (see the virtual farm log)")

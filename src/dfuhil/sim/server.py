@@ -84,6 +84,7 @@ class VirtualFarm:
                     serial=board.uart.path,
                     snr=board.snr,
                     endpoint=self.debug_port.endpoint,
+                    smp_udp=board.udp.address,
                 )
                 for name, board in self.boards.items()
             },

@@ -29,6 +29,7 @@ class VirtualBoardState:
     serial: str
     snr: int
     endpoint: str
+    smp_udp: str | None = None  # "127.0.0.1:PORT": the board's SMP-over-UDP socket
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class SimState:
                     "serial": b.serial,
                     "snr": b.snr,
                     "probe": {"backend": "virtual", "endpoint": b.endpoint},
+                    "smp_udp": b.smp_udp,
                 }
                 for b in self.boards.values()
             },
@@ -103,6 +105,7 @@ def load_state(path: Path) -> SimState:
             serial=str(entry["serial"]),
             snr=int(entry["snr"]),
             endpoint=str(entry["probe"]["endpoint"]),
+            smp_udp=entry.get("smp_udp"),
         )
         for name, entry in data.get("boards", {}).items()
     }

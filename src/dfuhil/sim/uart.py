@@ -13,6 +13,7 @@ import errno
 import os
 import select
 import threading
+import time
 import tty
 from collections import deque
 
@@ -33,6 +34,7 @@ class PtyUart:
         self._rx: deque[int] = deque()
         self._rx_cond = threading.Condition()
         self._tx: deque[bytes] = deque()
+        self._tx_busy = False
         self._tx_cond = threading.Condition()
         self._stop = threading.Event()
         self.dropped_tx = 0
@@ -111,6 +113,7 @@ class PtyUart:
                 if self._stop.is_set():
                     return
                 data = self._tx.popleft()
+                self._tx_busy = True
             for start in range(0, len(data), 64):
                 chunk = data[start : start + 64]
                 self.clock.sleep(len(chunk) * self.byte_time)
@@ -120,6 +123,21 @@ class PtyUart:
                     # Nobody reads the port and the pty buffer is full: the bytes are lost, as
                     # on a real UART with no listener.
                     self.dropped_tx += len(chunk)
+            with self._tx_cond:
+                self._tx_busy = bool(self._tx)
+                self._tx_cond.notify_all()
+
+    def wait_tx_idle(self, timeout_s: float) -> bool:
+        """Wait until every byte the firmware wrote is on the pty (for test rigs that must not
+        read one boot's late output as the next boot's); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._tx_cond:
+            while self._tx or self._tx_busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._tx_cond.wait(min(left, 0.1))
+        return True
 
     def close(self) -> None:
         self._stop.set()

@@ -1,4 +1,5 @@
-"""The virtual farm's sample firmware set: MBR+SoftDevice, bootloader, apps and device page.
+"""The virtual farm's sample firmware set: MBR+SoftDevice, bootloader, apps and device page
+(and, in mcuboot_sets.py, the MCUboot builds with their apps and keys).
 
 A virtual board runs no ARM code; these images only have to sit where the real ones sit, look like
 them to anything that reads flash (vector table, SoftDevice information structure, UICR records)
@@ -86,7 +87,15 @@ bootloader and the applications, a behaviour descriptor telling a virtual board 
 SoftDevice images carry a real SoftDevice information structure so the MBR+SoftDevice is
 recognised like on a real board. Never flash them to hardware.
 
-Do not edit; regenerate (byte-identical on every machine) with:
+Each `mcuboot-<mode>` directory is one MCUboot build of the virtual farm: `mcuboot_<mode>.hex`
+(at 0x0, its slots, upgrade mode and trusted key in the descriptor), `smp_app.hex` (a Zephyr
+smp_svr-like application, signed with imgtool, version 1.0.0, in the primary slot) and the
+unsigned builds the suites sign at test time (`update.bin`, `crash-at-boot.bin`,
+`never-confirm.bin`). `keys/` holds the signing keys, derived from fixed seeds: they are public
+knowledge, fit for the virtual farm only. ECDSA signatures are randomised, so a regeneration
+keeps an existing `smp_app.hex` as long as its content is unchanged and it still verifies.
+
+Do not edit; regenerate (byte-identical on every machine, signatures aside) with:
 
     dfuhil firmware generate --out firmware/virtual
 """
@@ -223,9 +232,9 @@ def resolve_chips(chips: Sequence[str] | None) -> list[Chip]:
     return resolved
 
 
-def write_if_changed(path: Path, text: str) -> bool:
+def write_if_changed(path: Path, text: str | bytes) -> bool:
     """Write only on change, so make and readers see unchanged files as unchanged."""
-    data = text.encode("ascii")
+    data = text.encode("ascii") if isinstance(text, str) else text
     if path.is_file() and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,12 +244,16 @@ def write_if_changed(path: Path, text: str) -> bool:
 
 def generate_firmware(out: Path, chips: Sequence[str] | None = None) -> list[Path]:
     """Generate the sample set under ``out``; return the files that were (re)written."""
+    from dfuhil.sim.firmware.mcuboot_sets import mcuboot_files  # it builds on this module
+
     out = Path(out)
     written: list[Path] = []
-    plan: list[tuple[Path, str]] = [(out / "README.md", README_TEXT)]
+    plan: list[tuple[Path, str | bytes]] = [(out / "README.md", README_TEXT)]
     for chip in resolve_chips(chips):
         directory = out / short_name(chip)
         plan += [(directory / name, text) for name, text in chip_files(chip).items()]
+        plan += [(out / name, content) for name, content in mcuboot_files(chip, out).items()]
+    plan = list(dict(plan).items())  # the keys are shared by the chips: write them once
     for path, text in plan:
         if write_if_changed(path, text):
             written.append(path)

@@ -1,0 +1,429 @@
+"""SMP (MCUmgr Simple Management Protocol): header, ids, error codes and the serial framing.
+
+Pure bytes, shared by the virtual farm's SMP servers and dfuhil's SMP host, so both read the
+wire the same way. Sources (spec ../shared/specs/mcuboot-smp.md §4-§5): Zephyr
+``smp_internal.h``, ``mgmt_defines.h``, ``img_mgmt.h``, ``serial.h``/``serial_util.c``, and the
+``smp`` 4.2.0 package, against which the tests pin every byte.
+
+Serial framing ("SMP over console"): ``B = u16be(len(P)+2) ‖ P ‖ u16be(crc16_xmodem(P))`` is
+base64-encoded and cut into lines, ``06 09`` before the first, ``04 14`` before each following
+one, each ending in ``\\n`` and decodable on its own (cuts at multiples of 4 chars).
+:class:`SerialFrameDecoder` undoes that incrementally and separates console text that sits
+between frames, so a host can show a boot log and a server never mistakes text for SMP.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar
+
+# --- header ----------------------------------------------------------------------------------
+
+
+class Op(IntEnum):
+    READ = 0
+    READ_RSP = 1
+    WRITE = 2
+    WRITE_RSP = 3
+
+
+VERSION_V1 = 0  # SMP v1 (legacy: errors as {"rc": n})
+VERSION_V2 = 1  # SMP v2 (group errors as {"err": {"group": g, "rc": n}})
+
+
+class Group(IntEnum):
+    """``MGMT_GROUP_ID_*`` (Zephyr's names; the ``smp`` package calls 5 and 7 otherwise)."""
+
+    OS = 0
+    IMAGE = 1
+    STAT = 2
+    SETTINGS = 3
+    LOG = 4
+    CRASH = 5
+    SPLIT = 6
+    RUN = 7
+    FS = 8
+    SHELL = 9
+    ENUM = 10
+    TRANSPORT = 11
+    ZEPHYR = 63
+
+
+class OsCmd(IntEnum):
+    ECHO = 0
+    CONSOLE_ECHO_CTRL = 1
+    TASK_STATS = 2
+    MEMPOOL_STATS = 3
+    DATETIME = 4
+    RESET = 5
+    MCUMGR_PARAMS = 6
+    INFO = 7
+    BOOTLOADER_INFO = 8
+
+
+class ImageCmd(IntEnum):
+    STATE = 0
+    UPLOAD = 1
+    FILE = 2
+    CORELIST = 3
+    CORELOAD = 4
+    ERASE = 5
+    SLOT_INFO = 6
+
+
+class MgmtErr(IntEnum):
+    """``MGMT_ERR_*``: the generic ``rc`` (v1, and v2 errors outside any group)."""
+
+    EOK = 0
+    EUNKNOWN = 1
+    ENOMEM = 2
+    EINVAL = 3
+    ETIMEOUT = 4
+    ENOENT = 5
+    EBADSTATE = 6
+    EMSGSIZE = 7
+    ENOTSUP = 8
+    ECORRUPT = 9
+    EBUSY = 10
+    EACCESSDENIED = 11
+    UNSUPPORTED_TOO_OLD = 12
+    UNSUPPORTED_TOO_NEW = 13
+
+
+class OsMgmtErr(IntEnum):
+    """``OS_MGMT_ERR_*``: group 0's ``err.rc``."""
+
+    OK = 0
+    UNKNOWN = 1
+    INVALID_FORMAT = 2
+    QUERY_YIELDS_NO_ANSWER = 3
+    RTC_NOT_SET = 4
+    RTC_COMMAND_FAILED = 5
+
+
+class ImgMgmtErr(IntEnum):
+    """``IMG_MGMT_ERR_*``: group 1's ``err.rc``."""
+
+    OK = 0
+    UNKNOWN = 1
+    FLASH_CONFIG_QUERY_FAIL = 2
+    NO_IMAGE = 3
+    NO_TLVS = 4
+    INVALID_TLV = 5
+    TLV_MULTIPLE_HASHES_FOUND = 6
+    TLV_INVALID_SIZE = 7
+    HASH_NOT_FOUND = 8
+    NO_FREE_SLOT = 9
+    FLASH_OPEN_FAILED = 10
+    FLASH_READ_FAILED = 11
+    FLASH_WRITE_FAILED = 12
+    FLASH_ERASE_FAILED = 13
+    INVALID_SLOT = 14
+    NO_FREE_MEMORY = 15
+    FLASH_CONTEXT_ALREADY_SET = 16
+    FLASH_CONTEXT_NOT_SET = 17
+    FLASH_AREA_DEVICE_NULL = 18
+    INVALID_PAGE_OFFSET = 19
+    INVALID_OFFSET = 20
+    INVALID_LENGTH = 21
+    INVALID_IMAGE_HEADER = 22
+    INVALID_IMAGE_HEADER_MAGIC = 23
+    INVALID_HASH = 24
+    INVALID_FLASH_ADDRESS = 25
+    VERSION_GET_FAILED = 26
+    CURRENT_VERSION_IS_NEWER = 27
+    IMAGE_ALREADY_PENDING = 28
+    INVALID_IMAGE_VECTOR_TABLE = 29
+    INVALID_IMAGE_TOO_LARGE = 30
+    INVALID_IMAGE_DATA_OVERRUN = 31
+    IMAGE_CONFIRMATION_DENIED = 32
+    IMAGE_SETTING_TEST_TO_ACTIVE_DENIED = 33
+
+
+_IMG_V1: dict[int, MgmtErr] = {
+    ImgMgmtErr.NO_IMAGE: MgmtErr.ENOENT,
+    ImgMgmtErr.NO_TLVS: MgmtErr.ENOENT,
+    ImgMgmtErr.NO_FREE_SLOT: MgmtErr.EBADSTATE,
+    ImgMgmtErr.CURRENT_VERSION_IS_NEWER: MgmtErr.EBADSTATE,
+    ImgMgmtErr.IMAGE_ALREADY_PENDING: MgmtErr.EBADSTATE,
+    ImgMgmtErr.NO_FREE_MEMORY: MgmtErr.ENOMEM,
+    ImgMgmtErr.INVALID_SLOT: MgmtErr.EINVAL,
+    ImgMgmtErr.INVALID_PAGE_OFFSET: MgmtErr.EINVAL,
+    ImgMgmtErr.INVALID_OFFSET: MgmtErr.EINVAL,
+    ImgMgmtErr.INVALID_LENGTH: MgmtErr.EINVAL,
+    ImgMgmtErr.INVALID_IMAGE_HEADER: MgmtErr.EINVAL,
+    ImgMgmtErr.INVALID_HASH: MgmtErr.EINVAL,
+    ImgMgmtErr.INVALID_FLASH_ADDRESS: MgmtErr.EINVAL,
+}
+
+
+_OS_V1: dict[int, MgmtErr] = {
+    OsMgmtErr.INVALID_FORMAT: MgmtErr.EINVAL,
+    OsMgmtErr.QUERY_YIELDS_NO_ANSWER: MgmtErr.ENOENT,
+    OsMgmtErr.RTC_NOT_SET: MgmtErr.ENOENT,
+}
+
+
+def translate_v1(group: int, rc: int) -> int:
+    """A group error as a v1 client gets it (Zephyr's ``img_mgmt_translate_error_code`` and
+    ``os_mgmt_translate_error_code``; anything else answers EUNKNOWN)."""
+    if rc == 0:
+        return int(MgmtErr.EOK)
+    if group == Group.IMAGE:
+        return int(_IMG_V1.get(rc, MgmtErr.EUNKNOWN))
+    if group == Group.OS:
+        return int(_OS_V1.get(rc, MgmtErr.EUNKNOWN))
+    return int(MgmtErr.EUNKNOWN)
+
+
+def error_name(rc: int, group: int | None = None) -> str:
+    """``IMAGE:HASH_NOT_FOUND(8)`` or ``ENOTSUP(8)``: for messages a person reads."""
+    table: type[IntEnum] = MgmtErr
+    prefix = ""
+    if group == Group.IMAGE:
+        table, prefix = ImgMgmtErr, "IMAGE:"
+    elif group == Group.OS:
+        table, prefix = OsMgmtErr, "OS:"
+    elif group is not None:
+        prefix = f"group {group}:"
+    try:
+        return f"{prefix}{table(rc).name}({rc})"
+    except ValueError:
+        return f"{prefix}rc {rc}"
+
+
+@dataclass(frozen=True)
+class SmpHeader:
+    """The 8-byte SMP header (big-endian): op and version share byte 0."""
+
+    op: int
+    version: int
+    flags: int
+    length: int  # CBOR payload bytes after the header
+    group: int
+    seq: int
+    command_id: int
+
+    SIZE: ClassVar[int] = 8
+    _STRUCT: ClassVar[struct.Struct] = struct.Struct(">BBHHBB")
+
+    def pack(self) -> bytes:
+        first = (self.op & 0x07) | (self.version & 0x03) << 3
+        return self._STRUCT.pack(
+            first, self.flags, self.length, self.group, self.seq & 0xFF, self.command_id
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> SmpHeader:
+        if len(raw) < cls.SIZE:
+            raise ValueError(f"SMP header needs {cls.SIZE} bytes, got {len(raw)}")
+        first, flags, length, group, seq, command_id = cls._STRUCT.unpack_from(raw)
+        return cls(first & 0x07, first >> 3 & 0x03, flags, length, group, seq, command_id)
+
+
+def split_messages(packet: bytes) -> list[tuple[SmpHeader, bytes]]:
+    """The SMP messages in one packet (Zephyr processes several back to back, in order).
+
+    Raises ValueError when a header announces more payload than the packet holds.
+    """
+    out: list[tuple[SmpHeader, bytes]] = []
+    pos = 0
+    while pos < len(packet):
+        header = SmpHeader.unpack(packet[pos : pos + SmpHeader.SIZE])
+        start = pos + SmpHeader.SIZE
+        end = start + header.length
+        if end > len(packet):
+            raise ValueError(
+                f"SMP header at {pos} announces {header.length} payload bytes, "
+                f"only {len(packet) - start} follow"
+            )
+        out.append((header, packet[start:end]))
+        pos = end
+    return out
+
+
+# --- serial framing --------------------------------------------------------------------------
+
+FRAME_START = b"\x06\x09"
+FRAME_CONTINUE = b"\x04\x14"
+LINE_LENGTH = 128  # smpclient's convention: 124 base64 chars, 127-byte frames
+MAX_FRAME = 127  # MCUMGR_SERIAL_MAX_FRAME, marker and newline included
+# A line longer than this cannot be a frame of any sane encoder; the decoder gives up on it.
+_MAX_LINE = 1024
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = (crc << 1 ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16_xmodem(data: bytes, crc: int = 0) -> int:
+    """CRC-16/XMODEM (poly 0x1021, init 0, no reflection): Zephyr's ``crc16_itu_t(0, ...)``."""
+    for byte in data:
+        crc = (crc << 8 & 0xFF00) ^ _CRC_TABLE[(crc >> 8) ^ byte]
+    return crc
+
+
+def encode_frames(packet: bytes, line_length: int = LINE_LENGTH) -> bytes:
+    """``packet`` (SMP header + CBOR) as console frames, each at most ``line_length - 1`` bytes.
+
+    ``line_length`` has the ``smp`` package's meaning: ``(line_length - 4) // 4 * 4`` base64
+    characters per frame (128 gives 124 chars, the 127-byte frames Zephyr and smpclient use).
+    """
+    per_frame = (line_length - 4) // 4 * 4
+    if per_frame <= 0:
+        raise ValueError(f"line_length {line_length} cannot carry any base64 (min 8)")
+    if len(packet) + 2 > 0xFFFF:
+        raise ValueError(f"SMP packet of {len(packet)} bytes exceeds the 16-bit frame length")
+    body = struct.pack(">H", len(packet) + 2) + packet + struct.pack(">H", crc16_xmodem(packet))
+    text = base64.b64encode(body)
+    out = bytearray()
+    for start in range(0, len(text), per_frame):
+        out += FRAME_START if start == 0 else FRAME_CONTINUE
+        out += text[start : start + per_frame] + b"\n"
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class SmpPacket:
+    """One complete SMP packet from the wire (header + CBOR, CRC already checked)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ConsoleText:
+    """Bytes that were not inside any frame: log lines, a boot banner, a shell prompt."""
+
+    data: bytes
+
+
+Item = SmpPacket | ConsoleText
+
+
+class SerialFrameDecoder:
+    """Turns a console byte stream into SMP packets and the text between them.
+
+    Follows Zephyr's receiver: ``06 09`` starts a packet (dropping any half-received one),
+    ``04 14`` continues it (dropped when no packet is in progress), a packet is complete once
+    the length field is reached; a wrong CRC, a bad base64 line or a packet longer than
+    announced is dropped silently and counted in ``bad_packets``.
+    """
+
+    def __init__(self) -> None:
+        self._text = bytearray()  # console bytes not yet handed out
+        self._line: bytearray | None = None  # inside a frame: marker seen, waiting for \n
+        self._line_first = False
+        self._packet: bytearray | None = None  # decoded bytes of the packet in progress
+        self.bad_packets = 0
+        self.dropped_frames = 0
+        self.packets = 0
+
+    @property
+    def in_frame(self) -> bool:
+        """True between a marker and its newline (nobody may print there)."""
+        return self._line is not None
+
+    def feed(self, data: bytes) -> list[Item]:
+        items: list[Item] = []
+        pending = bytes(self._text) + data if self._text else bytes(data)
+        self._text = bytearray()
+        pos = 0
+        while pos < len(pending):
+            if self._line is not None:
+                newline = pending.find(b"\n", pos)
+                if newline < 0:
+                    self._line += pending[pos:]
+                    if len(self._line) > _MAX_LINE:
+                        self._abandon_line()
+                    pos = len(pending)
+                    break
+                self._line += pending[pos:newline]
+                pos = newline + 1
+                packet = self._end_line()
+                if packet is not None:
+                    items.append(SmpPacket(packet))
+                continue
+            marker = _find_marker(pending, pos)
+            if marker < 0:
+                # Hold back a last byte that may be the first half of a marker.
+                end = len(pending)
+                if pending[-1:] in (FRAME_START[:1], FRAME_CONTINUE[:1]):
+                    end -= 1
+                    self._text = bytearray(pending[end:])
+                if end > pos:
+                    items.append(ConsoleText(pending[pos:end]))
+                pos = len(pending)
+                break
+            if marker > pos:
+                items.append(ConsoleText(pending[pos:marker]))
+            self._line_first = pending[marker : marker + 2] == FRAME_START
+            self._line = bytearray()
+            pos = marker + 2
+        return items
+
+    def _abandon_line(self) -> None:
+        self._line = None
+        if self._packet is not None:
+            self._packet = None
+            self.bad_packets += 1
+        else:
+            self.dropped_frames += 1
+
+    def _end_line(self) -> bytes | None:
+        assert self._line is not None
+        line = bytes(self._line).rstrip(b"\r")
+        first = self._line_first
+        self._line = None
+        if first:
+            if self._packet is not None:
+                self.bad_packets += 1  # a new start abandons the half-received packet
+            self._packet = bytearray()
+        elif self._packet is None:
+            self.dropped_frames += 1
+            return None
+        try:
+            self._packet += base64.b64decode(line, validate=True)
+        except (binascii.Error, ValueError):
+            self._packet = None
+            self.bad_packets += 1
+            return None
+        return self._complete()
+
+    def _complete(self) -> bytes | None:
+        assert self._packet is not None
+        if len(self._packet) < 2:
+            return None
+        expected = int.from_bytes(self._packet[:2], "big")
+        have = len(self._packet) - 2
+        if have < expected:
+            return None
+        body = bytes(self._packet[2:])
+        self._packet = None
+        if have > expected or expected < 2 or crc16_xmodem(body) != 0:
+            self.bad_packets += 1
+            return None
+        self.packets += 1
+        return body[:-2]
+
+
+def _find_marker(data: bytes, start: int) -> int:
+    a = data.find(FRAME_START, start)
+    b = data.find(FRAME_CONTINUE, start)
+    if a < 0:
+        return b
+    if b < 0:
+        return a
+    return min(a, b)

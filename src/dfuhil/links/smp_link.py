@@ -1,0 +1,483 @@
+"""The SMP host: ``mcumgr image list|upload|test|confirm|erase``, ``os reset|echo`` for dfuhil.
+
+smpclient (intercreate) speaks SMP and is asyncio; the rest of dfuhil is synchronous, so
+:class:`SmpLink` runs smpclient on a private event-loop thread and offers blocking calls. Over
+serial it rides on the board's :class:`~dfuhil.links.console.Console` (one owner per UART; the
+boot log keeps flowing into the per-board log and ``expect()``); over UDP it uses smpclient's
+UDP transport.
+
+What the spec (../shared/specs/mcuboot-smp.md §4, §6) says a host must get right, and where:
+
+- buffer size: MCUmgr params on connect; servers without them (MCUboot serial recovery without
+  BOOT_MGMT_MCUMGR_PARAMS) answer an error and get smpclient's safe 169-byte messages, or the
+  ``buf_size`` given by hand;
+- upload: the first chunk alone (it carries ``len`` and the file's SHA256 ``sha`` and makes the
+  server erase), then up to ``buf_count`` chunks in flight, always continuing from the server's
+  ``off`` (never from our own count): that is what makes resume (same ``sha``) and MCUboot's
+  aligned partial writes work;
+- the two hashes: ``test``/``confirm`` take the image hash (the SHA TLV that ``image_list``
+  shows), never the file SHA256;
+- reset answered ``{"rc": 0}`` (MCUboot) is a success, not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from pydantic import ConfigDict, Field
+from smp import header as smphdr
+from smp import message as smpmsg
+from smp import os_management as smpos
+from smpclient import SMPClient
+from smpclient.exceptions import SMPClientException, SMPValidationException
+from smpclient.generics import success
+from smpclient.requests.image_management import (
+    ImageErase,
+    ImageStatesRead,
+    ImageStatesWrite,
+)
+from smpclient.requests.os_management import (
+    BootloaderInformationRead,
+    EchoWrite,
+    MCUMgrParametersRead,
+    ResetWrite,
+)
+from smpclient.transport import SMPTransport, SMPTransportDisconnected
+
+from dfuhil.errors import InfrastructureError, ProductError
+from dfuhil.links.async_loop import LoopThread, Progress, guarded
+from dfuhil.links.console import Console
+from dfuhil.links.smp_errors import SmpRefused, is_refusal, refusal
+from dfuhil.links.smp_transport import ConsoleTransport, UdpTransport
+from dfuhil.links.smp_upload import PipelinedUpload, UploadResult, UploadTimeout
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "FIRST_CHUNK_TIMEOUT_S",
+    "ServerParams",
+    "SlotState",
+    "SmpLink",
+    "SmpRefused",
+    "UploadResult",
+]
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 2.5  # smpclient's default per request
+# The first upload chunk makes the server erase the slot (a 476 KiB nRF52840 slot: ~10 s).
+FIRST_CHUNK_TIMEOUT_S = 40.0
+
+
+# --- what the board says ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One entry of the image state list (``mcumgr image list``)."""
+
+    image: int
+    slot: int
+    version: str
+    hash: bytes | None  # the image hash: the SHA TLV, what test/confirm take
+    bootable: bool = False
+    pending: bool = False
+    confirmed: bool = False
+    active: bool = False
+    permanent: bool = False
+
+    @property
+    def hash_hex(self) -> str:
+        return self.hash.hex() if self.hash is not None else ""
+
+    def flags(self) -> list[str]:
+        names = ("bootable", "pending", "confirmed", "active", "permanent")
+        return [name for name in names if getattr(self, name)]
+
+    def __str__(self) -> str:
+        flags = " ".join(self.flags()) or "-"
+        return f"image {self.image} slot {self.slot}: v{self.version} {self.hash_hex} [{flags}]"
+
+
+def _slot_states(images: list[Any]) -> list[SlotState]:
+    return [
+        SlotState(
+            image=s.image or 0,
+            slot=s.slot,
+            version=s.version,
+            hash=bytes(s.hash) if s.hash is not None else None,
+            bootable=bool(s.bootable),
+            pending=bool(s.pending),
+            confirmed=bool(s.confirmed),
+            active=bool(s.active),
+            permanent=bool(s.permanent),
+        )
+        for s in images
+    ]
+
+
+@dataclass(frozen=True)
+class ServerParams:
+    """The server's buffers: from MCUmgr params, set by hand, or smpclient's safe fallback."""
+
+    buf_size: int | None
+    buf_count: int
+    source: Literal["params", "manual", "fallback"]
+    message_size: int  # the largest SMP message (header + CBOR) the host sends
+
+    def __str__(self) -> str:
+        size = f"buf_size {self.buf_size}" if self.buf_size else "buf_size unknown"
+        return (
+            f"{size}, buf_count {self.buf_count} ({self.source}), messages ≤ {self.message_size} B"
+        )
+
+
+# --- requests smpclient models differently from what servers send -----------------------------
+
+
+class _ModeResponse(smpmsg.ReadResponse):
+    """Zephyr answers the bootloader ``mode`` query without the ``bootloader`` key."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    _GROUP_ID = smphdr.GroupId.OS_MANAGEMENT
+    _COMMAND_ID = smphdr.CommandId.OSManagement.BOOTLOADER_INFO
+
+    mode: int
+    no_downgrade: bool | None = Field(alias="no-downgrade", default=None)
+
+
+class _BootloaderModeRead(smpos.BootloaderInformationReadRequest):
+    _Response = _ModeResponse
+    _ErrorV1 = smpos.OSManagementErrorV1
+    _ErrorV2 = smpos.OSManagementErrorV2
+
+
+# --- the link ---------------------------------------------------------------------------------
+
+
+class SmpLink:
+    """A connected SMP client with blocking calls; ``with SmpLink.over_console(c) as smp:``."""
+
+    def __init__(
+        self,
+        transport: SMPTransport,
+        address: str,
+        *,
+        name: str = "",
+        where: str = "",
+        remedy: str = "",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        console: Console | None = None,
+        owns_console: bool = False,
+        pipelined: bool = False,
+    ) -> None:
+        self._transport = transport
+        self._address = address
+        self.name = name or address
+        self.where = where or address
+        self._remedy = remedy
+        self.timeout_s = timeout_s
+        self.console = console
+        self._owns_console = owns_console
+        self._pipelined = pipelined
+        self._client = SMPClient(transport, address, timeout_s=timeout_s)
+        self._loop: LoopThread | None = None
+        self.params: ServerParams | None = None
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def over_console(
+        cls,
+        console: Console,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        buf_size: int | None = None,
+        owns_console: bool = False,
+    ) -> SmpLink:
+        """SMP on the board's console port (the console keeps the boot log)."""
+        where = f"serial port {console.url} at {console.baud} baud"
+        log = (
+            f" (the board log {console.log_path} shows what it printed)" if console.log_path else ""
+        )
+        remedy = (
+            "is an application with an SMP server on this UART (CONFIG_MCUMGR_TRANSPORT_UART) "
+            f"running{log}? is {console.baud} baud right? a board halted in MCUboot without "
+            "serial recovery answers nothing: flash a signed application, or enter serial "
+            "recovery"
+        )
+        return cls(
+            ConsoleTransport(console, buf_size=buf_size),
+            console.url,
+            name=console.name,
+            where=where,
+            remedy=remedy,
+            timeout_s=timeout_s,
+            console=console,
+            owns_console=owns_console,
+            pipelined=True,
+        )
+
+    @classmethod
+    def open_serial(
+        cls,
+        url: str,
+        *,
+        baud: int = 115200,
+        rtscts: bool = False,
+        log_path: Path | None = None,
+        name: str = "",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        buf_size: int | None = None,
+    ) -> SmpLink:
+        """A console of its own on ``url`` (closed with the link), for ``--port`` use."""
+        console = Console(url, baud=baud, rtscts=rtscts, log_path=log_path, name=name)
+        return cls.over_console(console, timeout_s=timeout_s, buf_size=buf_size, owns_console=True)
+
+    @classmethod
+    def over_udp(
+        cls, address: str, *, name: str = "", timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> SmpLink:
+        """SMP over UDP (``host:port``), smpclient's UDP transport."""
+        remedy = (
+            "is the board's SMP UDP server enabled (CONFIG_MCUMGR_TRANSPORT_UDP) and its network "
+            "up? is HOST:PORT right (boards.yaml smp_udp, or --udp)?"
+        )
+        return cls(
+            UdpTransport(),
+            address,
+            name=name or address,
+            where=f"UDP {address}",
+            remedy=remedy,
+            timeout_s=timeout_s,
+        )
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def connect(self) -> ServerParams:
+        """Open the transport and learn the server's buffers (MCUmgr params)."""
+        if self._loop is not None and self.params is not None:
+            return self.params
+        self._loop = LoopThread(f"smp-{self.name}")
+        try:
+            self.params = self._loop.run(self._connect())
+        except BaseException:
+            self.close()
+            raise
+        return self.params
+
+    def close(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            try:
+                loop.run(asyncio.wait_for(self._client.disconnect(), 5.0))
+            except (TimeoutError, OSError, SMPClientException, RuntimeError):
+                pass  # closing must not mask what went wrong before
+            finally:
+                loop.close()
+        self.params = None
+        if self._owns_console and self.console is not None:
+            self.console.close()
+
+    def __enter__(self) -> SmpLink:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def _connect(self) -> ServerParams:
+        try:
+            await self._transport.connect(self._address, self.timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise InfrastructureError(
+                f"cannot reach the SMP server at {self.where} ({exc})",
+                self._remedy,
+                board=self._board,
+            ) from None
+        return await self._negotiate()
+
+    async def _negotiate(self) -> ServerParams:
+        manual: int | None = getattr(self._transport, "manual_size", None)
+        response: Any = None
+        for _attempt in range(2):  # a board still booting may miss the first request
+            try:
+                response = await self._client.request(MCUMgrParametersRead(), self.timeout_s)
+                break
+            except TimeoutError:
+                continue
+        if response is None:
+            raise self._timeout("the MCUmgr params request (and a retry)", 2 * self.timeout_s)
+        if success(response):
+            self._transport.initialize(response.buf_size)
+            size = self._transport.max_unencoded_size
+            if manual is not None:
+                return ServerParams(manual, response.buf_count, "manual", size)
+            return ServerParams(response.buf_size, response.buf_count, "params", size)
+        # No params (MCUboot serial recovery without BOOT_MGMT_MCUMGR_PARAMS): forget what an
+        # earlier server said and fall back to the size given by hand, or smpclient's safe one.
+        self._transport._smp_server_transport_buffer_size = manual
+        source: Literal["manual", "fallback"] = "manual" if manual is not None else "fallback"
+        return ServerParams(manual, 1, source, self._transport.max_unencoded_size)
+
+    def renegotiate(self) -> ServerParams:
+        """Read the buffers again: after a reset another server may answer (serial recovery)."""
+        self.params = self._run(self._negotiate())
+        return self.params
+
+    @property
+    def _board(self) -> str | None:
+        """The board name for error messages; None when only a port or address is known."""
+        return self.name if self.name not in (self._address, self.where) else None
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError(f"SMP link to {self.where} is not connected; call connect()")
+        return self._loop.run(coro)
+
+    def _timeout(self, what: str, seconds: float) -> InfrastructureError:
+        extra = ""
+        if self.console is not None:
+            tail = [line for line in self.console.text().splitlines() if line.strip()][-5:]
+            if tail:
+                extra = "; the board's last console lines:\n" + "\n".join(f"  {t}" for t in tail)
+        return InfrastructureError(
+            f"no SMP answer from {self.where} within {seconds:.1f} s to {what}{extra}",
+            self._remedy,
+            board=self._board,
+        )
+
+    async def _guard(self, operation: str, coro: Coroutine[Any, Any, T], timeout: float = 0) -> T:
+        """Run one exchange; silence and a lost link become InfrastructureError."""
+        try:
+            return await coro
+        except UploadTimeout as exc:
+            raise self._timeout(exc.what, exc.seconds) from None
+        except TimeoutError:
+            raise self._timeout(operation, timeout or self.timeout_s) from None
+        except SMPTransportDisconnected as exc:
+            raise InfrastructureError(
+                f"SMP link to {self.where} lost during {operation} ({exc})",
+                self._remedy,
+                board=self._board,
+            ) from None
+        except SMPValidationException as exc:
+            raise ProductError(
+                f"{operation}: the server's answer is not valid SMP for this request "
+                f"({exc.msg.strip()})\n{exc.details}"
+            ) from None
+
+    async def _request(self, operation: str, request: Any, timeout_s: float | None = None) -> Any:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        return await self._guard(operation, self._client.request(request, timeout), timeout)
+
+    async def _checked(
+        self, operation: str, request: Any, timeout_s: float | None = None, **context: str
+    ) -> Any:
+        response = await self._request(operation, request, timeout_s)
+        if is_refusal(response):
+            raise refusal(operation, response, **context)
+        return response  # {"rc": 0} too: MCUboot's way of saying yes
+
+    # -- OS group --------------------------------------------------------------------------
+
+    def echo(self, text: str) -> str:
+        response = self._run(self._checked("echo", EchoWrite(d=text)))
+        return str(response.r)
+
+    def mcumgr_params(self) -> tuple[int, int]:
+        response = self._run(self._checked("MCUmgr params", MCUMgrParametersRead()))
+        return int(response.buf_size), int(response.buf_count)
+
+    def bootloader_info(self) -> str:
+        response = self._run(self._checked("bootloader info", BootloaderInformationRead()))
+        return str(response.bootloader)
+
+    def bootloader_mode(self) -> tuple[int, bool]:
+        """MCUboot's mode number (spec §2.7) and whether it prevents downgrades."""
+        response = self._run(self._checked("bootloader mode", _BootloaderModeRead(query="mode")))
+        return int(response.mode), bool(response.no_downgrade)
+
+    def reset(self, *, boot_mode: int | None = None, force: bool = False) -> None:
+        """Ask the device to reset; ``{}`` (Zephyr) and ``{"rc": 0}`` (MCUboot) both succeed.
+
+        ``boot_mode=1`` asks an app built for it to reboot into MCUboot's serial recovery.
+        """
+        request = ResetWrite(force=1 if force else None, boot_mode=boot_mode)
+        self._run(self._checked("reset", request))
+
+    # -- IMAGE group -----------------------------------------------------------------------
+
+    def image_list(self) -> list[SlotState]:
+        response = self._run(self._checked("image state read", ImageStatesRead()))
+        return _slot_states(list(response.images))
+
+    def test(self, image_hash: bytes) -> list[SlotState]:
+        """Mark the image with this hash for a test boot (reverted unless confirmed)."""
+        return self._state_write(image_hash, confirm=False)
+
+    def confirm(self, image_hash: bytes | None = None) -> list[SlotState]:
+        """Confirm the running image (no hash), or make the image with ``hash`` permanent."""
+        return self._state_write(image_hash, confirm=True)
+
+    def _state_write(self, image_hash: bytes | None, *, confirm: bool) -> list[SlotState]:
+        shown = image_hash.hex()[:16] + "…" if image_hash else "(running image)"
+        request = ImageStatesWrite(hash=image_hash, confirm=confirm)
+        response = self._run(self._checked("image state write", request, hash=shown))
+        images = getattr(response, "images", None)
+        if images is None:  # {"rc": 0} from a server that does not return the list
+            return self.image_list()
+        return _slot_states(list(images))
+
+    def erase(self, slot: int | None = None) -> None:
+        """Erase a slot (the server's default: the secondary)."""
+        self._run(self._checked("image erase", ImageErase(slot=slot)))
+
+    def upload(
+        self,
+        data: bytes,
+        *,
+        progress: Progress | None = None,
+        resume: bool = True,
+        image: int = 0,
+        upgrade: bool = False,
+        window: int | None = None,
+        first_timeout_s: float = FIRST_CHUNK_TIMEOUT_S,
+    ) -> UploadResult:
+        """Upload an image file, following the server's ``off`` (resume, aligned writes).
+
+        ``resume`` sends the file's SHA256 so a server that holds an interrupted upload of the
+        same file continues where it stopped; ``window`` requests stay in flight (default: the
+        server's ``buf_count`` on serial, 1 on UDP).
+        """
+        if not data:
+            raise ValueError("nothing to upload: the image is empty")
+        params = self.params
+        if window is None:
+            window = params.buf_count if (params is not None and self._pipelined) else 1
+        upload = PipelinedUpload(
+            self._client,
+            data,
+            message_size=self._transport.max_unencoded_size,
+            timeout_s=self.timeout_s,
+            first_timeout_s=first_timeout_s,
+            window=window if self._pipelined else 1,
+            resume=resume,
+            image=image,
+            upgrade=upgrade,
+            progress=guarded(progress),
+            who=self.name,
+        )
+        return self._run(self._guard("image upload", upload.run()))

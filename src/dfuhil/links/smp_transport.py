@@ -1,0 +1,199 @@
+"""smpclient transports over dfuhil's own links: the board console (serial) and UDP.
+
+One program owns a board's UART: the :class:`~dfuhil.links.console.Console`. Its reader splits
+SMP frames out of the text, so MCUboot's and the application's boot lines keep landing in the
+per-board log and in ``expect()`` while an SMP client talks over the same port.
+:class:`ConsoleTransport` is smpclient's ``SMPTransport`` on top of that console.
+
+Both transports match responses to requests by SMP sequence number instead of taking "the next
+packet": several requests may be in flight at once (a pipelined upload keeps up to the server's
+``buf_count`` buffers busy, the speed-up smpclient's own ``max_unencoded_size`` comment suggests),
+and a late answer to a request that already timed out can never be mistaken for the answer to
+the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+
+from smp import header as smphdr
+from smpclient.transport import SMPTransport, SMPTransportDisconnected
+from smpclient.transport.udp import SMPUDPTransport
+
+from dfuhil.links.console import Console
+
+__all__ = ["FALLBACK_MESSAGE_SIZE", "ConsoleTransport", "UdpTransport", "split_address"]
+
+log = logging.getLogger(__name__)
+
+# smpclient's serial Auto strategy before (or without) the server's MCUmgr params: two 128-byte
+# lines of encoded budget, i.e. 169 unencoded bytes per message. Safe for every server.
+FALLBACK_MESSAGE_SIZE = 169
+FRAME_OVERHEAD = 4  # the serial frame's length field and CRC share the server's buffer
+
+
+def _seq(packet: bytes) -> int:
+    return packet[6] if len(packet) >= smphdr.Header.SIZE else -1
+
+
+class _SeqDemux:
+    """Futures keyed by SMP sequence number; unclaimed packets are counted and dropped."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.stale = 0
+
+    def expect(self, seq: int) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        old = self._waiting.get(seq)
+        if old is not None and not old.done():
+            old.cancel()
+        self._waiting[seq] = future
+        return future
+
+    def forget(self, seq: int, future: asyncio.Future[bytes]) -> None:
+        if self._waiting.get(seq) is future:
+            del self._waiting[seq]
+
+    def deliver(self, packet: bytes) -> None:
+        future = self._waiting.pop(_seq(packet), None)
+        if future is None or future.done():
+            self.stale += 1
+            log.debug("dropping an SMP packet nobody waits for (seq %d)", _seq(packet))
+            return
+        future.set_result(packet)
+
+    def fail_all(self, exc: BaseException) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._waiting.clear()
+
+
+class ConsoleTransport(SMPTransport):
+    """SMP over an open :class:`Console` ("SMP over console" framing, 127-byte frames).
+
+    ``buf_size`` sets the server's decoded buffer by hand (smpclient's ``BufferSize``) for
+    servers that do not answer MCUmgr params; otherwise the params answer sets it.
+    """
+
+    def __init__(self, console: Console, *, buf_size: int | None = None) -> None:
+        self.console = console
+        self._smp_server_transport_buffer_size = buf_size
+        self._manual_size = buf_size
+        self._demux = _SeqDemux()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # One writer thread keeps the packets in order and the event loop free while a large
+        # request drains into a slow UART.
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def stale_packets(self) -> int:
+        return self._demux.stale
+
+    async def connect(self, address: str, timeout_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        if not self.console.is_open:
+            await self._loop.run_in_executor(None, self.console.open)
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"smp-tx-{self.console.name}"
+        )
+        self.console.attach_packets(self._on_packet)
+
+    async def disconnect(self) -> None:
+        self.console.attach_packets(None)
+        self._demux.fail_all(SMPTransportDisconnected(f"SMP link to {self.console.name} closed"))
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+    def _on_packet(self, packet: bytes) -> None:
+        """Called on the console's reader thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._demux.deliver, packet)
+
+    async def send(self, data: bytes) -> None:
+        if len(data) > self.max_unencoded_size:
+            raise ValueError(
+                f"SMP message of {len(data)} bytes exceeds the server's limit of "
+                f"{self.max_unencoded_size}"
+            )
+        if self._writer is None:
+            raise SMPTransportDisconnected(f"SMP link to {self.console.name} is not connected")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self.console.send_packet, data)
+
+    async def receive(self) -> bytes:
+        raise NotImplementedError("responses are matched by sequence: use send_and_receive()")
+
+    async def send_and_receive(self, data: bytes) -> bytes:
+        seq = _seq(data)
+        future = self._demux.expect(seq)
+        try:
+            await self.send(data)
+            return await future
+        finally:
+            self._demux.forget(seq, future)
+
+    def initialize(self, smp_server_transport_buffer_size: int) -> None:
+        if self._manual_size is None:
+            self._smp_server_transport_buffer_size = smp_server_transport_buffer_size
+
+    @property
+    def manual_size(self) -> int | None:
+        """The buffer size given by hand, which MCUmgr params do not override."""
+        return self._manual_size
+
+    @property
+    def mtu(self) -> int:
+        return self._smp_server_transport_buffer_size or 256
+
+    @property
+    def max_unencoded_size(self) -> int:
+        size = self._smp_server_transport_buffer_size
+        return FALLBACK_MESSAGE_SIZE if size is None else size - FRAME_OVERHEAD
+
+
+def split_address(address: str, default_port: int = 1337) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) -> (host, port); the port defaults to MCUmgr's 1337."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "]" in port:
+        return address.strip("[]"), default_port
+    if not port.isdigit():
+        raise ValueError(f"bad UDP address {address!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class UdpTransport(SMPUDPTransport):
+    """smpclient's UDP transport addressed as ``host:port`` and matched by sequence.
+
+    The message limit is the smaller of the datagram payload and the server's buffer, so a
+    server with a buffer smaller than a datagram is never overrun.
+    """
+
+    def __init__(self, mtu: int = 1500) -> None:
+        super().__init__(mtu)
+        self.address = ""
+
+    async def connect(self, address: str, timeout_s: float, port: int = 1337) -> None:
+        host, port = split_address(address, port)
+        self.address = f"{host}:{port}"
+        await super().connect(host, timeout_s, port)
+
+    async def send_and_receive(self, data: bytes) -> bytes:
+        await self.send(data)
+        seq = _seq(data)
+        while True:
+            packet = bytes(await self.receive())
+            if _seq(packet) == seq:
+                return packet
+            log.debug("dropping a stale SMP datagram (seq %d, waiting for %d)", _seq(packet), seq)
+
+    @property
+    def max_unencoded_size(self) -> int:
+        datagram = super().max_unencoded_size
+        size = self._smp_server_transport_buffer_size
+        return datagram if size is None else min(datagram, size)

@@ -1,0 +1,411 @@
+"""``dfuhil mcuboot list|upload|test|confirm|erase|reset|echo|diagnose``: mcumgr at the rig.
+
+The verbs of the Zephyr flow (``mcumgr image upload``, ``image list``, ``image test <hash>``,
+``reset``, ``image confirm``), against a board of the farm (``--board``, port and baud from
+boards.yaml, SMP over UDP with ``--transport udp``), a bare port (``--port``) or a UDP address
+(``--udp``). With ``--board`` the console stays the port's owner, so the boot log that follows
+a reset lands in reports/logs/<board>.log and is shown and diagnosed; ``upload`` first checks
+the image against the board (``dfuhil image check``), and ``test``/``confirm`` refuse a hash no
+slot holds before sending anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dfuhil.board_cli import add_farm_options
+
+if TYPE_CHECKING:
+    from dfuhil.farm.model import BoardSpec
+    from dfuhil.links.console import Console
+    from dfuhil.links.smp_link import SlotState, SmpLink
+
+REPORTS_DIR = Path("reports")
+DEFAULT_BAUD = 115200
+# Device seconds a reset is given to print its boot log when no banner tells it is over.
+RESET_WAIT_S = 3.0
+BOOT_DEVICE_S = 60.0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    mcuboot = subparsers.add_parser(
+        "mcuboot", help="MCUboot DFU over SMP (mcumgr image list/upload/test/confirm, reset)"
+    )
+    verbs = mcuboot.add_subparsers(dest="mcuboot_command", metavar="VERB", required=True)
+
+    listing = verbs.add_parser("list", help="the image slots: version, hash, flags")
+    _target(listing)
+    listing.set_defaults(func=run_list)
+
+    upload = verbs.add_parser("upload", help="upload a signed image (resumes an interrupted one)")
+    upload.add_argument("image", type=Path, metavar="IMAGE", help="signed .bin (or .hex)")
+    _target(upload)
+    upload.add_argument("--no-check", action="store_true", help="skip the image check (--board)")
+    upload.add_argument(
+        "--no-resume", action="store_true", help="start over even if the board holds a partial one"
+    )
+    upload.add_argument(
+        "--window",
+        type=int,
+        metavar="N",
+        help="requests in flight (default: the server's buf_count; 1 = smpclient's pace)",
+    )
+    upload.add_argument(
+        "--image", dest="image_number", type=int, default=0, metavar="N", help="SMP image number"
+    )
+    upload.set_defaults(func=run_upload)
+
+    test = verbs.add_parser("test", help="mark an image for a test boot (reverted if unconfirmed)")
+    test.add_argument(
+        "hash", metavar="HASH", help="image hash or unique prefix (see `list`), or the image file"
+    )
+    _target(test)
+    test.set_defaults(func=run_test)
+
+    confirm = verbs.add_parser("confirm", help="confirm the running image, or make HASH permanent")
+    confirm.add_argument(
+        "hash", nargs="?", metavar="HASH", help="image hash, unique prefix, or the image file"
+    )
+    _target(confirm)
+    confirm.set_defaults(func=run_confirm)
+
+    erase = verbs.add_parser("erase", help="erase an image slot (default: the secondary)")
+    erase.add_argument("--slot", type=int, metavar="N", help="slot number (server default: 1)")
+    _target(erase)
+    erase.set_defaults(func=run_erase)
+
+    reset = verbs.add_parser("reset", help="reset the board and show its boot log")
+    reset.add_argument(
+        "--boot-mode", type=int, metavar="N", help="1: reboot into MCUboot's serial recovery"
+    )
+    reset.add_argument(
+        "--wait",
+        type=float,
+        metavar="S",
+        help="seconds to show the boot log (default: until the app's banner with --board)",
+    )
+    _target(reset)
+    reset.set_defaults(func=run_reset)
+
+    echo = verbs.add_parser("echo", help="SMP echo: is an SMP server listening?")
+    echo.add_argument("text", metavar="TEXT")
+    _target(echo)
+    echo.set_defaults(func=run_echo)
+
+    diagnose = verbs.add_parser(
+        "diagnose", help="causes and fixes for the MCUboot/Zephyr failure lines of a boot log"
+    )
+    diagnose.add_argument("log", metavar="LOG", help="a log file (a board's log), or - for stdin")
+    diagnose.set_defaults(func=run_diagnose)
+
+
+def _target(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--board", metavar="NAME", help="board in the farm (boards.yaml)")
+    where.add_argument("--port", metavar="PATH", help="serial port (device path or pyserial URL)")
+    where.add_argument("--udp", metavar="HOST:PORT", help="SMP over UDP")
+    add_farm_options(parser)
+    parser.add_argument(
+        "--transport",
+        choices=("serial", "udp"),
+        default="serial",
+        help="with --board: which of its SMP transports (default serial)",
+    )
+    parser.add_argument("--baud", type=int, metavar="BAUD", help=f"default {DEFAULT_BAUD}")
+    parser.add_argument(
+        "--timeout", type=float, default=2.5, metavar="S", help="seconds per request (2.5)"
+    )
+    parser.add_argument(
+        "--buf-size",
+        type=int,
+        metavar="BYTES",
+        help="the server's SMP buffer, for servers that do not report it (MCUboot serial "
+        "recovery without BOOT_MGMT_MCUMGR_PARAMS)",
+    )
+
+
+# --- the connection ---------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    link: SmpLink
+    who: str
+    board: BoardSpec | None
+    console: Console | None
+    time_scale: float = 1.0
+
+
+def _log_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.rsplit("/", 1)[-1]) or "port"
+
+
+@contextmanager
+def _connected(args: argparse.Namespace) -> Iterator[Target]:
+    from dfuhil.board_cli import open_rig
+    from dfuhil.errors import InputError, Problem
+    from dfuhil.farm.rig import console_protocol
+    from dfuhil.links.console import Console
+    from dfuhil.links.smp_link import SmpLink
+
+    log_dir = REPORTS_DIR / "logs"
+    if args.board is not None:
+        rig, board = open_rig(args)
+        scale = rig.time_scale(board)
+        if args.transport == "udp":
+            address = rig.smp_udp(board)
+            if address is None:
+                raise InputError(
+                    Problem(
+                        str(args.boards),
+                        board.line,
+                        f"boards[{board.name}].smp_udp",
+                        "the board has no SMP over UDP; use the serial transport",
+                    )
+                )
+            target = Target(SmpLink.over_udp(address, name=board.name, timeout_s=args.timeout),
+                            board.name, board, None, scale)  # fmt: skip
+        else:
+            console = Console(
+                rig.serial_url(board),
+                baud=args.baud or board.serial.baud,
+                rtscts=board.serial.rtscts,
+                log_path=log_dir / f"{board.name}.log",
+                name=board.name,
+                open_timeout=2.0,
+                protocol=console_protocol(board),
+            )
+            link = SmpLink.over_console(
+                console, timeout_s=args.timeout, buf_size=args.buf_size, owns_console=True
+            )
+            target = Target(link, board.name, board, console, scale)
+    elif args.port is not None:
+        link = SmpLink.open_serial(
+            args.port,
+            baud=args.baud or DEFAULT_BAUD,
+            log_path=log_dir / f"{_log_name(args.port)}.log",
+            timeout_s=args.timeout,
+            buf_size=args.buf_size,
+        )
+        target = Target(link, args.port, None, link.console)
+    else:
+        target = Target(SmpLink.over_udp(args.udp, timeout_s=args.timeout), args.udp, None, None)
+    with target.link:
+        yield target
+
+
+# --- verbs ------------------------------------------------------------------------------------
+
+
+def print_slots(slots: list[SlotState]) -> None:
+    print(f"{'image':>5} {'slot':>4}  {'version':<12} {'flags':<36} hash")
+    for s in slots:
+        flags = " ".join(s.flags()) or "-"
+        print(f"{s.image:>5} {s.slot:>4}  {s.version:<12} {flags:<36} {s.hash_hex or '-'}")
+    if not slots:
+        print("(no slot holds a valid image)")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with _connected(args) as target:
+        print_slots(target.link.image_list())
+    return 0
+
+
+def run_upload(args: argparse.Namespace) -> int:
+    from dfuhil.errors import InputError
+    from dfuhil.procedures.image_check import check_image, read_image_file
+    from dfuhil.procedures.mcuboot_dfu import image_info, running_version
+
+    loaded = read_image_file(args.image)  # a missing or unreadable file: nothing is opened
+    try:
+        info = image_info(loaded.data, str(args.image))
+    except InputError:
+        if not args.no_check:
+            raise
+        info = None  # --no-check: send it as it is (the board will have its say)
+    with _connected(args) as target:
+        board = target.board
+        if board is not None and board.mcuboot is not None and not args.no_check:
+            current = running_version(target.link.image_list())
+            report = check_image(
+                loaded.data,
+                board,
+                source=str(args.image),
+                current=current,
+                address=loaded.address,
+            )
+            if not report.ok:
+                print(report.text())
+                report.raise_if_refused()
+            print(f"{target.who}: image check passed ({len(report.findings)} rules)")
+        params = target.link.params
+        print(
+            f"{target.who}: uploading {args.image} ({len(loaded.data)} bytes"
+            + (f", v{info.version}" if info else "")
+            + f") over {target.link.where}"
+            + (f"; {params}" if params else ""),
+            flush=True,
+        )
+        with _Progress(target.who) as bar:
+            result = target.link.upload(
+                loaded.data,
+                progress=bar,
+                resume=not args.no_resume,
+                image=args.image_number,
+                window=args.window,
+            )
+    print(f"{target.who}: upload done: {result.summary()}")
+    if info is not None:
+        print(f"image hash: {info.image_hash.hex()}")
+        print(f"file SHA256 (not for test/confirm): {info.file_sha256.hex()}")
+        where = f"--board {args.board}" if args.board else "..."
+        print(f"next: dfuhil mcuboot test {info.image_hash.hex()[:16]} {where}, then reset")
+    return 0
+
+
+def _wanted_hash(text: str) -> tuple[str, bytes | None]:
+    """A hash (prefix) as given, or an image file's image hash (and its file SHA256)."""
+    from dfuhil.procedures.image_check import read_image_file
+    from dfuhil.procedures.mcuboot_dfu import image_info
+
+    path = Path(text)
+    if not path.is_file():
+        return text, None
+    info = image_info(read_image_file(path).data, text)
+    return info.image_hash.hex(), info.file_sha256
+
+
+def _state_write(args: argparse.Namespace, *, confirm: bool) -> int:
+    from dfuhil.procedures.mcuboot_dfu import find_slot
+
+    wanted, file_sha = _wanted_hash(args.hash) if args.hash is not None else ("", None)
+    with _connected(args) as target:
+        image_hash = None
+        if args.hash is not None:
+            image_hash = find_slot(target.link.image_list(), wanted, file_sha256=file_sha).hash
+        if confirm:
+            slots = target.link.confirm(image_hash)
+        else:
+            assert image_hash is not None
+            slots = target.link.test(image_hash)
+        print_slots(slots)
+    return 0
+
+
+def run_test(args: argparse.Namespace) -> int:
+    return _state_write(args, confirm=False)
+
+
+def run_confirm(args: argparse.Namespace) -> int:
+    return _state_write(args, confirm=True)
+
+
+def run_erase(args: argparse.Namespace) -> int:
+    with _connected(args) as target:
+        target.link.erase(args.slot)
+        print(f"{target.who}: slot {args.slot if args.slot is not None else 1} erased")
+    return 0
+
+
+def run_echo(args: argparse.Namespace) -> int:
+    with _connected(args) as target:
+        print(target.link.echo(args.text))
+    return 0
+
+
+def run_reset(args: argparse.Namespace) -> int:
+    from dfuhil.procedures.boot_diagnosis import diagnose
+    from dfuhil.procedures.mcuboot_dfu import wait_for_boot
+
+    with _connected(args) as target:
+        console = target.console
+        if console is not None:
+            console.skip_to_end()
+        target.link.reset(boot_mode=args.boot_mode)
+        print(f"{target.who}: reset requested", flush=True)
+        if console is None:
+            return 0
+        app = target.board.firmware.application if target.board and target.board.firmware else None
+        if args.wait is None and app is not None and app.banner and args.boot_mode is None:
+            boot = wait_for_boot(
+                console,
+                banner=app.banner,
+                timeout_s=BOOT_DEVICE_S * target.time_scale + 5.0,
+                settle_s=0.5,
+            )
+            log = boot.log
+        else:
+            wait = args.wait if args.wait is not None else RESET_WAIT_S * target.time_scale + 0.5
+            start = len(console.text())
+            time.sleep(wait)
+            log = console.text()[start:]
+    sys.stdout.write(log if log.endswith("\n") or not log else log + "\n")
+    result = diagnose(log)
+    if not result.ok:
+        print(result)
+    if console.log_path is not None:
+        print(f"{target.who}: full log {console.log_path}")
+    return 0
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    from dfuhil.errors import InputError, Problem
+    from dfuhil.procedures.boot_diagnosis import diagnose
+
+    if args.log == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(args.log).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise InputError(Problem(args.log, None, "", f"cannot read: {exc.strerror}")) from None
+    result = diagnose(text)
+    print(result)
+    return 0 if result.ok else 1
+
+
+class _Progress:
+    """``progress(done, total)`` drawn with rich (terminal only): bytes, rate, time left."""
+
+    def __init__(self, who: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+            disable=not sys.stderr.isatty(),
+        )
+        self._who = who
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._task is None:
+            self._task = self._progress.add_task(self._who, total=total)
+        self._progress.update(self._task, completed=done)

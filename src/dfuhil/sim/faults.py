@@ -1,0 +1,117 @@
+"""Fault injection on a virtual board, from the host: power cuts at a chosen flash operation.
+
+MCUboot's own simulator proves its swap is power-fail safe by interrupting the Nth flash
+operation of an upgrade, for every N (spec §7). The virtual farm offers the same lever through
+its debug port, so a test can count the operations of a swap, cut the power before any one of
+them, switch the board on again and check what it boots:
+
+- ``cut_power_after(n)``: the n-th code flash write or erase from now is NOT performed; the
+  board loses power at that instant (firmware stopped, RAM, GPREGRET and GPIO cleared). Every
+  NVMC operation counts, the firmware's and a debugger's alike: a probe write while a cut is
+  armed can be the one that trips it (the probe then gets an error, as when a target browns
+  out under a J-Link).
+- ``cut_power_now()``: the supply drops immediately.
+- ``power_on()``: like flipping the power switch back (the board boots from reset).
+- ``flash_ops()`` / ``reset_stats()``: code flash operations counted since the last reset of
+  the board's statistics, the same count the cut uses.
+
+A reset in the middle of an SMP upload needs nothing here: the probe's pin reset does that.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import TracebackType
+from typing import Any
+
+from dfuhil.errors import InfrastructureError, InputError
+from dfuhil.sim.debugport import recv_message, send_message
+
+_REMEDY = "check that the virtual farm (`dfuhil sim serve`) is running and serves this board"
+
+
+class FaultInjector:
+    """Power and flash-counter control of one virtual board (probe serial ``snr``)."""
+
+    def __init__(self, endpoint: str, snr: int) -> None:
+        if not endpoint.startswith("unix:"):
+            raise InputError(f"unsupported virtual debug port endpoint {endpoint!r}")
+        self.endpoint = endpoint
+        self.snr = snr
+        self._path = endpoint.removeprefix("unix:")
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> FaultInjector:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # --- the levers ------------------------------------------------------------------------------
+
+    def cut_power_after(self, n: int) -> None:
+        """Cut the power instead of performing the ``n``-th flash write/erase from now."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"cut_power_after: n counts flash operations from 1, not {n!r}")
+        self._call("power_cut", after_ops=n)
+
+    def cut_power_now(self) -> None:
+        self._call("power_cut", now=True)
+
+    def power_on(self) -> None:
+        self._call("power_on")
+
+    def flash_ops(self) -> int:
+        """Code flash writes and erases since the last :meth:`reset_stats`."""
+        return int(self._call("flash_ops"))
+
+    def reset_stats(self) -> None:
+        self._call("reset_stats")
+
+    # --- transport -------------------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self._path)
+            except OSError as exc:
+                sock.close()
+                raise InfrastructureError(
+                    f"virtual farm debug port {self._path} not reachable: {exc.strerror}", _REMEDY
+                ) from None
+            self._sock = sock
+        return self._sock
+
+    def _call(self, method: str, **args: Any) -> Any:
+        with self._lock:
+            sock = self._connect()
+            try:
+                send_message(sock, {"method": method, "snr": self.snr, "args": args})
+                answer = recv_message(sock)
+            except OSError as exc:
+                answer, reason = None, exc.strerror
+            else:
+                reason = "connection closed"
+            if answer is None:
+                self.close()
+                raise InfrastructureError(
+                    f"virtual farm debug port {self._path}: {reason}", _REMEDY
+                )
+        if "err" in answer:
+            raise InfrastructureError(
+                f"virtual board {self.snr}: {method} refused: {answer.get('msg', '')}", _REMEDY
+            )
+        return answer["ok"]
