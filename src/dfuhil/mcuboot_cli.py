@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dfuhil.board_cli import add_farm_options
 
@@ -255,7 +255,9 @@ def run_upload(args: argparse.Namespace) -> int:
             + (f"; {params}" if params else ""),
             flush=True,
         )
-        with _Progress(target.who) as bar:
+        from dfuhil.progress_bar import ProgressBar
+
+        with ProgressBar(target.who) as bar:
             result = target.link.upload(
                 loaded.data,
                 progress=bar,
@@ -371,41 +373,3 @@ def run_diagnose(args: argparse.Namespace) -> int:
     result = diagnose(text)
     print(result)
     return 0 if result.ok else 1
-
-
-class _Progress:
-    """``progress(done, total)`` drawn with rich (terminal only): bytes, rate, time left."""
-
-    def __init__(self, who: str) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-            disable=not sys.stderr.isatty(),
-        )
-        self._who = who
-        self._task: Any = None
-
-    def __enter__(self) -> _Progress:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(None, None, None)
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._task is None:
-            self._task = self._progress.add_task(self._who, total=total)
-        self._progress.update(self._task, completed=done)

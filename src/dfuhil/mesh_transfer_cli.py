@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,9 +150,11 @@ def run_dfu(args: argparse.Namespace) -> int:
         + (f", time scale {scale}" if scale != 1.0 else ""),
         flush=True,
     )
+    from dfuhil.progress_bar import ProgressBar
+
     with (
         MeshSerialLink(url, baud=baud, rtscts=rtscts, log_path=log_path, name=name) as link,
-        _ProgressBar(who) as bar,
+        ProgressBar(who, unit="segments", unit_bytes=16) as bar,
     ):
         result = MeshDfuTransfer(package, link, pacing, time_scale=scale, progress=bar).run()
     print(f"{who}: mesh DFU done: {result.summary()}")
@@ -188,44 +189,3 @@ def _board_link(args: argparse.Namespace, package: Any) -> tuple[str, int, bool,
     rtscts = board.serial.rtscts if args.flow_control is None else args.flow_control
     scale = args.time_scale or rig.time_scale(board)
     return rig.serial_url(board), baud, rtscts, scale, board.name
-
-
-class _ProgressBar:
-    """``progress(done, total)`` drawn with rich: segments, rate, time left (terminal only)."""
-
-    def __init__(self, who: str) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("segments"),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            transient=True,
-            disable=not sys.stderr.isatty(),
-        )
-        self._who = who
-        self._task: Any = None
-
-    def __enter__(self) -> _ProgressBar:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(None, None, None)
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._task is None:
-            self._task = self._progress.add_task(self._who, total=total, rate="")
-        self._progress.update(self._task, completed=done)
-        speed = self._progress.tasks[0].speed
-        rate = f"{speed * 16:.0f} B/s" if speed else ""
-        self._progress.update(self._task, rate=rate)

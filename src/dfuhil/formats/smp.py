@@ -251,6 +251,8 @@ def split_messages(packet: bytes) -> list[tuple[SmpHeader, bytes]]:
 FRAME_START = b"\x06\x09"
 FRAME_CONTINUE = b"\x04\x14"
 LINE_LENGTH = 128  # smpclient's convention: 124 base64 chars, 127-byte frames
+# The serial frame's u16 length and u16 CRC around a packet share the server's buffer.
+FRAME_OVERHEAD = 4
 MAX_FRAME = 127  # MCUMGR_SERIAL_MAX_FRAME, marker and newline included
 # A line longer than this cannot be a frame of any sane encoder; the decoder gives up on it.
 _MAX_LINE = 1024

@@ -22,6 +22,7 @@ from smp import header as smphdr
 from smpclient.transport import SMPTransport, SMPTransportDisconnected
 from smpclient.transport.udp import SMPUDPTransport
 
+from dfuhil.formats.smp import FRAME_OVERHEAD
 from dfuhil.links.console import Console
 
 __all__ = ["FALLBACK_MESSAGE_SIZE", "ConsoleTransport", "UdpTransport", "split_address"]
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 # smpclient's serial Auto strategy before (or without) the server's MCUmgr params: two 128-byte
 # lines of encoded budget, i.e. 169 unencoded bytes per message. Safe for every server.
 FALLBACK_MESSAGE_SIZE = 169
-FRAME_OVERHEAD = 4  # the serial frame's length field and CRC share the server's buffer
 
 
 def _seq(packet: bytes) -> int:

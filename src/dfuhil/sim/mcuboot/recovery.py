@@ -16,19 +16,16 @@ from dfuhil.formats.mcuboot import IMAGE_MAGIC
 from dfuhil.formats.mcuboot_build import SerialRecovery, Slot
 from dfuhil.formats.mcuboot_trailer import Magic, SwapType, decide_swap
 from dfuhil.formats.smp import (
-    LINE_LENGTH,
     Group,
     ImageCmd,
     MgmtErr,
     OsCmd,
-    SerialFrameDecoder,
     SmpHeader,
-    SmpPacket,
-    encode_frames,
 )
 from dfuhil.sim.mcuboot.area import FlashArea
 from dfuhil.sim.mcuboot.core import Boot
 from dfuhil.sim.mcuboot.validate import inspect_image, max_image_size, read_header
+from dfuhil.sim.smp.serial_port import serve_serial
 from dfuhil.sim.smp.server import Handler, SmpDispatcher, SmpError
 from dfuhil.sim.smp.upload import MCUBOOT_UPLOAD, UploadReceiver, UploadRequest
 
@@ -36,7 +33,6 @@ if TYPE_CHECKING:
     from dfuhil.sim.runtime import FirmwareContext
 
 RESET_DELAY_S = 0.25  # bs_reset: k_sleep(K_MSEC(250)) before sys_reboot
-FRAME_OVERHEAD = 4  # u16 length + u16 CRC around a packet
 BOOT_EBADIMAGE = 3
 
 
@@ -78,28 +74,19 @@ class RecoveryServer:
     def serve(self, timeout_s: float | None = None) -> bool:
         """Serve SMP on the console until reset. With ``timeout_s`` (BOOT_SERIAL_WAIT_FOR_DFU)
         return False if no SMP frame arrived in that time."""
-        ctx = self.ctx
-        decoder = SerialFrameDecoder()
-        deadline = None if timeout_s is None else ctx.now() + max(timeout_s, 0.001)
-        while True:
-            wait = None
-            if deadline is not None:
-                wait = deadline - ctx.now()
-                if wait <= 0:
-                    return False
-            for item in decoder.feed(ctx.uart_read(4096, wait)):
-                if not isinstance(item, SmpPacket):
-                    continue
-                deadline = None  # bs_entry: a command arrived, stay for good
-                if len(item.data) + FRAME_OVERHEAD > self.config.buf_size:
-                    ctx.log(f"serial recovery: {len(item.data)}-byte SMP packet dropped")
-                    continue
-                replies = self.dispatcher.responses(item.data)
-                if replies:
-                    ctx.uart_write(b"".join(encode_frames(r, LINE_LENGTH) for r in replies))
-                if self.reset_requested:
-                    ctx.sleep(RESET_DELAY_S)
-                    ctx.system_reset()
+        wait = None if timeout_s is None else max(timeout_s, 0.001)
+        return serve_serial(
+            self.ctx,
+            self.dispatcher,
+            buf_size=self.config.buf_size,
+            timeout_s=wait,
+            after_reply=self._reset_if_requested,
+        )
+
+    def _reset_if_requested(self) -> None:
+        if self.reset_requested:
+            self.ctx.sleep(RESET_DELAY_S)
+            self.ctx.system_reset()
 
     # --- image group ---------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from dfuhil.formats.mcuboot_trailer import MODE_NUMBERS
 from dfuhil.formats.smp import (
+    FRAME_OVERHEAD,
     Group,
     ImageCmd,
     ImgMgmtErr,
@@ -52,7 +53,6 @@ from dfuhil.sim.smp.upload import ZEPHYR_UPLOAD, UploadReceiver
 ZEPHYR_VERSION = "v3.7.99-ncs1"  # the same NCS build as the virtual MCUboot's default
 RESET_DELAY_S = 0.25  # CONFIG_MCUMGR_GRP_OS_RESET_MS
 CRASH_AFTER_S = 0.05  # device time from boot to the crashing build's fault
-FRAME_OVERHEAD = 4  # length + CRC around a serial SMP packet
 _POLL_WALL_S = 0.05
 
 

@@ -25,13 +25,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dfuhil.formats.smp import LINE_LENGTH, SerialFrameDecoder, SmpPacket, encode_frames
+from dfuhil.formats.smp import (
+    FRAME_OVERHEAD,
+    LINE_LENGTH,
+    SerialFrameDecoder,
+    SmpPacket,
+    encode_frames,
+)
 from dfuhil.sim.smp.server import SmpDispatcher
 
 if TYPE_CHECKING:
     from dfuhil.sim.runtime import FirmwareContext
-
-_FRAME_OVERHEAD = 4  # u16 length + u16 CRC around the packet
 
 
 def serve_serial(
@@ -42,7 +46,10 @@ def serve_serial(
     line_length: int = LINE_LENGTH,
     on_text: Callable[[bytes], None] | None = None,
     timeout_s: float | None = None,
+    after_reply: Callable[[], None] | None = None,
 ) -> bool:
+    """Serve SMP frames on the console UART until reset; ``after_reply`` runs once each
+    request's answer is on the wire (MCUboot's reset: answer first, reboot 250 ms later)."""
     decoder = SerialFrameDecoder()
     deadline = None if timeout_s is None else ctx.now() + timeout_s
     while True:
@@ -58,9 +65,11 @@ def serve_serial(
                     on_text(item.data)
                 continue
             deadline = None  # a frame arrived: serve for good
-            if buf_size is not None and len(item.data) + _FRAME_OVERHEAD > buf_size:
+            if buf_size is not None and len(item.data) + FRAME_OVERHEAD > buf_size:
                 ctx.log(f"SMP packet of {len(item.data)} bytes exceeds buf_size {buf_size}")
                 continue
             replies = dispatcher.responses(item.data)
             if replies:
                 ctx.uart_write(b"".join(encode_frames(r, line_length) for r in replies))
+            if after_reply is not None:
+                after_reply()
