@@ -39,6 +39,7 @@ from provisionfarm import (
 
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.rig import Rig
+from dfuhil.formats.mcuboot_trailer import MODES
 from dfuhil.procedures.provision import STEPS
 from dfuhil.sim.state import load_state
 
@@ -243,6 +244,9 @@ def test_boards_list_json_is_the_resolved_farm() -> None:
         assert board["probe"]["backend"] == "virtual"
         for image in board["firmware"]["images"].values():
             assert Path(image["file"]).is_absolute() and Path(image["file"]).is_file()
+    # Scripts pick MCUboot boards by upgrade mode: one board per mode ships.
+    modes = sorted(b["mcuboot"]["mode"] for b in boards if b["mcuboot"] is not None)
+    assert modes == sorted(MODES)
 
 
 # --- against a running `dfuhil sim serve` ----------------------------------------------------

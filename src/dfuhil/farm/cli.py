@@ -112,7 +112,25 @@ def board_json(board: BoardSpec) -> dict[str, Any]:
             },
         },
         "flash_layout": board.layout.name,
+        "mcuboot": _mcuboot_json(board),
+        "smp_udp": board.smp_udp,
         "line": board.line,
+    }
+
+
+def _mcuboot_json(board: BoardSpec) -> dict[str, Any] | None:
+    """How the board's MCUboot was built, for scripts that pick boards by upgrade mode."""
+    spec = board.mcuboot
+    if spec is None:
+        return None
+    return {
+        "mode": spec.mode,
+        "key": str(spec.key),
+        "header_size": spec.header_size,
+        "downgrade_prevention": spec.downgrade_prevention,
+        "confirm": spec.confirm,
+        "transports": list(spec.transports),
+        "serial_recovery": spec.serial_recovery is not None,
     }
 
 
