@@ -246,6 +246,7 @@ def _dfu_lock_ms(mcuboot: McubootUnderTest) -> int:
     return mcuboot.spec.dfu_lock_timeout_ms
 
 
+@pytest.mark.roles("dfu-lock")
 def test_second_transport_is_refused_while_the_first_holds_the_dfu_lock(
     mcuboot: McubootUnderTest,
 ) -> None:

@@ -127,7 +127,9 @@ class ConsoleTransport(SMPTransport):
         await loop.run_in_executor(self._writer, self.console.send_packet, data)
 
     async def receive(self) -> bytes:
-        raise NotImplementedError("responses are matched by sequence: use send_and_receive()")
+        """Not offered: several requests are in flight, so an unmatched read would steal
+        another request's answer. SMPClient only calls send_and_receive()."""
+        raise TypeError("responses are matched by sequence number: use send_and_receive()")
 
     async def send_and_receive(self, data: bytes) -> bytes:
         seq = _seq(data)
