@@ -76,11 +76,12 @@ class FlashArea:
             self.port.flash_erase_page(self.start + sector * self.sector_size)
 
     def scramble(self) -> None:
-        """``boot_scramble_slot`` (no MINIMAL_SCRAMBLE): the whole area, front to back."""
+        """``flash_area_erase(fap, 0, size)`` (v2.1.0's refusals): the whole area, in order."""
         self.erase(0, self.size)
 
     def scramble_trailer_sectors(self) -> None:
-        """``swap_scramble_trailer_sectors``: the sectors holding the trailer, back to front."""
+        """``swap_erase_trailer_sectors`` (swap_misc.c:34-80): the sectors holding
+        ``boot_trailer_sz``, back to front."""
         off = (self.size - self.layout.size) // self.sector_size * self.sector_size
         self.erase(off, self.size - off, backwards=True)
 
