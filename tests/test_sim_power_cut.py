@@ -8,6 +8,12 @@ hold the expected images byte for byte and the trailers must end as §7 says. Th
 driven through the board's debug port by :class:`dfuhil.sim.faults.FaultInjector`, over a real
 Unix socket; the boards are in-process (tests/mcubootrig.py) with 16-20 KiB slots so a swap is
 a few dozen operations. Nothing here asserts how long anything took.
+
+The operations are MCUboot v2.1.0's own (tests/test_sim_mcuboot_traffic.py holds them against
+its source), so each cut lands where it would on a real board. N per campaign: permanent
+swap-move 61, permanent swap-scratch into the trailer sector 83, swap-move revert 65,
+swap-scratch revert 65, overwrite-only 17 (the fast overwrite; 22 when the whole slot was
+copied).
 """
 
 from __future__ import annotations
