@@ -155,7 +155,9 @@ def test_swap_scratch_rewrites_the_secondary_before_erasing_its_trailer(key: Any
         ops, _ = boot_traffic(rig)
     trailer_page = secondary.end - 0x1000
     rewrite = next(
-        i for i, op in enumerate(ops) if op[0] == "write" and secondary.start <= op[1] < trailer_page
+        i
+        for i, (kind, address, _) in enumerate(ops)
+        if kind == "write" and secondary.start <= address < trailer_page
     )
     assert ops.index(("erase", trailer_page, 0x1000)) > rewrite
 
