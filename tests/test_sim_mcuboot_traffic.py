@@ -104,6 +104,25 @@ def test_overwrite_only_erases_and_copies_only_the_image_then_writes_the_magic(
         assert (ops, running) == ([], "2.0.0")
 
 
+def test_overwrite_only_of_an_image_ending_on_a_sector_boundary_writes_one_unit_past_it() -> None:
+    """MCUboot rounds the copy up past a whole write unit even when the image is aligned
+    (loader.c:1379-1383), so its last write reaches a sector nothing erased; it does so all
+    the same, and the board must boot the image rather than the plug-in refusing the write."""
+    primary, secondary = slots("overwrite-only")
+    ed = imgtool_keys.Ed25519.generate()  # fixed-size signature: a predictable image size
+    overhead = len(app_image(primary, "2.0.0", ed, size=0x1000)) - 0x1000
+    v1 = app_image(primary, "1.0.0", ed, size=0x2C00)
+    v2 = app_image(primary, "2.0.0", ed, size=0x2000 - overhead)
+    assert len(v2) == 0x2000
+    with mcuboot_board(build_for("overwrite-only", ed), primary=v1) as rig:
+        rig.program(secondary, v2)
+        rig.set_pending()
+        ops, running = boot_traffic(rig)
+        assert running == "2.0.0" and rig.slot_bytes(primary, len(v2)) == v2
+        assert ops == overwrite_only(mcuboot(), primary, secondary, len(v2))
+        assert ops[-4] == ("write", primary.start + 0x2000, 4)  # into sector 2, not erased
+
+
 # --- swap using scratch -------------------------------------------------------------------------
 
 

@@ -56,11 +56,14 @@ class FlashArea:
         self._check(off, length)
         return self.port.read(self.start + off, length)
 
-    def write(self, off: int, data: bytes) -> None:
+    def write(self, off: int, data: bytes, *, unerased_tail: int = 0) -> None:
+        """``flash_area_write``. ``unerased_tail``: that many last bytes may land on flash
+        that is not erased (NOR ANDs them in), for the one place MCUboot does so."""
         self._check(off, len(data))
         if off % self.write_size or len(data) % self.write_size:
             raise FlashMisuse(f"{self.name}: write 0x{off:X}+{len(data)} is not write-aligned")
-        if self.read(off, len(data)).count(ERASED) != len(data):
+        checked = len(data) - unerased_tail
+        if self.read(off, checked).count(ERASED) != checked:
             raise FlashMisuse(f"{self.name}: write at 0x{off:X} onto flash that is not erased")
         self.port.flash_write(self.start + off, data)
 
@@ -85,12 +88,15 @@ class FlashArea:
         off = (self.size - self.layout.size) // self.sector_size * self.sector_size
         self.erase(off, self.size - off, backwards=True)
 
-    def copy_from(self, src: FlashArea, src_off: int, dst_off: int, length: int) -> None:
+    def copy_from(
+        self, src: FlashArea, src_off: int, dst_off: int, length: int, *, unerased_tail: int = 0
+    ) -> None:
         """``boot_copy_region``: read a buffer, write it, one KiB at a time."""
         done = 0
         while done < length:
             chunk = min(BUF_SZ, length - done)
-            self.write(dst_off + done, src.read(src_off + done, chunk))
+            tail = min(chunk, unerased_tail) if done + chunk == length else 0
+            self.write(dst_off + done, src.read(src_off + done, chunk), unerased_tail=tail)
             done += chunk
 
     # --- trailer -------------------------------------------------------------------------------

@@ -37,9 +37,14 @@ def copy_image(boot: Boot) -> None:
             size = src_size + write_sz - src_size % write_sz
             break
         size += sector
-    primary.erase(*trailer_sectors(boot))
+    trailer_off, trailer_len = trailer_sectors(boot)
+    primary.erase(trailer_off, trailer_len)
     log.inf(f"Image 0 copying the secondary slot to the primary slot: 0x{size:x} bytes")
-    primary.copy_from(secondary, 0, 0, size)
+    # An image ending on a sector boundary: the extra write unit lands on the next sector,
+    # which nothing erased (MCUboot writes it all the same; NOR ANDs it into the old bytes).
+    erased_end = max(1, -(-src_size // sector)) * sector
+    unerased = max(0, min(size, trailer_off) - erased_end)
+    primary.copy_from(secondary, 0, 0, size, unerased_tail=unerased)
     primary.write_field("magic")
     secondary.erase(0, secondary.sector_size)  # the header, so the image is gone
     # the trailer, so the request is gone
