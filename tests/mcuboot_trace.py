@@ -7,6 +7,10 @@ Line numbers cite that tag (``loader.c`` = boot/bootutil/src/loader.c, and so on
 from the C code, with its own arithmetic, so that a test can hold the virtual MCUboot's
 recorded traffic against it; it does not import the plug-in.
 
+A swap resumed after a power cut redoes the step it was in, from that step's first operation
+(its status record is the last thing a step writes, and the next boot resumes at the first
+step without one): ``step_ends`` marks where each step ends in ``ops``.
+
 Platform facts (Zephyr on an nRF52): ``flash_area_erase`` erases page by page, lowest first;
 ``flash_area_write`` is one NVMC write of the whole buffer; ``flash_area_align`` is 4 (the
 NVMC's word), so ``BOOT_WRITE_SZ`` is 4; ``BOOT_MAX_ALIGN`` is 8.
@@ -45,6 +49,7 @@ class Mcuboot:
     max_sectors: int = 128  # BOOT_MAX_IMG_SECTORS = BOOT_STATUS_MAX_ENTRIES (bootutil_priv.h:196)
     state_count: int = 3  # BOOT_STATUS_STATE_COUNT (bootutil_priv.h:188-193), 1 + 2 for move
     ops: list[Op] = field(default_factory=list)
+    step_ends: list[int] = field(default_factory=list)  # len(ops) after each status record
 
     # --- sizes and offsets (bootutil_misc.c, bootutil_misc.h) ----------------------------------
 
@@ -123,6 +128,7 @@ class Mcuboot:
         """``boot_write_status`` (loader.c:719-773): one record of flash_area_align bytes."""
         off = self.status_off(area, scratch) + internal_off
         self.ops.append(("write", area.start + off, self.write_sz))
+        self.step_ends.append(len(self.ops))
 
     def erase_trailer_sectors(self, area: Slot) -> None:
         """``swap_erase_trailer_sectors`` (swap_misc.c:34-80): last sector first, until the

@@ -26,9 +26,21 @@ from mcuboot_trace import (
     swap_move,
     swap_scratch,
 )
-from mcubootrig import GEOMETRIES, MAX_SECTORS, McubootRig, app_image, build_for, mcuboot_board
+from mcubootrig import (
+    GEOMETRIES,
+    MAX_SECTORS,
+    WAIT_S,
+    McubootRig,
+    app_image,
+    build_for,
+    fault_port,
+    mcuboot_board,
+)
+from simfarm import wait_until
 
 from dfuhil.formats.mcuboot_build import Slot
+
+FLASH_IN_USE = 0x20000  # MCUboot, both slots and the scratch of every test geometry
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +223,53 @@ def test_swap_move_permanent_swap_is_mcuboots_traffic(key: Any) -> None:
         assert running == "2.0.0"
         copy_size = max(len(v1), len(v2))
         assert ops == swap_move(mcuboot(), primary, secondary, copy_size, SWAP_PERM, True)
+
+
+# --- a swap resumed after a power cut ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["swap-scratch", "swap-move"])
+def test_a_swap_resumed_after_a_power_cut_redoes_the_interrupted_step_and_goes_on(
+    mode: str, key: Any
+) -> None:
+    """For a cut in each step after the first (before the step's second operation), the
+    resumed boot's traffic is MCUboot's from the start of that step (boot_complete_partial_swap
+    -> swap_run from the status read back, loader.c:1713-1757)."""
+    primary, secondary = slots(mode)
+    v1 = app_image(primary, "1.0.0", key)
+    v2 = app_image(primary, "2.0.0", key, size=0x2400)
+    copy_size = max(len(v1), len(v2))
+    m = mcuboot()
+    if mode == "swap-scratch":
+        scratch = GEOMETRIES[mode].scratch
+        assert scratch is not None
+        fresh = swap_scratch(m, primary, secondary, scratch, copy_size, SWAP_TEST, False)
+    else:
+        fresh = swap_move(m, primary, secondary, copy_size, SWAP_TEST, False)
+    assert len(m.step_ends) == 9  # three sectors: 3 x 3 steps (scratch), 3 + 3 x 2 (move)
+    with mcuboot_board(build_for(mode, key), primary=v1) as rig, fault_port(rig) as faults:
+        rig.program(secondary, v2)
+        rig.set_pending()
+        faults.cut_power_now()
+        before = rig.board.flash.read(0, FLASH_IN_USE)
+        for done in m.step_ends[:-1]:  # a cut in the step after each finished one
+            cut = done + 2  # the step's first operation done, its second one cut
+            rig.board.flash.load(0, before)
+            faults.reset_stats()
+            faults.cut_power_after(cut)
+            faults.power_on()
+            status = wait_until(
+                lambda: rig.board.cpu.status,
+                lambda s: s.startswith("power cut") or s.startswith("running app"),
+                f"the power cut before operation {cut}",
+                WAIT_S,
+            )
+            assert status.startswith(f"power cut before flash operation {cut} ("), status
+            with traffic(rig) as ops:
+                faults.power_on()
+                assert rig.running() == "2.0.0"
+            assert ops == fresh[done:], f"resumed after a cut before operation {cut}"
+            faults.cut_power_now()
 
 
 # --- direct-xip ---------------------------------------------------------------------------------
