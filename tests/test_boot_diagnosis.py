@@ -90,6 +90,9 @@ def test_revert_is_reported_once_per_boot_with_the_confirm_advice() -> None:
         ("W: Cannot upgrade: not same sector layout", "cannot-upgrade", "not same sector layout"),
         ("W: Not enough free space to run swap upgrade", "not-enough-space", "spare sector"),
         ("E: Insufficient version in secondary slot", "downgrade-refused", "lower"),
+        # MCUboot v2.1.0's own spelling (loader.c:1010, loader.c:2320)
+        ("E: insufficient version in secondary slot", "downgrade-refused", "lower"),
+        ("E: bad image magic 0xffffffff; Image=0", "bad-magic", "erased"),
         ("I: Image 0 in slot 1 erased due to downgrade prevention", "downgrade-refused", "lower"),
         ("E: Image size bigger than designated area: 500000 > 483328", "too-large", "483328"),
         (

@@ -337,7 +337,8 @@ def test_overwrite_only_downgrade_prevention_says_insufficient_version(key: Any)
         rig.program(secondary(rig), older)
         rig.set_pending()
         log, running = rig.boot()
-        assert "E: Insufficient version in secondary slot" in log.lines() and running == "1.2.0"
+        # v2.1.0 spells it in lower case (loader.c:1010)
+        assert "E: insufficient version in secondary slot" in log.lines() and running == "1.2.0"
         assert rig.slot_bytes(secondary(rig)) == b"\xff" * secondary(rig).size
 
 
@@ -350,11 +351,14 @@ def test_overwrite_only_copies_and_can_never_revert(key: Any) -> None:
         rig.program(secondary(rig), v2)
         rig.set_pending()  # a test request: overwrite-only cannot honour "test"
         log, running = rig.boot()
+        # The fast overwrite copies the image only, rounded up past a whole write unit
+        # (loader.c:1379-1383), not the slot.
+        copied = len(v2) + 4 - len(v2) % 4
         assert log.lines()[3:8] == [
             "I: Image index: 0, Swap type: test",
             "I: Image 0 upgrade secondary slot -> primary slot",
             "I: Erasing the primary slot",
-            "I: Image 0 copying the secondary slot to the primary slot: 0x4000 bytes",
+            f"I: Image 0 copying the secondary slot to the primary slot: 0x{copied:x} bytes",
             "I: Bootloader chainload address offset: 0x10000",
         ]
         assert "Primary image:" not in log.text  # no swap status in this mode

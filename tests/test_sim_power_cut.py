@@ -8,6 +8,12 @@ hold the expected images byte for byte and the trailers must end as §7 says. Th
 driven through the board's debug port by :class:`dfuhil.sim.faults.FaultInjector`, over a real
 Unix socket; the boards are in-process (tests/mcubootrig.py) with 16-20 KiB slots so a swap is
 a few dozen operations. Nothing here asserts how long anything took.
+
+The operations are MCUboot v2.1.0's own (tests/test_sim_mcuboot_traffic.py holds them against
+its source), so each cut lands where it would on a real board. N per campaign: permanent
+swap-move 61, permanent swap-scratch into the trailer sector 83, swap-move revert 65,
+swap-scratch revert 65, overwrite-only 17 (the fast overwrite; 22 when the whole slot was
+copied).
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 from imgtool import keys as imgtool_keys
+from mcuboot_trace import SWAP_PERM, Mcuboot, swap_scratch
 from mcubootrig import (
     GEOMETRIES,
+    MAX_SECTORS,
     WAIT_S,
     McubootRig,
     app_image,
@@ -294,3 +302,45 @@ def test_several_power_cuts_in_one_swap_still_complete_it(key: Any) -> None:
             why = f"trial {trial}: cuts {fired} (N = {n})"
             run.check_outcome(run.rig.running(), why)
             run.check_trailers(CONFIRMED, why)
+
+
+def test_v2_1_0_swap_scratch_bricks_on_a_cut_in_its_forward_scratch_erase(key: Any) -> None:
+    """MCUboot v2.1.0's own power-fail hole, reproduced because the traffic is its own: after
+    the first operation of a swap into the trailer sector it erases a multi-sector scratch
+    front to back (swap_scratch.c:675-678). A cut after the first page leaves the scratch's
+    trailer (and stale status) standing; the next boot resumes from the scratch and copies its
+    erased pages over the primary. v2.2.0 erases backwards (mcu-tools/mcuboot f76fba70)."""
+    g = replace(GEOMETRIES["swap-scratch"], scratch=Slot(0x18000, 0x2000))
+    assert g.secondary is not None and g.scratch is not None
+    v1 = app_image(g.primary, "1.0.0", key)
+    v2 = app_image(g.primary, "2.0.0", key, size=0x3A00)
+    m = Mcuboot(sector=0x1000, max_sectors=MAX_SECTORS)
+    swap_scratch(m, g.primary, g.secondary, g.scratch, len(v2), SWAP_PERM, True)
+    first_op_done = m.step_ends[2]  # its third status record, then the scratch erase
+    assert m.ops[first_op_done : first_op_done + 2] == [
+        ("erase", 0x18000, 0x1000),
+        ("erase", 0x19000, 0x1000),
+    ]
+    with (
+        mcuboot_board(build_for("swap-scratch", key, geometry=g), primary=v1) as rig,
+        fault_port(rig) as faults,
+    ):
+        rig.program(g.secondary, v2)
+        rig.set_pending(permanent=True)
+        faults.cut_power_now()
+        faults.cut_power_after(first_op_done + 2)  # the scratch's first page erased, not its last
+        faults.power_on()
+        cut = wait_until(
+            lambda: rig.board.cpu.status,
+            lambda s: s.startswith("power cut") or s.startswith("running app"),
+            "the power cut in the scratch erase",
+            WAIT_S,
+        )
+        assert cut.startswith(f"power cut before flash operation {first_op_done + 2} ("), cut
+        assert rig.board.uart.wait_tx_idle(WAIT_S)
+        rig.console.skip_to_end()
+        faults.power_on()
+        log = rig.boot_log().lines()
+        assert "I: Boot source: scratch" in log
+        assert log[-1] == "E: Unable to find bootable image"
+        assert rig.slot_bytes(g.primary, len(v2)) != v2

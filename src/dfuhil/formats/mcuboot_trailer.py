@@ -13,6 +13,10 @@ Offsets below are relative to the start of the slot (``S`` = slot size, ``A`` = 
     copy_done - A   swap_info        (S-40)  bits 0-3 swap type, 4-7 image number
     swap_info - A   swap_size (u32)  (S-48)
     S - trailer_size ...             swap status records (3 per sector for scratch/move)
+
+Fields sit ``A`` apart, but each is *written* padded only to the flash's write unit
+(``boot_write_trailer``: ``ALIGN_UP(len, flash_area_align)``, 4 bytes on an nRF52's NVMC);
+only the magic block is ``A`` long.
 """
 
 from __future__ import annotations
@@ -185,28 +189,36 @@ TrailerField = Literal["magic", "image_ok", "copy_done", "swap_info", "swap_size
 def field_write(
     layout: TrailerLayout, field: TrailerField, value: int | bytes
 ) -> tuple[int, bytes]:
-    """(offset in slot, bytes) to program one trailer field, padded to a whole write unit.
+    """(offset in slot, bytes) to program one trailer field, as MCUboot v2.1.0 writes it.
 
-    Flags and swap_info are one byte followed by erased padding up to ``max_align`` (the
-    bootloader writes BOOT_MAX_ALIGN-sized blocks); swap_size is a u32 likewise padded; the
-    magic is written as its whole aligned block ending at the slot's end.
+    Flags and swap_info (one byte) and swap_size (a u32) go through ``boot_write_trailer``
+    (bootutil_public.c:322-346): the value, then erased padding up to a whole flash write unit,
+    ``ALIGN_UP(inlen, flash_area_align(fap))`` (4 on an nRF52), not up to BOOT_MAX_ALIGN. The
+    magic goes through ``boot_write_magic`` (bootutil_public.c:280-316): the whole
+    ALIGN_UP(16, BOOT_MAX_ALIGN) block ending at the slot's end.
     """
     erased = bytes([layout.erased])
     if field == "magic":
         block = _align_up(16, layout.max_align)
         magic = value if isinstance(value, bytes) else trailer_magic(layout.max_align)
         return layout.magic_block, erased * (block - 16) + magic
-    if field == "swap_size":
-        assert isinstance(value, int)
-        raw = value.to_bytes(4, "little")
-        return layout.swap_size, raw + erased * (max(layout.max_align, 4) - 4)
     assert isinstance(value, int)
-    offset = {
-        "image_ok": layout.image_ok,
-        "copy_done": layout.copy_done,
-        "swap_info": layout.swap_info,
-    }[field]
-    return offset, bytes([value]) + erased * (layout.max_align - 1)
+    if field == "swap_size":
+        offset, raw = layout.swap_size, value.to_bytes(4, "little")
+    else:
+        offset = {
+            "image_ok": layout.image_ok,
+            "copy_done": layout.copy_done,
+            "swap_info": layout.swap_info,
+        }[field]
+        raw = bytes([value])
+    padded = _align_up(len(raw), layout.write_size)
+    if padded > layout.max_align:
+        # boot_write_trailer returns -1: a write unit wider than BOOT_MAX_ALIGN is a bad build.
+        raise ValueError(
+            f"flash write size {layout.write_size} exceeds BOOT_MAX_ALIGN {layout.max_align}"
+        )
+    return offset, raw + erased * (padded - len(raw))
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ _RULES: tuple[_Rule, ...] = (
     _r(
         "bad-magic",
         "error",
-        r"^Bad image magic 0x([0-9a-fA-F]+)",
+        r"^[Bb]ad image magic 0x([0-9a-fA-F]+)",  # v2.1.0: "bad", later: "Bad"
         lambda m: (
             "the primary slot holds no MCUboot image header"
             + (
@@ -223,7 +223,7 @@ _RULES: tuple[_Rule, ...] = (
     _r(
         "downgrade-refused",
         "warning",
-        r"^Insufficient version in secondary slot",
+        r"^[Ii]nsufficient version in secondary slot",  # v2.1.0: lower case
         "downgrade prevention: the update's version is lower than the running image's; MCUboot "
         "erased it (an equal version is allowed)",
         "sign the update with a higher version (`dfuhil image sign --version X.Y.Z`)",

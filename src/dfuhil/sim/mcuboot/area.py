@@ -56,11 +56,14 @@ class FlashArea:
         self._check(off, length)
         return self.port.read(self.start + off, length)
 
-    def write(self, off: int, data: bytes) -> None:
+    def write(self, off: int, data: bytes, *, unerased_tail: int = 0) -> None:
+        """``flash_area_write``. ``unerased_tail``: that many last bytes may land on flash
+        that is not erased (NOR ANDs them in), for the one place MCUboot does so."""
         self._check(off, len(data))
         if off % self.write_size or len(data) % self.write_size:
             raise FlashMisuse(f"{self.name}: write 0x{off:X}+{len(data)} is not write-aligned")
-        if self.read(off, len(data)).count(ERASED) != len(data):
+        checked = len(data) - unerased_tail
+        if self.read(off, checked).count(ERASED) != checked:
             raise FlashMisuse(f"{self.name}: write at 0x{off:X} onto flash that is not erased")
         self.port.flash_write(self.start + off, data)
 
@@ -76,20 +79,24 @@ class FlashArea:
             self.port.flash_erase_page(self.start + sector * self.sector_size)
 
     def scramble(self) -> None:
-        """``boot_scramble_slot`` (no MINIMAL_SCRAMBLE): the whole area, front to back."""
+        """``flash_area_erase(fap, 0, size)`` (v2.1.0's refusals): the whole area, in order."""
         self.erase(0, self.size)
 
     def scramble_trailer_sectors(self) -> None:
-        """``swap_scramble_trailer_sectors``: the sectors holding the trailer, back to front."""
+        """``swap_erase_trailer_sectors`` (swap_misc.c:34-80): the sectors holding
+        ``boot_trailer_sz``, back to front."""
         off = (self.size - self.layout.size) // self.sector_size * self.sector_size
         self.erase(off, self.size - off, backwards=True)
 
-    def copy_from(self, src: FlashArea, src_off: int, dst_off: int, length: int) -> None:
+    def copy_from(
+        self, src: FlashArea, src_off: int, dst_off: int, length: int, *, unerased_tail: int = 0
+    ) -> None:
         """``boot_copy_region``: read a buffer, write it, one KiB at a time."""
         done = 0
         while done < length:
             chunk = min(BUF_SZ, length - done)
-            self.write(dst_off + done, src.read(src_off + done, chunk))
+            tail = min(chunk, unerased_tail) if done + chunk == length else 0
+            self.write(dst_off + done, src.read(src_off + done, chunk), unerased_tail=tail)
             done += chunk
 
     # --- trailer -------------------------------------------------------------------------------

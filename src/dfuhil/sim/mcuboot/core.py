@@ -1,8 +1,9 @@
 """One boot's view of the flash: the build's areas, its key, its log, and the steps every upgrade
 mode shares (``boot_validate_slot``, the logged swap decision, downgrade prevention).
 
-Names follow MCUboot's ``loader.c`` and ``bootutil_public.c`` (snapshot 2d4bacc3) so each step
-can be checked against its source; the code is this project's own.
+Names, order and log lines follow MCUboot v2.1.0's ``loader.c`` and ``bootutil_public.c`` (the
+release the virtual MCUboot claims to be) so each step can be checked against its source; the
+code is this project's own.
 """
 
 from __future__ import annotations
@@ -98,31 +99,28 @@ class Boot:
         self.log.inf(f"Image index: 0, Swap type: {SWAP_NAMES[decided]}")
         return decided
 
-    def validated_swap_type(self, status_swap_type: SwapType) -> SwapType:
-        """``boot_validated_swap_type``: an upgrade needs a valid image in the secondary."""
+    def validated_swap_type(self) -> SwapType:
+        """``boot_validated_swap_type`` (loader.c:1136-1158): an upgrade needs a valid image
+        in the secondary (every refusal is FIH_NO_BOOTABLE_IMAGE, hence NONE)."""
         swap_type = self.swap_type()
-        if swap_type in UPGRADES and not self.validate_slot(self.other(), status_swap_type):
+        if swap_type in UPGRADES and not self.validate_slot(self.other()):
             return SwapType.NONE
         return swap_type
 
-    def validate_slot(self, area: FlashArea, status_swap_type: SwapType = SwapType.NONE) -> bool:
-        """``boot_validate_slot``: True if bootable; side effects exactly as MCUboot's."""
+    def validate_slot(self, area: FlashArea) -> bool:
+        """``boot_validate_slot`` (loader.c:962-1094): True if bootable; flash side effects
+        exactly as MCUboot v2.1.0's."""
         header = read_header(area)
         secondary = area is not self.primary
         if header is None or not header.bootable:
             if self.mode in SWAP_MODES and secondary:
                 # An erased image with a trailer left behind must not block later uploads.
                 area.scramble_trailer_sectors()
-                if self.mode == "swap-move" and (
-                    status_swap_type == SwapType.REVERT or self.swap_type() == SwapType.REVERT
-                ):
-                    self.primary.scramble_trailer_sectors()
-                    self.log.inf("Cleared image 0 primary slot trailer due to stuck revert")
             return False
         if self.mode == "overwrite-only" and self.build.downgrade_prevention and secondary:
             primary_header = read_header(self.primary)
             if primary_header is not None and version_key(header) < version_key(primary_header):
-                self.log.err("Insufficient version in secondary slot")
+                self.log.err("insufficient version in secondary slot")  # loader.c:1010
                 area.scramble()
                 return False
         problem = (
@@ -170,6 +168,6 @@ class Boot:
                 return None
         elif header is None or header.magic != IMAGE_MAGIC:
             magic = 0xFFFFFFFF if header is None else header.magic
-            self.log.err(f"Bad image magic 0x{magic:x}; Image=0")
+            self.log.err(f"bad image magic 0x{magic:x}; Image=0")  # loader.c:2320
             return None
         return BootResponse(self.primary, header)

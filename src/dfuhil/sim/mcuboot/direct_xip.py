@@ -29,7 +29,7 @@ def boot_go(boot: Boot, *, revert: bool) -> BootResponse | None:
             )
             available[area.name] = (area, header)
         else:
-            log.inf(f"Image 0 {area.name} slot: image not found")
+            log.inf(f"Image 0 {area.name.capitalize()} slot: Image not found")
     while True:
         if not available:
             log.inf("No slot to load for image 0")

@@ -40,10 +40,10 @@ def boot_go(boot: Boot, algorithm: SwapAlgorithm) -> BootResponse | None:
         if not bs.is_reset():
             complete_partial_swap(boot, algorithm, bs)
         elif bs.swap_type == SwapType.NONE:
-            swap_type = boot.validated_swap_type(bs.swap_type)
+            swap_type = boot.validated_swap_type()
         else:
             # A swap was set up (trailer written) but no step finished before the reset.
-            valid = boot.validate_slot(boot.other(), bs.swap_type)
+            valid = boot.validate_slot(boot.other())
             swap_type = bs.swap_type if valid else SwapType.FAIL
     bs.swap_type = swap_type
     if swap_type in (SwapType.TEST, SwapType.PERM) and boot.downgrade_prevented():

@@ -1,12 +1,15 @@
-"""Swap using scratch (``swap_scratch.c``): sector ranges swapped last-first through a scratch.
+"""Swap using scratch (``swap_scratch.c``, MCUboot v2.1.0): sector ranges swapped last-first
+through a scratch.
 
 Each operation (status index ``idx`` from 1, starting at the image's last sectors) has three
 steps, each ending with one status record: 1) secondary -> scratch, 2) primary -> secondary,
 3) scratch -> primary. Before the first step of the first operation the swap trailer (swap
 type, swap size, magic) is written to the scratch, then to the primary. When the first
-operation covers the sector holding the trailer, the primary's trailer must be erased before
-it can be rewritten: its first two records then live in the scratch, and the third step moves
-them and the trailer over (``use_scratch``).
+operation covers the sector holding the trailer, the primary's trailer cannot be rewritten
+before step 3 erases that sector: its first two records then live in the scratch, and the third
+step moves them and the trailer over (``use_scratch``). Otherwise step 2 rewrites the
+secondary's image sectors first and erases the secondary's trailer sectors after
+(swap_scratch.c:593-607).
 """
 
 from __future__ import annotations
@@ -84,9 +87,10 @@ class ScratchSwap:
     # --- the swap -----------------------------------------------------------------------------
 
     def run(self, bs: BootStatus, copy_size: int) -> bool:
+        """``swap_run`` (swap_scratch.c:686-743)."""
         self.boot.log.inf("Starting swap using scratch algorithm.")
         per_operation = self.scratch.size // self.sector
-        last = -(-copy_size // self.sector) - 1  # find_last_sector_idx
+        last = max(0, -(-copy_size // self.sector) - 1)  # at least sector 0 is swapped
         operation = 0
         while last >= 0:
             first = max(0, last - per_operation + 1)  # boot_copy_sz
@@ -97,14 +101,14 @@ class ScratchSwap:
         return True
 
     def swap_sectors(self, idx: int, size: int, bs: BootStatus) -> None:
-        """``boot_swap_sectors`` for the range of sectors starting at ``idx``."""
+        """``boot_swap_sectors`` (swap_scratch.c:484-684) for the sectors starting at ``idx``."""
         primary, secondary, scratch = self.primary, self.secondary, self.scratch
         img_off = idx * self.sector
-        trailer_size = primary.layout.size
+        trailer_size = primary.layout.size  # boot_trailer_sz(BOOT_WRITE_SZ)
         first_trailer_off = (primary.size - trailer_size) // self.sector * self.sector
         copy_size = size
         if img_off + size > first_trailer_off:
-            copy_size = min(primary.size - img_off - trailer_size, scratch.layout.status_start)
+            copy_size -= trailer_size
         bs.use_scratch = bs.idx == 1 and copy_size != size
 
         if bs.state == 1:
@@ -121,22 +125,16 @@ class ScratchSwap:
             bs.state = 2
 
         if bs.state == 2:
-            erase_size = size
-            if bs.idx == 1:
-                secondary.scramble_trailer_sectors()
-                if bs.use_scratch:
-                    erase_size = first_trailer_off - img_off
-            secondary.erase(img_off, erase_size)
+            secondary.erase(img_off, size)
             secondary.copy_from(primary, img_off, img_off, copy_size)
+            if bs.idx == 1 and not bs.use_scratch:
+                # Only the primary may hold the state of a swap under way.
+                secondary.scramble_trailer_sectors()
             self.write_status(bs)
             bs.state = 3
 
         if bs.state == 3:
-            erase_size = size
-            if bs.use_scratch:
-                primary.scramble_trailer_sectors()
-                erase_size = first_trailer_off - img_off
-            primary.erase(img_off, erase_size)
+            primary.erase(img_off, size)
             primary.copy_from(scratch, 0, img_off, copy_size)
             if bs.use_scratch:
                 self.move_trailer_to_primary(img_off + copy_size, bs)
@@ -146,8 +144,8 @@ class ScratchSwap:
             bs.idx += 1
             bs.state = 1
             if erase_scratch:
-                # Backwards, so a reset mid-erase never leaves a half scratch that looks valid.
-                scratch.erase(0, scratch.size, backwards=True)
+                # Only now, so a reset never finds a stale status in the scratch.
+                scratch.erase(0, scratch.size)
 
     def move_trailer_to_primary(self, status_off: int, bs: BootStatus) -> None:
         """The records and trailer kept in the scratch during the first operation."""
