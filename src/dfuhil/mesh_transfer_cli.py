@@ -236,14 +236,13 @@ class _MeshNodes:
     def outcomes(self, result: Any, package: Any) -> list[Any]:
         import contextlib
 
-        from dfuhil.formats.devpage import Fwid
         from dfuhil.formats.meshdfu import DfuType
         from dfuhil.procedures.mesh_outcome import (
             NodeOutcome,
             PageWatch,
             Verdict,
-            confirm_pages,
-            requests_outcome,
+            app_version_fwid,
+            confirm_mesh,
         )
 
         init = package.init
@@ -255,23 +254,20 @@ class _MeshNodes:
             return [serial] + [
                 NodeOutcome(b.name, Verdict.UNCONFIRMED, other) for b in self.nodes[1:]
             ]
-        fwid = Fwid(0, 0, 0, init.company_id, init.application_id, init.application_version)
+        fwid = app_version_fwid(init.company_id, init.application_id, init.application_version)
         with contextlib.ExitStack() as probes:
-            watches = []
-            for board in self.nodes:
-                probe = probes.enter_context(self.rig.probe(board))
-                watches.append(PageWatch(board.name, probe.read, board.chip))
-            pages = confirm_pages(watches, fwid, time_scale=self.rig.time_scale(self.root))
-        rows = []
-        for board in self.nodes:
-            row = pages[board.name]
-            refused = serial.verdict in (Verdict.REFUSED, Verdict.RELAYED)
-            if board == self.root and not row.confirmed and refused:
-                row = serial  # the node's own words say more than its unchanged page
-            rows.append(row)
-        if result.open_requests:
-            rows.append(requests_outcome(result.open_requests, result.last_request_age))
-        return rows
+            watches = [
+                PageWatch(b.name, probes.enter_context(self.rig.probe(b)).read, b.chip)
+                for b in self.nodes
+            ]
+            return confirm_mesh(
+                serial,
+                watches,
+                fwid,
+                result.open_requests,
+                result.last_request_age,
+                time_scale=self.rig.time_scale(self.root),
+            )
 
 
 def _mesh_nodes(args: argparse.Namespace, rig: Rig, board: BoardSpec) -> list[BoardSpec]:

@@ -218,7 +218,7 @@ class SerialNodeLog:
 
     def on_frame(self, item: Frame, *, after_last: bool) -> None:
         payload = item.payload
-        if item.opcode == EVT_DFU_START and len(payload) >= 2:
+        if item.opcode == EVT_DFU_START and len(payload) >= 2 + _FWID_UNION:
             self.role = payload[0]
         elif item.opcode == EVT_DFU_END and len(payload) >= 3 + _FWID_UNION:
             self.end_role, self.end_reason = payload[0], payload[2 + _FWID_UNION]
@@ -327,6 +327,11 @@ def requests_outcome(open_requests: tuple[int, ...], last_age_s: float | None) -
 # --- the device pages of the mesh ------------------------------------------------------------
 
 
+def app_version_fwid(company_id: int, app_id: int, app_version: int) -> Fwid:
+    """The VERSION fields a node shows once it installed this application (others ignored)."""
+    return Fwid(0, 0, 0, company_id, app_id, app_version)
+
+
 @dataclass(frozen=True)
 class PageWatch:
     """One node whose device page is read over its probe until it shows the new version."""
@@ -339,31 +344,31 @@ class PageWatch:
 def page_outcome(name: str, page: DevicePage | None, fwid: Fwid, before: str) -> NodeOutcome:
     """A node's row from its device page: installed, received into a bank, or not."""
     seen = installed_app(page)
+    wanted = (fwid.company_id, fwid.app_id, fwid.app_version)
     if (
         seen is not None
         and seen.intact
-        and seen.app_version == fwid.app_version
-        and (
-            seen.company_id,
-            seen.app_id,
-        )
-        == (fwid.company_id, fwid.app_id)
+        and (seen.company_id, seen.app_id, seen.app_version) == (wanted)
     ):
         return NodeOutcome(name, Verdict.CONFIRMED, f"device page: {seen}")
-    wanted = app_fwid(fwid.company_id, fwid.app_id, fwid.app_version)
-    if page is not None and any(
-        b.dfu_type == DfuType.APPLICATION and b.fwid_bytes[: len(wanted)] == wanted
+    fwid_bytes = app_fwid(*wanted)
+    banked = page is not None and any(
+        b.dfu_type == DfuType.APPLICATION and b.fwid_bytes[: len(fwid_bytes)] == fwid_bytes
         for b in page.banks
-    ):
+    )
+    if banked:
         return NodeOutcome(
             name,
             Verdict.RECEIVED,
-            f"device page: a bank holds version {fwid.app_version}, installed is {seen}",
+            f"device page: a bank holds version {fwid.app_version}, installed is {seen}{before}",
+            "the bootloader copies a bank at the next reset; reset the node and read it again",
         )
     return NodeOutcome(
         name,
         Verdict.NOT_INSTALLED,
         f"device page: {seen if seen is not None else 'no VERSION entry'}{before}",
+        "the node did not get the whole image: check its radio range and the relays on its way "
+        "(is one down?), then send the package again",
     )
 
 
@@ -384,18 +389,42 @@ def confirm_pages(
     pending = list(watches)
     while True:
         for watch in list(pending):
-            outcome = page_outcome(
-                watch.name,
-                read_device_page(watch.read, watch.chip),
-                fwid,
-                f" after {timeout_s:.0f} s",
-            )
+            page = read_device_page(watch.read, watch.chip)
+            outcome = page_outcome(watch.name, page, fwid, f" after {timeout_s:.0f} s")
             outcomes[watch.name] = outcome
             if outcome.confirmed:
                 pending.remove(watch)
         if not pending or time.monotonic() >= deadline:
             return outcomes
         time.sleep(poll_s * time_scale)
+
+
+def confirm_mesh(
+    serial: NodeOutcome,
+    watches: list[PageWatch],
+    fwid: Fwid,
+    open_requests: tuple[int, ...] = (),
+    last_request_age: float | None = None,
+    *,
+    timeout_s: float = INSTALL_TIMEOUT_S,
+    time_scale: float = 1.0,
+) -> list[NodeOutcome]:
+    """One row per expected node from its device page, the serial node (``serial.node``) first.
+
+    The serial node's own words replace its page row when they say more: a refusal with its
+    reason, or that it only relayed. Open requests add a row of their own.
+    """
+    pages = confirm_pages(watches, fwid, timeout_s=timeout_s, time_scale=time_scale)
+    rows = []
+    for watch in watches:
+        row = pages[watch.name]
+        own_words = serial.verdict in (Verdict.REFUSED, Verdict.RELAYED)
+        if watch.name == serial.node and not row.confirmed and own_words:
+            row = serial
+        rows.append(row)
+    if open_requests:
+        rows.append(requests_outcome(open_requests, last_request_age))
+    return rows
 
 
 def table(outcomes: list[NodeOutcome]) -> list[str]:
