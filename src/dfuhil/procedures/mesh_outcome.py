@@ -96,12 +96,17 @@ ROLE_RELAY = 2
 _ROLE_NAMES = {0: "none", ROLE_TARGET: "target", ROLE_RELAY: "relay", 3: "source"}
 _FWID_UNION = 10  # fwid_union_t as the events carry it
 
-# dfu_mesh.c (v5.0.0): a target validates STATE_TIMEOUT_RAMPDOWN = 30 s after its last segment,
-# then sends DFU END. A target missing a segment puts a DATA_REQ in its beacon slot with
-# TX_REPEATS_REQ = TX_REPEATS_INF and TX_INTERVAL_TYPE_REQ = REGULAR_SLOW, which the application
-# repeats every DFU_TX_INTERVAL_REGULAR_SLOW_US = 10 s plus up to
-# DFU_TX_DELAY_RANDOMIZATION_MASK_US = 65.535 ms (nrf_mesh_dfu.c); the serial bootloader's
-# REGULAR_SLOW is faster (transport.c: 2 s apart), so the application's sets the wait.
+# The SDK's timings (NordicSemiconductor/nRF5-SDK-for-Mesh v5.0.0, a165eec):
+# * mesh/bootloader/src/dfu_mesh.c: a target validates STATE_TIMEOUT_RAMPDOWN = 30 s after its
+#   last segment, then reports DFU END. A target missing a segment puts a DATA_REQ in its beacon
+#   slot with TX_REPEATS_REQ = TX_REPEATS_INF and TX_INTERVAL_TYPE_REQ = REGULAR_SLOW, until the
+#   segment arrives. A relay forwards a request (over the radio, and to its serial host) only
+#   when it is not in its 16-entry packet cache, so repeats reach the host again only once
+#   other traffic has turned that cache over.
+# * mesh/dfu/src/nrf_mesh_dfu.c: the application's REGULAR_SLOW is
+#   DFU_TX_INTERVAL_REGULAR_SLOW_US = 10 s, plus up to DFU_TX_DELAY_RANDOMIZATION_MASK_US =
+#   65.535 ms per transmit. The serial bootloader's is faster (transport.c: about 2 s apart), so
+#   the application's sets the wait.
 RAMPDOWN_S = 30.0
 REQUEST_REPEAT_S = 10.0 + 0.065535
 # How many of a node's repeats may be lost in a row before the host calls the mesh quiet. At
