@@ -19,7 +19,8 @@ from dfuhil.farm.model import BoardSpec
 from dfuhil.formats.meshkeys import generate_key, public_key_bytes
 from dfuhil.formats.meshpkg import MeshPackage
 from dfuhil.procedures.bootloader_verify import VerifyReport, verify_bootloader
-from dfuhil.procedures.mesh_outcome import InstalledApp
+from dfuhil.procedures.mesh_dfu import TransferResult
+from dfuhil.procedures.mesh_outcome import InstalledApp, Verdict, table
 from fixtures.mesh import MeshUnderTest
 
 # Device seconds a refused package is given to (wrongly) install before the nodes are read:
@@ -98,13 +99,13 @@ def assert_preflight_ok(mesh: MeshUnderTest, package: MeshPackage) -> None:
     assert not problems, "pre-flight check refused the package:\n" + "\n".join(problems)
 
 
-def assert_installed_everywhere(mesh: MeshUnderTest, version: int) -> None:
-    missing = {}
-    for board in mesh.nodes:
-        seen = mesh.wait_installed(board, version)
-        if seen is None or seen.app_version != version or not seen.intact:
-            missing[board.name] = str(seen)
-    assert not missing, f"version {version} not installed on: {missing}"
+def assert_installed_everywhere(
+    mesh: MeshUnderTest, result: TransferResult, package: MeshPackage
+) -> None:
+    """Every node confirmed by its device page (the table `dfuhil mesh dfu --board` prints)."""
+    rows = mesh.confirm(result, package)
+    unconfirmed = [row for row in rows if not row.confirmed]
+    assert not unconfirmed, "mesh DFU not confirmed on every node:\n" + "\n".join(table(rows))
 
 
 # --- the guide's happy path -------------------------------------------------------------------
@@ -118,7 +119,7 @@ def test_guide_happy_path_ends_with_one_led_blinking_on_every_node(
     relays_before = {b.name: mesh.installed(b) for b in mesh.relays}
     result = mesh.transfer(package)
     assert result.segments == package.init.segments
-    assert_installed_everywhere(mesh, package.init.application_version)
+    assert_installed_everywhere(mesh, result, package)
     for board in mesh.nodes:
         mesh.leds(board).wait_for(blinky_pattern(board), timeout_s=10.0, window_s=2.0)
     for board in mesh.relays:
@@ -132,8 +133,8 @@ def test_same_package_sent_twice_is_installed_once(mesh: MeshUnderTest) -> None:
     current = mesh.installed(mesh.root)
     assert current is not None
     package = mesh.package(image=firmware.application.file, name="dfu_app")
-    mesh.transfer(package)
-    assert_installed_everywhere(mesh, current.app_version + 1)
+    assert package.init.application_version == current.app_version + 1
+    assert_installed_everywhere(mesh, mesh.transfer(package), package)
 
     mismatches = mesh.check(package, mesh.root)
     assert [m.field for m in mismatches] == ["application_version"], mismatches
@@ -189,7 +190,9 @@ def test_keyed_device_page_refuses_unsigned_or_wrongly_signed_packages(
     mismatches = mesh.check(package, mesh.root)
     assert [m.field for m in mismatches] == ["signature"], mismatches
     before = before_and_after(mesh)
-    mesh.transfer(package)
+    root = mesh.transfer(package).serial_outcome(mesh.root.name)
+    assert root.verdict is Verdict.REFUSED, root  # the root said so, and the host heard it
+    assert "ERROR_UNAUTHORIZED" in root.evidence
     assert_nothing_installed(mesh, before)
     for board in mesh.nodes:  # the DFU example still runs and shows the END of the transfer
         mesh.leds(board).wait_for(DFU_END_LEDS, timeout_s=10.0, window_s=1.0)
@@ -201,8 +204,7 @@ def test_keyed_device_page_accepts_a_package_signed_with_its_key(
     mesh = keyed_mesh
     package = mesh.package(key=mesh.signing_key)
     assert_preflight_ok(mesh, package)
-    mesh.transfer(package)
-    assert_installed_everywhere(mesh, package.init.application_version)
+    assert_installed_everywhere(mesh, mesh.transfer(package), package)
 
 
 # --- the radio and the boards -----------------------------------------------------------------
@@ -211,8 +213,7 @@ def test_keyed_device_page_accepts_a_package_signed_with_its_key(
 def test_radio_loss_is_repaired(mesh: MeshUnderTest, radio_loss: Callable[[], int]) -> None:
     """20 % of packets lost per receiver; DATA_REQ / DATA_RSP between nodes repair it."""
     package = mesh.package()
-    mesh.transfer(package)
-    assert_installed_everywhere(mesh, package.init.application_version)
+    assert_installed_everywhere(mesh, mesh.transfer(package), package)
     assert radio_loss() > 0, "no packet was lost: the loss was not injected"
 
 

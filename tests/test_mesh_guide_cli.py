@@ -84,6 +84,11 @@ def test_the_guide_at_the_command_line(farm: tuple[SimState, Path], tmp_path: Pa
     sent = run("mesh", "dfu", "--package", package, "--board", ROOT, "--boards", BOARDS,
                "--sim-state", state_file)  # fmt: skip
     assert sent.returncode == 0, sent.stdout + sent.stderr
+    # It ends with the truth: every node of the mesh confirmed by its device page, none assumed.
+    assert "mesh DFU confirmed on 3 of 3 expected nodes" in sent.stdout, sent.stdout
+    for board in NODES:
+        assert re.search(rf"^  {re.escape(board)} +confirmed +device page: .* version 2 ",
+                         sent.stdout, re.M), sent.stdout  # fmt: skip
 
     for board in NODES:
         page = ""

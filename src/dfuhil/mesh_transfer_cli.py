@@ -5,6 +5,13 @@ short options are accepted as they were). Given ``--board`` instead of ``--port`
 port, baud rate, flow control and the virtual farm's time scale from boards.yaml, and checks
 first that the board would install the package at all, because a refused mesh DFU only shows
 after the whole transfer.
+
+Unlike nrfutil it ends with the truth: a table with one row per expected node (what is known:
+confirmed, refused with the reason, relayed only, still requesting, received but not installed,
+never heard) and exit 0 only when every row is confirmed. Over ``--port`` the only node the host
+can hear is the serial node (its DFU END event); with ``--board`` every node of the mesh (the
+root and the boards with role ``mesh``, or ``--nodes``) is confirmed by its device page over
+the probe.
 """
 
 from __future__ import annotations
@@ -81,6 +88,12 @@ def register(mesh_commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--no-check", action="store_true", help="with --board: skip the pre-flight check"
     )
     dfu.add_argument(
+        "--nodes",
+        metavar="NAME,...",
+        help="with --board: the nodes that must install (default: the board and, if it has role "
+        "mesh-root, every board with role mesh)",
+    )
+    dfu.add_argument(
         "--frame-log",
         type=Path,
         metavar="FILE",
@@ -134,9 +147,16 @@ def run_dfu(args: argparse.Namespace) -> int:
 
     package = read_package(args.package)  # a bad zip is refused before any port is opened
     pacing = _pacing(args)
+    mesh: _MeshNodes | None = None
     if args.board is not None:
-        url, baud, rtscts, scale, name = _board_link(args, package)
+        url, baud, rtscts, scale, name, mesh = _board_link(args, package)
     else:
+        if args.nodes:
+            from dfuhil.errors import InputError, Problem
+
+            raise InputError(
+                Problem("", None, "--nodes", "needs --board (nodes are read by probe)")
+            )
         url = args.port
         baud = args.baudrate or DEFAULT_BAUD
         rtscts = bool(args.flow_control)
@@ -157,9 +177,39 @@ def run_dfu(args: argparse.Namespace) -> int:
         ProgressBar(who, unit="segments", unit_bytes=16) as bar,
     ):
         result = MeshDfuTransfer(package, link, pacing, time_scale=scale, progress=bar).run()
-    print(f"{who}: mesh DFU done: {result.summary()}")
+    print(f"{who}: all segments acknowledged: {result.summary()}")
     print(f"{who}: frame log {log_path}")
-    return 0
+    if mesh is None:
+        rows = result.outcomes(who)
+    else:
+        print(f"{who}: reading the device pages of {', '.join(mesh.names)} ...", flush=True)
+        rows = mesh.outcomes(result, package)
+    return _verdict(who, rows, port_only=mesh is None)
+
+
+def _verdict(who: str, rows: list[Any], *, port_only: bool) -> int:
+    """Print the table; 0 only when every expected node is confirmed (else a ProductError)."""
+    from dfuhil.errors import ProductError
+    from dfuhil.procedures.mesh_outcome import table
+
+    print(f"{who}: mesh DFU outcome per node:")
+    for line in table(rows):
+        print(line)
+    if port_only:
+        print(
+            "  (over a port only the serial node is heard; nodes behind it are confirmed with "
+            "--board NAME, which reads every node's device page over its probe)"
+        )
+    confirmed = sum(1 for row in rows if row.confirmed)
+    if confirmed == len(rows):
+        print(f"{who}: mesh DFU confirmed on {confirmed} of {len(rows)} expected nodes")
+        return 0
+    failed = [f"{row.node} {row.verdict.value}" for row in rows if not row.confirmed]
+    raise ProductError(
+        f"{who}: mesh DFU confirmed on {confirmed} of {len(rows)} expected nodes; "
+        + "; ".join(failed)
+        + " (the table above has the evidence and the fix)"
+    )
 
 
 def _preflight(rig: Rig, board: BoardSpec, package: MeshPackage) -> list[Mismatch]:
@@ -173,14 +223,83 @@ def _preflight(rig: Rig, board: BoardSpec, package: MeshPackage) -> list[Mismatc
     return check_package(package, page, installed, board.name)
 
 
-def _board_link(args: argparse.Namespace, package: Any) -> tuple[str, int, bool, float, str]:
-    """Port, baud, flow control, time scale and name from boards.yaml; pre-flight first."""
+class _MeshNodes:
+    """The nodes a ``--board`` transfer must reach, read back over their probes afterwards."""
+
+    def __init__(self, rig: Rig, root: BoardSpec, nodes: list[BoardSpec]) -> None:
+        self.rig, self.root, self.nodes = rig, root, nodes
+
+    @property
+    def names(self) -> list[str]:
+        return [b.name for b in self.nodes]
+
+    def outcomes(self, result: Any, package: Any) -> list[Any]:
+        import contextlib
+
+        from dfuhil.formats.meshdfu import DfuType
+        from dfuhil.procedures.mesh_outcome import (
+            NodeOutcome,
+            PageWatch,
+            Verdict,
+            app_version_fwid,
+            confirm_mesh,
+        )
+
+        init = package.init
+        serial = result.serial_outcome(self.root.name)
+        if init.dfu_type != DfuType.APPLICATION:
+            # The device page records a new bootloader or SoftDevice only as its VERSION
+            # fields; this reader compares applications. Say so rather than guess.
+            other = "device page not compared (only application transfers are read back)"
+            return [serial] + [
+                NodeOutcome(b.name, Verdict.UNCONFIRMED, other) for b in self.nodes[1:]
+            ]
+        fwid = app_version_fwid(init.company_id, init.application_id, init.application_version)
+        with contextlib.ExitStack() as probes:
+            watches = [
+                PageWatch(b.name, probes.enter_context(self.rig.probe(b)).read, b.chip)
+                for b in self.nodes
+            ]
+            return confirm_mesh(
+                serial,
+                watches,
+                fwid,
+                result.open_requests,
+                result.last_request_age,
+                time_scale=self.rig.time_scale(self.root),
+            )
+
+
+def _mesh_nodes(args: argparse.Namespace, rig: Rig, board: BoardSpec) -> list[BoardSpec]:
+    from dfuhil.errors import InputError, Problem
+
+    farm = rig.farm
+    if args.nodes:
+        names = [n.strip() for n in args.nodes.split(",") if n.strip()]
+        unknown = [n for n in names if n not in {b.name for b in farm.boards}]
+        if unknown:
+            raise InputError(
+                Problem(str(farm.path), None, "--nodes", f"no board {', '.join(unknown)}")
+            )
+        return farm.select(names=names)
+    if "mesh-root" in board.roles:
+        mesh = farm.select(roles=["mesh"])
+        return [board] + [b for b in mesh if b != board]
+    return [board]
+
+
+def _board_link(
+    args: argparse.Namespace, package: Any
+) -> tuple[str, int, bool, float, str, _MeshNodes]:
+    """Port, baud, flow control, time scale, name and the mesh from boards.yaml; pre-flight
+    first (of the serial node)."""
     from dfuhil.board_cli import open_rig
     from dfuhil.procedures.mesh_check import (
         PreflightError,
     )
 
     rig, board = open_rig(args)
+    nodes = _mesh_nodes(args, rig, board)
     if not args.no_check:
         mismatches = _preflight(rig, board, package)
         if mismatches:
@@ -188,4 +307,5 @@ def _board_link(args: argparse.Namespace, package: Any) -> tuple[str, int, bool,
     baud = args.baudrate or board.serial.baud
     rtscts = board.serial.rtscts if args.flow_control is None else args.flow_control
     scale = args.time_scale or rig.time_scale(board)
-    return rig.serial_url(board), baud, rtscts, scale, board.name
+    mesh = _MeshNodes(rig, board, nodes)
+    return rig.serial_url(board), baud, rtscts, scale, board.name, mesh

@@ -9,7 +9,14 @@ Sequence (shared/specs/mesh-dfu.md §4.2, as pc-nrfutil's mesh_dfu branch does i
    worst-case bank erase: 95.08 ms × (length // 4096) × 1.5.
 4. DATA segments 1..N, then the signature in segments N+1..N+4; before each new frame, answer
    the DATA_REQs the mesh sent in the meantime with DATA_RSPs.
-5. Keep answering requests until none came for a quiet period (20 s); there is no END packet.
+5. Keep answering requests; there is no END packet. nrfutil stopped after 20 s without a
+   request, which ended transfers while a node still waited (a lost DATA_REQ is repeated only
+   every 10 s) and before a serial target said how its transfer ended (30 s after its last
+   segment). dfuhil waits until the serial node reports its end (DFU END, or a restart into the
+   new image) and no request came for seven of the SDK's repeat periods
+   (:mod:`mesh_outcome <dfuhil.procedures.mesh_outcome>` has the numbers and their sources).
+   The result carries what the serial node said and which segments were still asked for; the
+   caller turns that into a verdict per node, because the acks alone prove nothing.
 
 Every frame is stop-and-wait: delivered when a CMD_RSP for opcode 0x78 with status SUCCESS
 arrives (the application's ``[0x78][status]`` or the bootloader's ``[0x78][status][type]``),
@@ -53,6 +60,13 @@ from dfuhil.formats.meshdfu import (
     status_name,
 )
 from dfuhil.links.mesh_serial import MeshSerialLink
+from dfuhil.procedures.mesh_outcome import (
+    END_WAIT_S,
+    REQUEST_QUIET_S,
+    NodeOutcome,
+    SerialNodeLog,
+    requests_outcome,
+)
 from dfuhil.procedures.mesh_pacing import Adaptive, FixedInterval, Pacing
 
 __all__ = [
@@ -74,7 +88,7 @@ STATE_WAIT_S = 2.0  # nrfutil SEND_START_DFU_WAIT_TIME, after each of the two ST
 PAGE_ERASE_MAX_S = 0.09508  # nRF52832 89.7 ms + 6 % HFINT tolerance (nrfutil)
 ERASE_PAGE_SIZE = 4096
 ERASE_MARGIN = 1.5  # "50 % margin for stack operation and timeslots"
-QUIET_PERIOD_S = 20.0  # nrfutil DATA_REQ_WAIT_TIME (since commit 96cb1a7; 10 s before)
+QUIET_PERIOD_S = REQUEST_QUIET_S  # nrfutil's DATA_REQ_WAIT_TIME was 20 s: too short, see above
 LINGER_LIMIT_S = 600.0  # give up serving requests after this; the app's DATA timeout is 600 s
 CMD_RSP_APP_BYTES = 4  # `03 84 78 00`: the shorter of the two CMD_RSP variants
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
@@ -268,6 +282,23 @@ class TransferResult:
     final_gap: float  # device seconds
     transaction_id: int
     device_restarted: bool  # a DEVICE_STARTED came after the last frame (the update applied)
+    fwid: bytes = b""  # of the package sent
+    serial_node: SerialNodeLog | None = None  # what the serial node said about its own part
+    open_requests: tuple[int, ...] = ()  # segments still asked for when the host stopped
+    last_request_age: float | None = None  # device seconds from the last request to the end
+    lingered: float = 0.0  # device seconds the host waited after the last segment
+
+    def serial_outcome(self, name: str) -> NodeOutcome:
+        """The serial node's row, from what it said on the line."""
+        log = self.serial_node if self.serial_node is not None else SerialNodeLog()
+        return log.outcome(name, self.fwid, self.lingered)
+
+    def outcomes(self, name: str) -> list[NodeOutcome]:
+        """What the line alone proves: the serial node's row, and one for open requests."""
+        rows = [self.serial_outcome(name)]
+        if self.open_requests:
+            rows.append(requests_outcome(self.open_requests, self.last_request_age))
+        return rows
 
     def summary(self) -> str:
         requested = ""
@@ -312,6 +343,7 @@ class MeshDfuTransfer:
         *,
         transaction_id: int | None = None,
         quiet_period: float = QUIET_PERIOD_S,
+        end_wait: float = END_WAIT_S,
     ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
@@ -322,6 +354,12 @@ class MeshDfuTransfer:
         self._progress = progress
         self._tid = random.getrandbits(32) if transaction_id is None else transaction_id
         self._quiet = quiet_period
+        self._end_wait = end_wait
+        self._serial = SerialNodeLog()
+        self._asked: dict[int, float] = {}  # segment -> host time of its latest request
+        self._lingered = 0.0
+        self._open: tuple[int, ...] = ()
+        self._last_request_age: float | None = None
 
         self._requested: set[int] = set()
         self._queued: list[int] = []
@@ -392,6 +430,11 @@ class MeshDfuTransfer:
             final_gap=self._pacing.gap(),
             transaction_id=self._tid,
             device_restarted=self._restarted,
+            fwid=plan.fwid,
+            serial_node=self._serial,
+            open_requests=self._open,
+            last_request_age=self._last_request_age,
+            lingered=self._lingered,
         )
 
     def _sequence(self) -> None:
@@ -414,8 +457,8 @@ class MeshDfuTransfer:
             self._pause(self._pacing.gap())
         self._in_transfer = False
         link.note(
-            f"--- all segments sent; serving requests until none came for {self._quiet:.0f} s "
-            "(device) ---"
+            f"--- all segments sent; serving requests until the serial node reports its end "
+            f"(at most {self._end_wait:.0f} s) and none came for {self._quiet:.0f} s (device) ---"
         )
         self._linger()
 
@@ -466,7 +509,9 @@ class MeshDfuTransfer:
             deadline = time.monotonic() + self._ack_wait()
             answer = self._await(deadline, is_ack)
             if answer is not None:
-                status = CommandResponse.decode(answer.payload).status
+                response = CommandResponse.decode(answer.payload)
+                self._serial.on_ack(response)
+                status = response.status
                 if status == Status.SUCCESS:
                     if attempt:
                         # A late ack of an earlier try must not pass for the next frame's.
@@ -509,21 +554,39 @@ class MeshDfuTransfer:
             self._pause(self._pacing.gap())
 
     def _linger(self) -> None:
-        """Serve requests until none came for the quiet period (there is no END packet)."""
-        limit = time.monotonic() + self._host(LINGER_LIMIT_S)
-        quiet_until = time.monotonic() + self._host(self._quiet)
-        while time.monotonic() < min(quiet_until, limit):
+        """Serve requests until the serial node is done and the mesh quiet (no END packet).
+
+        Stops early once the serial node reported its end or restarted: it installs now, or
+        refused, and forwards nothing more. Otherwise waits for its END as long as it is a
+        target, and for a quiet period after the latest request; gives up at the app's 600 s.
+        """
+        started = time.monotonic()
+        limit = started + self._host(LINGER_LIMIT_S)
+        end_by = started + self._host(self._end_wait)
+        while not self._serial.finished:
+            now = time.monotonic()
+            latest = max(self._asked.values(), default=started)
+            quiet_until = max(latest, started) + self._host(self._quiet)
+            wait_end = end_by if self._serial.expects_end else now
+            deadline = min(limit, max(quiet_until, wait_end))
+            if now >= deadline:
+                break
             if self._queued:
                 self._serve_requests()
-                quiet_until = time.monotonic() + self._host(self._quiet)
                 continue
-            request = self._await(min(quiet_until, limit), self._is_our_request)
-            if request is not None:
-                self._observe(request)
-        if self._queued:
+            item = self._await(deadline, lambda f: True)
+            if item is not None:
+                self._observe(item)
+        ended = time.monotonic()
+        self._lingered = (ended - started) / self._scale
+        recent = ended - self._host(self._quiet)
+        self._open = tuple(sorted(s for s, at in self._asked.items() if at > recent))
+        if self._asked:
+            self._last_request_age = (ended - max(self._asked.values())) / self._scale
+        if time.monotonic() >= limit and self._open:
             self._link.note(
-                f"--- gave up serving {len(self._queued)} requests after "
-                f"{LINGER_LIMIT_S:.0f} s (device) ---"
+                f"--- stopped serving after {LINGER_LIMIT_S:.0f} s (device): segments "
+                f"{list(self._open)} still requested ---"
             )
 
     # -- receiving -------------------------------------------------------------------------
@@ -547,6 +610,7 @@ class MeshDfuTransfer:
             self._observe(item)
 
     def _observe(self, item: Frame) -> None:
+        self._serial.on_frame(item, after_last=self._done == self._plan.segments)
         if item.opcode == Opcode.DFU_DATA:
             self._on_packet(item.payload)
         elif item.opcode == Opcode.DEVICE_STARTED and item.payload:
@@ -561,15 +625,6 @@ class MeshDfuTransfer:
         elif item.opcode == Opcode.CMD_RSP:
             self._link.note("--- (an acknowledgement nobody waits for: ignored) ---")
 
-    def _is_our_request(self, item: Frame) -> bool:
-        if item.opcode != Opcode.DFU_DATA:
-            return False
-        try:
-            packet = decode_packet(item.payload)
-        except PacketError:
-            return False
-        return isinstance(packet, DataRequest) and packet.transaction_id == self._tid
-
     def _on_packet(self, raw: bytes) -> None:
         try:
             packet = decode_packet(raw)
@@ -583,6 +638,7 @@ class MeshDfuTransfer:
                 f"--- DATA_REQ for segment {segment}: not in 1..{self._plan.segments} ---"
             )
             return
+        self._asked[segment] = time.monotonic()
         if segment not in self._requested:
             self._requested.add(segment)
             self._pacing.on_request(self._device_now())
