@@ -11,10 +11,15 @@ nothing here asserts how long anything took.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from imgtool import keys as imgtool_keys
 from mcubootrig import (
     GEOMETRIES,
@@ -45,6 +50,7 @@ T = TypeVar("T")
 SWAP_MODES = ("swap-scratch", "swap-move")
 ALGORITHM = {"swap-scratch": "scratch", "swap-move": "move"}
 NOT_VALID = "E: Image in the secondary slot is not valid!"
+IMGTOOL = str(Path(sys.executable).with_name("imgtool"))
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +281,66 @@ def test_an_invalid_secondary_is_erased_and_never_booted(
         log, running = rig.boot()
         assert "I: Image index: 0, Swap type: none" in log.lines() and NOT_VALID not in log.text
         assert running == "1.0.0"
+
+
+def imgtool_cli(tmp_path: Path, key: Any, body: bytes, version: str, *extra: str) -> bytes:
+    """``imgtool sign`` on its command line (the peer tool), header 0x200, these tiny slots."""
+    pem = tmp_path / "key.pem"
+    key.export_private(str(pem))
+    (tmp_path / "body.bin").write_bytes(body)
+    out = tmp_path / "signed.bin"
+    args = ["sign", "-H", hex(HDR), "--pad-header", "--align", "4", "-S", "0x4000", "-M", "8"]
+    args += ["-v", version, "-k", str(pem), *extra, str(tmp_path / "body.bin"), str(out)]
+    done = subprocess.run([IMGTOOL, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return out.read_bytes()
+
+
+def enc_public_pem(tmp_path: Path) -> str:
+    """An ECIES-P256 encryption key's public half (imgtool --encrypt takes a public PEM)."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "enc.pub.pem"
+    path.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", SWAP_MODES)
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("full-public-key", "looks only for KEYHASH, skips the signature"),
+        (
+            "encrypted",
+            "encrypted (flag IMAGE_F_ENCRYPTED_AES128, TLV ENC_EC256), but this "
+            "MCUboot has no decryption key configured",
+        ),
+    ],
+)
+def test_an_update_mcuboot_cannot_verify_is_refused_for_its_real_reason(
+    mode: str, case: str, why: str, key: Any, tmp_path: Path
+) -> None:
+    """imgtool --public-key-format full: MCUboot without MCUBOOT_HW_KEY reads only KEYHASH, so
+    the signature is never checked and the image is not valid (image_validate.c). imgtool
+    --encrypt: without MCUBOOT_ENC_IMAGES boot_check_header_valid refuses the header."""
+    primary = GEOMETRIES[mode].primary
+    body = app_body(primary.start + HDR, "2.0.0", 0x1800)
+    extra = ["--public-key-format", "full"] if case == "full-public-key" else []
+    if case == "encrypted":
+        extra = ["--encrypt", enc_public_pem(tmp_path)]
+    update = imgtool_cli(tmp_path, key, body, "2.0.0", *extra)
+    v1, _ = images(mode, key)
+    with mcuboot_board(build_for(mode, key), primary=v1) as rig:
+        rig.program(secondary(rig), update)
+        rig.set_pending()
+        log, running = rig.boot()
+        assert NOT_VALID in log.lines() and running == "1.0.0"
+        assert why in rig.notes()
+        assert "does not match its contents" not in rig.notes()
+        assert rig.slot_bytes(secondary(rig)) == b"\xff" * secondary(rig).size
 
 
 @pytest.mark.parametrize("mode", SWAP_MODES)
