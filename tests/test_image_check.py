@@ -30,6 +30,7 @@ from dfuhil.procedures.image_sign import (
     sign_for_board,
     sign_image,
 )
+from dfuhil.sim.firmware.generate import sample_image
 
 BODY = bytes(range(256)) * 16  # 4 KiB: small images keep the tests fast
 IMGTOOL = str(Path(sys.executable).with_name("imgtool"))
@@ -286,7 +287,7 @@ def test_rom_fixed_is_checked_only_where_mcuboot_checks_it(farm: Farm, mode: str
     image = imgtool_sign(farm, "k.pem", f"rom-{mode}.bin", "--rom-fixed", "0x1C000")
     report = check_image(image, board, current=ImageVersion(1, 0, 0))
     assert report.ok, report.text()
-    note = [f for f in report.findings if f.rule == "load address"][0]
+    note = next(f for f in report.findings if f.rule == "load address")
     assert note.status == "note"
     assert "checks ROM_FIXED only in direct-xip builds" in note.message
     assert "runs the image from mcuboot_primary at 0xC000" in note.message
@@ -297,6 +298,34 @@ def test_rom_fixed_is_checked_only_where_mcuboot_checks_it(farm: Farm, mode: str
     assert "ROM_FIXED 0xC000, but mcuboot_secondary starts at 0x1C000" in failure(
         report, "load address"
     )
+
+
+def test_the_reset_vector_must_lie_in_the_slot_the_image_runs_from(farm: Farm) -> None:
+    """A non-relocatable image runs only where it was linked: its vector table's reset vector
+    says where. Direct-xip runs an image in the slot it sits in; the other modes in the
+    primary. ROM_FIXED is only what the signer claimed."""
+    xip = farm.board("xip")
+    sp = 0x20000000 + xip.chip.ram_size
+
+    def build(linked_at: int) -> bytes:
+        return sample_image(linked_at + 0x200, 0x1000, None, f"build@{linked_at:X}", sp)
+
+    for_primary = imgtool_sign(
+        farm, "ed.pem", "p.bin", "--rom-fixed", "0x1C000", body=build(0xC000)
+    )
+    report = check_image(for_primary, xip, current=ImageVersion(1, 0, 0))
+    text = failure(report, "link address")
+    assert "reset vector 0x0000CC81 (in mcuboot_primary)" in text
+    assert "runs from mcuboot_secondary 0x1C000..0x2C000" in text and "faults" in text
+    assert [f.rule for f in report.failures] == ["link address"]
+    right = imgtool_sign(farm, "ed.pem", "s.bin", "--rom-fixed", "0x1C000", body=build(0x1C000))
+    report = check_image(right, xip, current=ImageVersion(1, 0, 0))
+    assert report.ok and verdicts(report)["link address"] == "ok"
+    # Swap modes run every image from the primary, wherever it was uploaded.
+    move = farm.board("move")
+    assert check_image(imgtool_sign(farm, "k.pem", "m.bin", body=build(0xC000)), move).ok
+    report = check_image(imgtool_sign(farm, "k.pem", "m2.bin", body=build(0x1C000)), move)
+    assert "the image runs from mcuboot_primary" in failure(report, "link address")
 
 
 def test_a_full_public_key_instead_of_its_hash_is_refused(farm: Farm) -> None:
@@ -333,7 +362,7 @@ def test_an_encrypted_image_is_refused_as_encrypted(farm: Farm) -> None:
     assert "encrypted (flag IMAGE_F_ENCRYPTED_AES128, TLV ENC_EC256)" in text
     assert "no decryption key configured" in text and "signed without --encrypt" in text
     assert "corrupted" not in report.text() and "does not match" not in report.text()
-    signature = [f for f in report.findings if f.rule == "signature"][0]
+    signature = next(f for f in report.findings if f.rule == "signature")
     assert signature.status == "ok" and "covers the plaintext" in signature.message
     # imgtool 2.5.0's --clear leaves the body plain but still sets the flag: still refused.
     clear = imgtool_sign(farm, "k.pem", "clear.bin", "--encrypt", str(d / "enc.pub.pem"), "--clear")

@@ -45,6 +45,8 @@ from smpclient.transport.serial import SMPSerialTransport
 from dfuhil.formats.mcuboot import parse_image
 from dfuhil.formats.mcuboot_build import Slot
 from dfuhil.formats.mcuboot_trailer import Flag, TrailerState
+from dfuhil.procedures.boot_diagnosis import diagnose
+from dfuhil.sim.descriptor import RESET_OFFSET
 
 T = TypeVar("T")
 SWAP_MODES = ("swap-scratch", "swap-move")
@@ -476,6 +478,52 @@ def test_direct_xip_skips_an_image_linked_for_the_other_slot_and_erases_an_inval
         log, running = rig.boot()
         assert NOT_VALID in log.lines() and running == "1.0.0"
         assert rig.slot_bytes(g.secondary) == b"\xff" * g.secondary.size
+
+
+@pytest.mark.parametrize("mode", ["direct-xip", "direct-xip-revert"])
+def test_a_direct_xip_image_linked_for_the_other_slot_faults_where_it_runs(
+    mode: str, key: Any, tmp_path: Path
+) -> None:
+    """MCUboot jumps to the reset vector of the vector table it finds in the secondary; a
+    build linked for the primary sends the CPU into the primary slot's flash, and faults
+    (boot/zephyr/arch/arm.c do_boot: vt->reset). ROM_FIXED only says what the signer claimed."""
+    g = GEOMETRIES[mode]
+    assert g.secondary is not None
+    revert = mode == "direct-xip-revert"
+    v1 = app_image(g.primary, "1.0.0", key, pad=revert, confirm=revert)
+    linked_for_primary = app_body(g.primary.start + HDR, "2.0.0", 0x1800)
+    v2 = imgtool_cli(
+        tmp_path, key, linked_for_primary, "2.0.0", "--rom-fixed", hex(g.secondary.start)
+    )
+    reset_handler = g.primary.start + HDR + RESET_OFFSET
+    with mcuboot_board(build_for(mode, key), primary=v1) as rig:
+        rig.program(g.secondary, v2)
+        if revert:
+            rig.write_field(g.secondary, "magic")  # the direct-xip "test"
+        log = rig.reset()
+        assert "I: Image 0 loaded from the secondary slot" in log.lines()
+        fault = rig.console.expect(r"Resetting system\r?\n", WAIT_S).string
+        assert f"E: Faulting instruction address (r15/pc): 0x{reset_handler:08x}" in fault
+        assert "E: >>> ZEPHYR FATAL ERROR 0: CPU exception on CPU 0" in fault
+        diagnosis = diagnose(log.text + fault)
+        assert diagnosis.has("wrong-link-address"), str(diagnosis)
+        assert "below the slot at 0x14000" in str(diagnosis)
+        # The fault resets the chip: plain direct-xip picks the same image again (a boot loop);
+        # with revert the unconfirmed image is erased and the old one runs.
+        rig.boot_log()
+        if revert:
+            assert rig.running() == "1.0.0"
+            assert rig.slot_bytes(g.secondary) == b"\xff" * g.secondary.size
+        else:
+            rig.console.expect(r"Resetting system\r?\n", WAIT_S)
+            assert rig.board.cpu.boots >= 3
+    # The same build linked for the secondary runs there.
+    v2_right = app_image(g.secondary, "2.0.0", key)
+    with mcuboot_board(build_for(mode, key), primary=v1) as rig:
+        rig.program(g.secondary, v2_right)
+        if revert:
+            rig.write_field(g.secondary, "magic")
+        assert rig.boot()[1] == "2.0.0"
 
 
 def test_direct_xip_revert_erases_an_unconfirmed_image_at_the_next_boot(key: Any) -> None:

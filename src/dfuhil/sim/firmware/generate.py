@@ -29,12 +29,10 @@ from dfuhil.formats.softdevice import (
     SoftDevice,
     build_info_struct,
 )
-from dfuhil.sim.descriptor import DESCRIPTOR_OFFSET, Behaviour
+from dfuhil.sim.descriptor import DESCRIPTOR_OFFSET, RESET_OFFSET, Behaviour, reset_vector_for
 
 # Cortex-M exception numbers 7-10 and 13 are reserved: real vector tables hold 0 there.
 _RESERVED_VECTORS = frozenset({7, 8, 9, 10, 13})
-# Reset handler offset inside every sample image: past the largest descriptor, Thumb bit set.
-RESET_OFFSET = 0xA80
 
 BOOTLOADER_SIZE = 16 * 1024
 BLINKY_SIZE = 8 * 1024
@@ -135,7 +133,7 @@ def sample_image(
     if size < RESET_OFFSET + 4:
         raise ValueError(f"sample image of {size} bytes is too small (min {RESET_OFFSET + 4})")
     image = bytearray(filler(seed, size))
-    table = vector_table(initial_sp, start + RESET_OFFSET + 1)
+    table = vector_table(initial_sp, reset_vector_for(start))
     image[: len(table)] = table
     if behaviour is not None:
         record = behaviour.encode()
