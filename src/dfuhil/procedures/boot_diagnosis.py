@@ -129,8 +129,10 @@ _RULES: tuple[_Rule, ...] = (
         "secondary-invalid",
         "error",
         r"^Image in the secondary slot is not valid!",
-        "the uploaded update failed validation (wrong key, unsigned, corrupted upload or "
-        "truncated file, header size mismatch); MCUboot erased it and kept the running image",
+        "the uploaded update failed validation (wrong key, unsigned, signed with "
+        "--public-key-format full instead of the key hash, encrypted for an MCUboot without a "
+        "decryption key, corrupted upload or truncated file, header size mismatch); MCUboot "
+        "erased it and kept the running image",
         f"sign the update with the board's key and upload it again; {_CHECK}",
     ),
     _r(

@@ -10,10 +10,14 @@ reported with both values and the fix:
 - header size as the board's builds use (the app is linked behind it);
 - it fits the slot after the trailer of the board's upgrade mode (imgtool's estimate; swap-move
   also keeps one sector free, MCUboot's ``app_max_size``);
-- its ROM_FIXED load address (direct-xip) names the slot it is meant for, and a .hex file puts
-  it at the start of that slot;
-- signed with the key the board's MCUboot trusts, and not with one of MCUboot's published
-  sample keys unless the board allows them;
+- its ROM_FIXED load address names the slot it is meant for, in direct-xip only (MCUboot
+  reads ROM_FIXED nowhere else: loader.c ``boot_rom_address_check``), and a .hex file puts it
+  at the start of that slot;
+- the reset vector of the body's vector table lies in the slot the image runs from (the one it
+  sits in for direct-xip, else the primary): a non-relocatable image started elsewhere faults;
+- signed with the key the board's MCUboot trusts, named by a KEYHASH TLV (MCUboot without
+  MCUBOOT_HW_KEY ignores a PUBKEY TLV), and not with one of MCUboot's published sample keys
+  unless the board allows them; an encrypted image is refused as such (no decryption key);
 - version rules: downgrade prevention (equal is allowed), direct-xip (only a higher version
   ever boots);
 - a padded file's trailer uses the board's BOOT_MAX_ALIGN magic.

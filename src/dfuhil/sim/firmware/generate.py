@@ -89,7 +89,9 @@ Each `mcuboot-<mode>` directory is one MCUboot build of the virtual farm: `mcubo
 (at 0x0, its slots, upgrade mode and trusted key in the descriptor), `smp_app.hex` (a Zephyr
 smp_svr-like application, signed with imgtool, version 1.0.0, in the primary slot) and the
 unsigned builds the suites sign at test time (`update.bin`, `crash-at-boot.bin`,
-`never-confirm.bin`). `keys/` holds the signing keys, derived from fixed seeds: they are public
+`never-confirm.bin`), linked for the primary slot; the direct-xip sets also hold each build
+linked for the secondary slot (`*.secondary.bin`), since a direct-xip image runs where it sits.
+An image records where it was linked as a real one does: the reset vector in its vector table. `keys/` holds the signing keys, derived from fixed seeds: they are public
 knowledge, fit for the virtual farm only. ECDSA signatures are randomised, so a regeneration
 keeps an existing `smp_app.hex` as long as its content is unchanged and it still verifies.
 
