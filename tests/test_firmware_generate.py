@@ -34,7 +34,14 @@ from dfuhil.sim.firmware.generate import (
     sample_image,
     vector_table,
 )
-from dfuhil.sim.firmware.mcuboot_sets import BUILDS, KEYS, MCUBOOT_SETS, McubootSet, find_set
+from dfuhil.sim.firmware.mcuboot_sets import (
+    BUILDS,
+    KEYS,
+    MCUBOOT_SETS,
+    SECONDARY,
+    McubootSet,
+    find_set,
+)
 from dfuhil.sim.mcuboot.config import McubootBuild, SmpAppBuild
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,9 +95,10 @@ def test_file_set(farm: Path) -> None:
         sets = sorted(p.name for p in (farm / SHORT[name]).iterdir() if p.is_dir())
         assert sets == sorted(f"mcuboot-{m.mode}" for m in MCUBOOT_SETS if m.chip == name)
         for directory in sets:
-            mode = directory.removeprefix("mcuboot-")
+            mset = find_set(name, directory.removeprefix("mcuboot-"))  # type: ignore[arg-type]
+            builds = [file for file, _slot in mset.builds().values()]
             assert sorted(p.name for p in (farm / SHORT[name] / directory).iterdir()) == sorted(
-                [f"mcuboot_{mode}.hex", "smp_app.hex", *(f"{b}.bin" for b in BUILDS)]
+                [f"mcuboot_{mset.mode}.hex", "smp_app.hex", *builds]
             )
     assert sorted(p.name for p in (farm / "keys").iterdir()) == sorted(
         k.file for k in KEYS.values()
@@ -99,7 +107,7 @@ def test_file_set(farm: Path) -> None:
 
 def test_deterministic_and_unchanged_files_not_rewritten(farm: Path, tmp_path: Path) -> None:
     written = generate_firmware(tmp_path)
-    mcuboot = len(KEYS) + len(MCUBOOT_SETS) * (2 + len(BUILDS))
+    mcuboot = len(KEYS) + sum(2 + len(m.builds()) for m in MCUBOOT_SETS)
     assert len(written) == 1 + (len(FILES) + 1) * len(SHORT) + mcuboot
     for path in written:
         other = farm / path.relative_to(tmp_path)
@@ -271,9 +279,12 @@ def test_smp_app_is_signed_into_the_primary_slot(farm: Path, mset: McubootSet) -
 @pytest.mark.parametrize("mset", MCUBOOT_SETS, ids=lambda m: m.directory)
 def test_builds_are_unsigned_bodies_with_their_behaviour(farm: Path, mset: McubootSet) -> None:
     chip, d = chip_dir(farm, mset.chip)
-    for build in BUILDS:
-        body = (d / mset.directory / f"{build}.bin").read_bytes()
+    for name, (file, slot) in mset.builds().items():
+        build = name.removesuffix(SECONDARY)
+        body = (d / mset.directory / file).read_bytes()
         assert len(body) == 16 * 1024 and body[:4] != b"\x3d\xb8\xf3\x96"  # not signed
+        # Linked behind the header of the slot it is for: the reset vector says so.
+        assert descriptor.link_address(struct.unpack_from("<I", body, 4)[0]) == slot.start + 0x200
         found = descriptor.decode(body[descriptor.DESCRIPTOR_OFFSET :])
         assert found is not None and found.kind == "smp_app"
         params = SmpAppBuild.from_params(found.params)
@@ -335,7 +346,7 @@ def test_shipped_boards_describe_the_generated_sets(tmp_path: Path) -> None:
         assert spec.dfu_lock_timeout_ms == app.dfu_lock_timeout_ms
         assert spec.downgrade_prevention == mset.downgrade_prevention
         assert spec.serial_recovery == mset.serial_recovery
-        assert spec.build_names == BUILDS
+        assert spec.build_names == tuple(mset.builds())
         assert board.firmware.application is not None
         assert board.firmware.application.banner == "Booting Zephyr OS build"
         plan = ProvisioningPlan.for_board(board)  # every image sits in its region

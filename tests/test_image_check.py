@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from intelhex import IntelHex
 
 from dfuhil.errors import InputError
@@ -27,8 +30,10 @@ from dfuhil.procedures.image_sign import (
     sign_for_board,
     sign_image,
 )
+from dfuhil.sim.firmware.generate import sample_image
 
 BODY = bytes(range(256)) * 16  # 4 KiB: small images keep the tests fast
+IMGTOOL = str(Path(sys.executable).with_name("imgtool"))
 SAMPLE_P256_HASH = bytes.fromhex("e30466f6b8470c1f29070b17f1e2d3e94d445e3f608087fdc711e4382bb538b6")
 
 FARM = textwrap.dedent(
@@ -263,13 +268,106 @@ def test_direct_xip_slots_and_versions(farm: Farm) -> None:
     assert verdicts(report)["load address"] == "note" and report.ok
 
 
-def test_rom_fixed_in_a_swap_mode_must_be_the_primary(farm: Farm) -> None:
-    board = farm.board("move")
-    params = SignParams(slot_size=0x10000, rom_fixed=0x1C000)
-    report = check_image(sign_image(BODY, key(farm, "k.pem"), "1.3.0", params=params), board)
-    assert "mcuboot_primary (where the board runs images) starts at 0xC000" in failure(
+def imgtool_sign(farm: Farm, key_file: str, out: str, *extra: str, body: bytes = BODY) -> bytes:
+    """``imgtool sign`` on its command line (the peer tool), for this farm's 0x10000 slots."""
+    d = farm.path.parent
+    (d / "body.bin").write_bytes(body)
+    args = ["sign", "-H", "0x200", "--pad-header", "--align", "4", "-S", "0x10000"]
+    args += ["-v", "1.3.0", "-k", str(d / key_file), *extra, str(d / "body.bin"), str(d / out)]
+    done = subprocess.run([IMGTOOL, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return (d / out).read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["move", "scratch", "over"])
+def test_rom_fixed_is_checked_only_where_mcuboot_checks_it(farm: Farm, mode: str) -> None:
+    """MCUboot reads ROM_FIXED only under MCUBOOT_DIRECT_XIP (loader.c boot_rom_address_check):
+    a swap or overwrite build copies the image to the primary and boots it whatever it says."""
+    board = farm.board(mode)
+    image = imgtool_sign(farm, "k.pem", f"rom-{mode}.bin", "--rom-fixed", "0x1C000")
+    report = check_image(image, board, current=ImageVersion(1, 0, 0))
+    assert report.ok, report.text()
+    note = next(f for f in report.findings if f.rule == "load address")
+    assert note.status == "note"
+    assert "checks ROM_FIXED only in direct-xip builds" in note.message
+    assert "runs the image from mcuboot_primary at 0xC000" in note.message
+    # In direct-xip the same address is a slot and must be the right one.
+    xip = farm.board("xip")
+    rom = imgtool_sign(farm, "ed.pem", "rom-xip.bin", "--rom-fixed", "0xC000")
+    report = check_image(rom, xip, slot="secondary", current=ImageVersion(1, 0, 0))
+    assert "ROM_FIXED 0xC000, but mcuboot_secondary starts at 0x1C000" in failure(
         report, "load address"
     )
+
+
+def test_the_reset_vector_must_lie_in_the_slot_the_image_runs_from(farm: Farm) -> None:
+    """A non-relocatable image runs only where it was linked: its vector table's reset vector
+    says where. Direct-xip runs an image in the slot it sits in; the other modes in the
+    primary. ROM_FIXED is only what the signer claimed."""
+    xip = farm.board("xip")
+    sp = 0x20000000 + xip.chip.ram_size
+
+    def build(linked_at: int) -> bytes:
+        return sample_image(linked_at + 0x200, 0x1000, None, f"build@{linked_at:X}", sp)
+
+    for_primary = imgtool_sign(
+        farm, "ed.pem", "p.bin", "--rom-fixed", "0x1C000", body=build(0xC000)
+    )
+    report = check_image(for_primary, xip, current=ImageVersion(1, 0, 0))
+    text = failure(report, "link address")
+    assert "reset vector 0x0000CC81 (in mcuboot_primary)" in text
+    assert "runs from mcuboot_secondary 0x1C000..0x2C000" in text and "faults" in text
+    assert [f.rule for f in report.failures] == ["link address"]
+    right = imgtool_sign(farm, "ed.pem", "s.bin", "--rom-fixed", "0x1C000", body=build(0x1C000))
+    report = check_image(right, xip, current=ImageVersion(1, 0, 0))
+    assert report.ok and verdicts(report)["link address"] == "ok"
+    # Swap modes run every image from the primary, wherever it was uploaded.
+    move = farm.board("move")
+    assert check_image(imgtool_sign(farm, "k.pem", "m.bin", body=build(0xC000)), move).ok
+    report = check_image(imgtool_sign(farm, "k.pem", "m2.bin", body=build(0x1C000)), move)
+    assert "the image runs from mcuboot_primary" in failure(report, "link address")
+
+
+def test_a_full_public_key_instead_of_its_hash_is_refused(farm: Farm) -> None:
+    """Without MCUBOOT_HW_KEY, bootutil_img_validate only reads the KEYHASH TLV: a PUBKEY TLV
+    leaves the signature unchecked and the image not valid (image_validate.c)."""
+    board = farm.board("move")
+    image = imgtool_sign(farm, "k.pem", "full.bin", "--public-key-format", "full")
+    parsed = parse_image(image)
+    assert parsed.find(TlvType.PUBKEY) is not None and parsed.find(TlvType.KEYHASH) is None
+    report = check_image(image, board)
+    text = failure(report, "signature")
+    assert "--public-key-format full" in text and "looks only for KEYHASH" in text
+    assert "sign with the key hash, imgtool's default" in text
+    assert [f.rule for f in report.failures] == ["signature"]
+    hashed = imgtool_sign(farm, "k.pem", "hash.bin", "--public-key-format", "hash")
+    assert check_image(hashed, board).ok
+
+
+def test_an_encrypted_image_is_refused_as_encrypted(farm: Farm) -> None:
+    """imgtool --encrypt: the hash covers the plaintext; an MCUboot without MCUBOOT_ENC_IMAGES
+    refuses the header (boot_check_header_valid). Say that, not "corrupted, re-sign"."""
+    d = farm.path.parent
+    enc = generate_key(d / "enc.pem", "ecdsa-p256")
+    (d / "enc.pub.pem").write_bytes(
+        serialization.load_der_public_key(enc.der).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    board = farm.board("move")
+    image = imgtool_sign(farm, "k.pem", "enc.bin", "--encrypt", str(d / "enc.pub.pem"))
+    report = check_image(image, board)
+    assert [f.rule for f in report.failures] == ["flags"], report.text()
+    text = failure(report, "flags")
+    assert "encrypted (flag IMAGE_F_ENCRYPTED_AES128, TLV ENC_EC256)" in text
+    assert "no decryption key configured" in text and "signed without --encrypt" in text
+    assert "corrupted" not in report.text() and "does not match" not in report.text()
+    signature = next(f for f in report.findings if f.rule == "signature")
+    assert signature.status == "ok" and "covers the plaintext" in signature.message
+    # imgtool 2.5.0's --clear leaves the body plain but still sets the flag: still refused.
+    clear = imgtool_sign(farm, "k.pem", "clear.bin", "--encrypt", str(d / "enc.pub.pem"), "--clear")
+    assert parse_image(clear).hash_ok
+    assert [f.rule for f in check_image(clear, board).failures] == ["flags"]
 
 
 def test_padded_images(farm: Farm) -> None:

@@ -11,10 +11,15 @@ nothing here asserts how long anything took.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from imgtool import keys as imgtool_keys
 from mcubootrig import (
     GEOMETRIES,
@@ -40,11 +45,14 @@ from smpclient.transport.serial import SMPSerialTransport
 from dfuhil.formats.mcuboot import parse_image
 from dfuhil.formats.mcuboot_build import Slot
 from dfuhil.formats.mcuboot_trailer import Flag, TrailerState
+from dfuhil.procedures.boot_diagnosis import diagnose
+from dfuhil.sim.descriptor import RESET_OFFSET
 
 T = TypeVar("T")
 SWAP_MODES = ("swap-scratch", "swap-move")
 ALGORITHM = {"swap-scratch": "scratch", "swap-move": "move"}
 NOT_VALID = "E: Image in the secondary slot is not valid!"
+IMGTOOL = str(Path(sys.executable).with_name("imgtool"))
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +285,66 @@ def test_an_invalid_secondary_is_erased_and_never_booted(
         assert running == "1.0.0"
 
 
+def imgtool_cli(tmp_path: Path, key: Any, body: bytes, version: str, *extra: str) -> bytes:
+    """``imgtool sign`` on its command line (the peer tool), header 0x200, these tiny slots."""
+    pem = tmp_path / "key.pem"
+    key.export_private(str(pem))
+    (tmp_path / "body.bin").write_bytes(body)
+    out = tmp_path / "signed.bin"
+    args = ["sign", "-H", hex(HDR), "--pad-header", "--align", "4", "-S", "0x4000", "-M", "8"]
+    args += ["-v", version, "-k", str(pem), *extra, str(tmp_path / "body.bin"), str(out)]
+    done = subprocess.run([IMGTOOL, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return out.read_bytes()
+
+
+def enc_public_pem(tmp_path: Path) -> str:
+    """An ECIES-P256 encryption key's public half (imgtool --encrypt takes a public PEM)."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "enc.pub.pem"
+    path.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", SWAP_MODES)
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("full-public-key", "looks only for KEYHASH, skips the signature"),
+        (
+            "encrypted",
+            "encrypted (flag IMAGE_F_ENCRYPTED_AES128, TLV ENC_EC256), but this "
+            "MCUboot has no decryption key configured",
+        ),
+    ],
+)
+def test_an_update_mcuboot_cannot_verify_is_refused_for_its_real_reason(
+    mode: str, case: str, why: str, key: Any, tmp_path: Path
+) -> None:
+    """imgtool --public-key-format full: MCUboot without MCUBOOT_HW_KEY reads only KEYHASH, so
+    the signature is never checked and the image is not valid (image_validate.c). imgtool
+    --encrypt: without MCUBOOT_ENC_IMAGES boot_check_header_valid refuses the header."""
+    primary = GEOMETRIES[mode].primary
+    body = app_body(primary.start + HDR, "2.0.0", 0x1800)
+    extra = ["--public-key-format", "full"] if case == "full-public-key" else []
+    if case == "encrypted":
+        extra = ["--encrypt", enc_public_pem(tmp_path)]
+    update = imgtool_cli(tmp_path, key, body, "2.0.0", *extra)
+    v1, _ = images(mode, key)
+    with mcuboot_board(build_for(mode, key), primary=v1) as rig:
+        rig.program(secondary(rig), update)
+        rig.set_pending()
+        log, running = rig.boot()
+        assert NOT_VALID in log.lines() and running == "1.0.0"
+        assert why in rig.notes()
+        assert "does not match its contents" not in rig.notes()
+        assert rig.slot_bytes(secondary(rig)) == b"\xff" * secondary(rig).size
+
+
 @pytest.mark.parametrize("mode", SWAP_MODES)
 def test_a_non_bootable_secondary_is_not_swapped_and_its_request_is_cleared(
     mode: str, key: Any
@@ -414,6 +482,52 @@ def test_direct_xip_skips_an_image_linked_for_the_other_slot_and_erases_an_inval
         log, running = rig.boot()
         assert NOT_VALID in log.lines() and running == "1.0.0"
         assert rig.slot_bytes(g.secondary) == b"\xff" * g.secondary.size
+
+
+@pytest.mark.parametrize("mode", ["direct-xip", "direct-xip-revert"])
+def test_a_direct_xip_image_linked_for_the_other_slot_faults_where_it_runs(
+    mode: str, key: Any, tmp_path: Path
+) -> None:
+    """MCUboot jumps to the reset vector of the vector table it finds in the secondary; a
+    build linked for the primary sends the CPU into the primary slot's flash, and faults
+    (boot/zephyr/arch/arm.c do_boot: vt->reset). ROM_FIXED only says what the signer claimed."""
+    g = GEOMETRIES[mode]
+    assert g.secondary is not None
+    revert = mode == "direct-xip-revert"
+    v1 = app_image(g.primary, "1.0.0", key, pad=revert, confirm=revert)
+    linked_for_primary = app_body(g.primary.start + HDR, "2.0.0", 0x1800)
+    v2 = imgtool_cli(
+        tmp_path, key, linked_for_primary, "2.0.0", "--rom-fixed", hex(g.secondary.start)
+    )
+    reset_handler = g.primary.start + HDR + RESET_OFFSET
+    with mcuboot_board(build_for(mode, key), primary=v1) as rig:
+        rig.program(g.secondary, v2)
+        if revert:
+            rig.write_field(g.secondary, "magic")  # the direct-xip "test"
+        log = rig.reset()
+        assert "I: Image 0 loaded from the secondary slot" in log.lines()
+        fault = rig.console.expect(r"Resetting system\r?\n", WAIT_S).string
+        assert f"E: Faulting instruction address (r15/pc): 0x{reset_handler:08x}" in fault
+        assert "E: >>> ZEPHYR FATAL ERROR 0: CPU exception on CPU 0" in fault
+        diagnosis = diagnose(log.text + fault)
+        assert diagnosis.has("wrong-link-address"), str(diagnosis)
+        assert "below the slot at 0x14000" in str(diagnosis)
+        # The fault resets the chip: plain direct-xip picks the same image again (a boot loop);
+        # with revert the unconfirmed image is erased and the old one runs.
+        rig.boot_log()
+        if revert:
+            assert rig.running() == "1.0.0"
+            assert rig.slot_bytes(g.secondary) == b"\xff" * g.secondary.size
+        else:
+            rig.console.expect(r"Resetting system\r?\n", WAIT_S)
+            assert rig.board.cpu.boots >= 3
+    # The same build linked for the secondary runs there.
+    v2_right = app_image(g.secondary, "2.0.0", key)
+    with mcuboot_board(build_for(mode, key), primary=v1) as rig:
+        rig.program(g.secondary, v2_right)
+        if revert:
+            rig.write_field(g.secondary, "magic")
+        assert rig.boot()[1] == "2.0.0"
 
 
 def test_direct_xip_revert_erases_an_unconfirmed_image_at_the_next_boot(key: Any) -> None:

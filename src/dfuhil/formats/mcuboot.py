@@ -29,6 +29,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from dfuhil.formats.chips import RAM_BASE, Chip
+
 IMAGE_MAGIC = 0x96F3B83D
 IMAGE_MAGIC_V1 = 0x96F3B83C
 ERASED_MAGIC = 0xFFFFFFFF
@@ -94,6 +96,17 @@ HASH_TLVS = {TlvType.SHA256: "sha256", TlvType.SHA384: "sha384", TlvType.SHA512:
 SIGNATURE_TLVS = frozenset(
     {TlvType.RSA2048_PSS, TlvType.ECDSA_SIG, TlvType.RSA3072_PSS, TlvType.ED25519}
 )
+# The wrapped AES key of an encrypted image (imgtool --encrypt), one TLV per key-exchange scheme.
+ENC_TLVS = frozenset(
+    {
+        TlvType.ENC_RSA2048,
+        TlvType.ENC_KW,
+        TlvType.ENC_EC256,
+        TlvType.ENC_X25519,
+        TlvType.ENC_X25519_SHA512,
+    }
+)
+F_ENCRYPTED = F_ENCRYPTED_AES128 | F_ENCRYPTED_AES256
 
 
 class ImageFormatError(ValueError):
@@ -177,6 +190,11 @@ class ImageHeader:
     def bootable(self) -> bool:
         return not self.flags & F_NON_BOOTABLE
 
+    @property
+    def encrypted(self) -> bool:
+        """``IS_ENCRYPTED(hdr)``: either IMAGE_F_ENCRYPTED_AES* flag."""
+        return bool(self.flags & F_ENCRYPTED)
+
 
 @dataclass(frozen=True)
 class Tlv:
@@ -249,8 +267,25 @@ class McubootImage:
         tlv = self.hash_tlv
         return tlv is not None and tlv.data == self.computed_hash()
 
+    def encryption(self) -> str | None:
+        """What makes this an encrypted image: its IMAGE_F_ENCRYPTED_* flag (``IS_ENCRYPTED``)
+        and the ENC TLV holding the wrapped AES key; None without the flag (an ENC TLV alone
+        does not make MCUboot decrypt)."""
+        flags = [
+            FLAG_NAMES[bit]
+            for bit in (F_ENCRYPTED_AES128, F_ENCRYPTED_AES256)
+            if self.header.flags & bit
+        ]
+        if not flags:
+            return None
+        tlvs = [t.name for t in self.tlvs if t.type in ENC_TLVS]
+        wrapped = f", TLV {'+'.join(tlvs)}" if tlvs else ", no ENC TLV"
+        return f"flag IMAGE_F_{'+'.join(flags)}{wrapped}"
+
     @property
     def key_hash(self) -> bytes | None:
+        """The hash of the signing key: the KEYHASH TLV, else the hash of a PUBKEY TLV (what
+        identifies the key; MCUboot itself reads only KEYHASH, see :func:`verify_signature`)."""
         tlv = self.find(TlvType.KEYHASH)
         if tlv is not None:
             return tlv.data
@@ -387,6 +422,27 @@ def read_slot_image(
     return parse_image(read(start, end), source=source)
 
 
+VECTOR_TABLE = struct.Struct("<II")  # initial stack pointer, reset handler
+
+
+def reset_vector(image: McubootImage, chip: Chip) -> int | None:
+    """The reset vector of the body's Cortex-M vector table, if it starts with one.
+
+    The body of an image for an nRF5 starts with the vector table its linker placed: an initial
+    stack pointer in the chip's RAM, then the absolute address of the reset handler (Thumb bit
+    set) in flash. That address says where the image was linked to run. None when the first two
+    words are not such a pair (not ARM code, or a test pattern).
+    """
+    body = image.body
+    if len(body) < VECTOR_TABLE.size:
+        return None
+    sp, reset = VECTOR_TABLE.unpack_from(body)
+    in_ram = RAM_BASE < sp <= RAM_BASE + chip.ram_size
+    if not (in_ram and reset & 1 and chip.is_flash(reset & ~1)):
+        return None
+    return int(reset)
+
+
 # --- keys ------------------------------------------------------------------------------------
 
 KEY_TYPES = ("ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072")
@@ -521,23 +577,47 @@ def load_public_key(path: Path) -> PublicKey:
     return PublicKey.from_pem(pem, source=str(path))
 
 
-def verify_signature(image: McubootImage, key: PublicKey) -> str | None:
+def verify_signature(
+    image: McubootImage, key: PublicKey, *, encrypted_body: bool = False
+) -> str | None:
     """None if ``image`` carries a valid signature by ``key``; otherwise why not (one line).
 
-    Checks what ``bootutil_img_validate`` checks: a hash TLV that matches, a KEYHASH (or
-    PUBKEY) naming this key, and the signature over the digest.
+    Checks what ``bootutil_img_validate`` checks in an MCUboot built without
+    ``MCUBOOT_HW_KEY`` (the default; image_validate.c, snapshot 2d4bacc3): a hash TLV that
+    matches, a KEYHASH TLV naming this key (``EXPECTED_KEY_TLV`` is ``IMAGE_TLV_KEYHASH``; a
+    PUBKEY TLV is not read, so its signature is skipped and the image is not valid), and the
+    signature over the digest.
+
+    An encrypted image's hash covers the plaintext: only an MCUboot with the decryption key can
+    check it, so it is refused as encrypted. ``encrypted_body=True`` (the host, asking whether
+    the signature itself is right) skips the hash comparison and checks the signature over the
+    digest the image states.
     """
     digest = image.image_hash
     if digest is None:
         return "no SHA256/384/512 TLV (not an imgtool-signed image?)"
-    if not image.hash_ok:
+    encryption = image.encryption()
+    if encryption is not None and not encrypted_body:
+        return (
+            f"encrypted ({encryption}): its hash covers the plaintext, which only an MCUboot "
+            "built with the decryption key (CONFIG_BOOT_ENCRYPT_IMAGE) can check"
+        )
+    if encryption is None and not image.hash_ok:
         return "the image hash does not match its contents (corrupted in transit or in flash)"
     sig = image.signature_tlv
     if sig is None:
         return "unsigned: no signature TLV (signed without --key?)"
-    key_hash = image.key_hash
-    if key_hash is None:
-        return "signature present but no KEYHASH/PUBKEY TLV, so MCUboot cannot pick a key"
+    keyhash = image.find(TlvType.KEYHASH)
+    if keyhash is None:
+        if image.find(TlvType.PUBKEY) is not None:
+            return (
+                "signed with --public-key-format full: the image carries the whole public key "
+                "(PUBKEY TLV) and no KEYHASH TLV, but MCUboot built without a hardware key "
+                "(MCUBOOT_HW_KEY) looks only for KEYHASH, skips the signature and finds the "
+                "image not valid"
+            )
+        return "signature present but no KEYHASH TLV, so MCUboot cannot pick a key"
+    key_hash = keyhash.data
     if key_hash != key.key_hash:
         sample = SAMPLE_KEY_HASHES.get(key_hash)
         which = f"MCUboot's sample key {sample}" if sample else f"key hash {key_hash.hex()[:16]}…"

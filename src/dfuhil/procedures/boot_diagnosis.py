@@ -129,8 +129,10 @@ _RULES: tuple[_Rule, ...] = (
         "secondary-invalid",
         "error",
         r"^Image in the secondary slot is not valid!",
-        "the uploaded update failed validation (wrong key, unsigned, corrupted upload or "
-        "truncated file, header size mismatch); MCUboot erased it and kept the running image",
+        "the uploaded update failed validation (wrong key, unsigned, signed with "
+        "--public-key-format full instead of the key hash, encrypted for an MCUboot without a "
+        "decryption key, corrupted upload or truncated file, header size mismatch); MCUboot "
+        "erased it and kept the running image",
         f"sign the update with the board's key and upload it again; {_CHECK}",
     ),
     _r(
@@ -338,10 +340,21 @@ _RULES: tuple[_Rule, ...] = (
 )
 
 _BOOTLOADER_START = re.compile(r"^Starting (?:Direct-XIP )?bootloader")
+_CHAINLOAD = re.compile(r"^Bootloader chainload address offset: 0x([0-9a-fA-F]+)")
+_JUMP = re.compile(r"^Jumping to the (?:first )?image slot")
+_APP_KERNEL = re.compile(r"\*\*\* Booting Zephyr OS build")
+_FAULT_PC = re.compile(r"^Faulting instruction address \(r15/pc\): 0x([0-9a-fA-F]+)")
 _IMAGE_VERSION = re.compile(r"^Image version: v(\d+\.\d+\.\d+)")
 _BOOT_SOURCE_NONE = re.compile(r"^Boot source: none")
 _FAILURE_RULES = frozenset(
-    {"primary-invalid", "secondary-invalid", "no-bootable-image", "bad-magic", "panic"}
+    {
+        "primary-invalid",
+        "secondary-invalid",
+        "no-bootable-image",
+        "bad-magic",
+        "panic",
+        "wrong-link-address",
+    }
 )
 
 
@@ -384,12 +397,59 @@ def diagnose(text: str | Iterable[str]) -> Diagnosis:
                     )
                 )
                 break
+    findings += _early_faults(lines)
     failed = any(f.rule in _FAILURE_RULES for f in findings)
     for number, message in boot_source_none[:1]:
         findings.append(_boot_source_none(number, message, failed))
     findings.sort(key=lambda f: f.line_no)
     notes = _notes(findings, boots)
     return Diagnosis(tuple(findings), boots, version, len(lines), notes)
+
+
+def _early_faults(lines: list[str]) -> list[Finding]:
+    """A CPU fault after MCUboot's jump and before the application's kernel printed its banner.
+
+    The image's first instructions faulted: on an nRF5 that is almost always an image linked
+    for another address (a direct-xip build for the other slot: its reset vector leads into
+    the other slot's flash), when the faulting PC lies outside the slot MCUboot started.
+    """
+    found: list[Finding] = []
+    offset: int | None = None
+    jumped = False
+    for number, raw in enumerate(lines, start=1):
+        message = message_of(raw)
+        if _BOOTLOADER_START.search(message):
+            offset, jumped = None, False
+        elif (m := _CHAINLOAD.search(message)) is not None:
+            offset = int(m.group(1), 16)
+        elif _JUMP.search(message):
+            jumped = True
+        elif _APP_KERNEL.search(message):
+            jumped = False  # the application's kernel started: a later fault is its own
+        elif jumped and offset is not None and (m := _FAULT_PC.search(message)) is not None:
+            jumped = False
+            pc = int(m.group(1), 16)
+            where = (
+                f", below the slot at 0x{offset:x} it was started from"
+                if pc < offset
+                else f", while MCUboot started the image at 0x{offset:x}"
+            )
+            found.append(
+                Finding(
+                    "wrong-link-address",
+                    "error",
+                    number,
+                    message,
+                    f"the CPU faulted at 0x{pc:x}{where}, before the application's kernel "
+                    "printed its banner: the image's reset vector leads out of its slot, so it "
+                    "is linked for another address (in direct-xip: an image built for the other "
+                    "slot; each slot needs its own build)",
+                    "upload the build linked for the slot the image goes to (NCS: "
+                    "mcuboot_secondary_app for the secondary) and sign it with --slot; "
+                    f"{_CHECK} (it compares the reset vector with the slot)",
+                )
+            )
+    return found
 
 
 def _boot_source_none(number: int, message: str, failed: bool) -> Finding:

@@ -10,10 +10,14 @@ reported with both values and the fix:
 - header size as the board's builds use (the app is linked behind it);
 - it fits the slot after the trailer of the board's upgrade mode (imgtool's estimate; swap-move
   also keeps one sector free, MCUboot's ``app_max_size``);
-- its ROM_FIXED load address (direct-xip) names the slot it is meant for, and a .hex file puts
-  it at the start of that slot;
-- signed with the key the board's MCUboot trusts, and not with one of MCUboot's published
-  sample keys unless the board allows them;
+- its ROM_FIXED load address names the slot it is meant for, in direct-xip only (MCUboot
+  reads ROM_FIXED nowhere else: loader.c ``boot_rom_address_check``), and a .hex file puts it
+  at the start of that slot;
+- the reset vector of the body's vector table lies in the slot the image runs from (the one it
+  sits in for direct-xip, else the primary): a non-relocatable image started elsewhere faults;
+- signed with the key the board's MCUboot trusts, named by a KEYHASH TLV (MCUboot without
+  MCUBOOT_HW_KEY ignores a PUBKEY TLV), and not with one of MCUboot's published sample keys
+  unless the board allows them; an encrypted image is refused as such (no decryption key);
 - version rules: downgrade prevention (equal is allowed), direct-xip (only a higher version
   ever boots);
 - a padded file's trailer uses the board's BOOT_MAX_ALIGN magic.
@@ -29,8 +33,6 @@ from dfuhil.errors import InputError, Problem
 from dfuhil.farm.model import BoardSpec, McubootSpec, Region
 from dfuhil.formats.hexfile import read_hex
 from dfuhil.formats.mcuboot import (
-    F_ENCRYPTED_AES128,
-    F_ENCRYPTED_AES256,
     F_NON_BOOTABLE,
     F_PIC,
     F_RAM_LOAD,
@@ -39,7 +41,9 @@ from dfuhil.formats.mcuboot import (
     ImageVersion,
     KeyFileError,
     McubootImage,
+    TlvType,
     parse_image,
+    reset_vector,
     verify_signature,
 )
 from dfuhil.formats.mcuboot_build import Slot
@@ -302,16 +306,26 @@ class _Checker:
             (F_NON_BOOTABLE, "NON_BOOTABLE: MCUboot never boots it ('Image not bootable')"),
             (F_PIC, "PIC: position-independent images are not supported by MCUboot"),
             (F_RAM_LOAD, f"RAM_LOAD: this board's MCUboot runs {self.spec.mode}, not RAM-load"),
-            (
-                F_ENCRYPTED_AES128 | F_ENCRYPTED_AES256,
-                "encrypted, but the board's MCUboot has no decryption key configured",
-            ),
             (_COMPRESSED, "compressed, which this board's MCUboot does not decompress"),
         ]
         failed = [text for bit, text in bad if flags & bit]
         for text in failed:
             self.add("flags", "fail", text, f"sign without that option ({self.sign_hint})")
-        if not failed:
+        encryption = image.encryption()
+        if encryption is not None:
+            # boot_check_header_valid (bootutil_loader.c) refuses IS_ENCRYPTED(hdr) in a build
+            # without MCUBOOT_ENC_IMAGES; the hash covers the plaintext, so it cannot match.
+            self.add(
+                "flags",
+                "fail",
+                f"encrypted ({encryption}), but this board's MCUboot has no decryption key "
+                "configured (built without CONFIG_BOOT_ENCRYPT_IMAGE): it refuses the header "
+                "and erases the upload ('Image in the secondary slot is not valid!')",
+                "upload the image signed without --encrypt "
+                f"({self.sign_hint}); encrypted updates need an MCUboot built with "
+                "CONFIG_BOOT_ENCRYPT_IMAGE and the matching private key",
+            )
+        elif not failed:
             names = ", ".join(image.header.flag_names()) or "none"
             self.add("flags", "ok", f"0x{flags:08X} ({names})")
 
@@ -375,29 +389,22 @@ class _Checker:
     def _address(self, image: McubootImage, region: Region) -> None:
         h = image.header
         slots = self.board.layout.mcuboot_slots()
-        xip = self.spec.mode in _XIP
-        if h.rom_fixed:
-            expected = region.start if xip else (slots.primary.start if slots.primary else 0)
-            if h.load_addr == expected:
-                self.add("load address", "ok", f"ROM_FIXED 0x{h.load_addr:X} = {region.name}")
-            else:
-                runs = region.name if xip else "mcuboot_primary (where the board runs images)"
-                self.add(
-                    "load address",
-                    "fail",
-                    f"ROM_FIXED 0x{h.load_addr:X}, but {runs} starts at 0x{expected:X}: MCUboot "
-                    "skips an image built for another offset",
-                    f"sign for that slot ({self.sign_hint} --slot ...)",
-                )
-        elif xip:
+        primary = slots.primary or region
+        if self.spec.mode in _XIP:
+            self._rom_fixed(image, region)
+        elif h.rom_fixed:
+            # MCUboot reads ROM_FIXED only in direct-xip builds (boot_rom_address_check,
+            # loader.c, under MCUBOOT_DIRECT_XIP): other modes copy the image to the primary.
             self.add(
                 "load address",
                 "note",
-                "no ROM_FIXED address: a direct-xip image is linked for one slot, and MCUboot "
-                "cannot tell which (sign with --slot to let it check)",
+                f"ROM_FIXED 0x{h.load_addr:X}: MCUboot checks ROM_FIXED only in direct-xip "
+                f"builds; {self.spec.mode} ignores it and runs the image from {primary.name} "
+                f"at 0x{primary.start:X}",
             )
         else:
-            self.add("load address", "ok", "not ROM_FIXED (runs from mcuboot_primary)")
+            self.add("load address", "ok", f"not ROM_FIXED (runs from {primary.name})")
+        self._link_address(image, region if self.spec.mode in _XIP else primary)
         if self.address is not None and self.address != region.start:
             self.add(
                 "load address",
@@ -406,6 +413,56 @@ class _Checker:
                 f"0x{region.start:X}",
                 "make the hex for that slot, or upload the .bin",
             )
+
+    def _rom_fixed(self, image: McubootImage, region: Region) -> None:
+        """Direct-xip: MCUboot skips an image whose ROM_FIXED address is not its slot's."""
+        h = image.header
+        if not h.rom_fixed:
+            self.add(
+                "load address",
+                "note",
+                "no ROM_FIXED address: a direct-xip image is linked for one slot, and MCUboot "
+                "cannot tell which (sign with --slot to let it check)",
+            )
+        elif h.load_addr == region.start:
+            self.add("load address", "ok", f"ROM_FIXED 0x{h.load_addr:X} = {region.name}")
+        else:
+            self.add(
+                "load address",
+                "fail",
+                f"ROM_FIXED 0x{h.load_addr:X}, but {region.name} starts at 0x{region.start:X}: "
+                "MCUboot skips an image built for another offset",
+                f"sign for that slot ({self.sign_hint} --slot ...)",
+            )
+
+    def _link_address(self, image: McubootImage, runs_in: Region) -> None:
+        """The body's Cortex-M reset vector must point into the slot the image runs from: a
+        non-relocatable image started elsewhere jumps into the other slot and faults."""
+        reset = None if image.encryption() else reset_vector(image, self.board.chip)
+        if reset is None:
+            return  # ciphertext, or not a Cortex-M vector table (a test pattern): no verdict
+        handler = reset & ~1
+        if runs_in.contains(handler):
+            self.add(
+                "link address",
+                "ok",
+                f"reset vector 0x{reset:08X} lies in {runs_in.name}, where the image runs",
+            )
+            return
+        layout = self.board.layout
+        slots = layout.mcuboot_slots()
+        candidates = [slots.primary, slots.secondary, *layout.regions.values()]
+        linked = next((r for r in candidates if r is not None and r.contains(handler)), None)
+        where = f" (in {linked.name})" if linked is not None else ""
+        self.add(
+            "link address",
+            "fail",
+            f"reset vector 0x{reset:08X}{where}, but the image runs from {runs_in.name} "
+            f"0x{runs_in.start:X}..0x{runs_in.end:X}: it is linked for another address, and "
+            "the CPU faults when MCUboot jumps to it",
+            f"upload the build linked for {runs_in.name} (for direct-xip, NCS builds one per "
+            "slot: mcuboot_secondary_app for the secondary)",
+        )
 
     def _signature(self, image: McubootImage) -> None:
         try:
@@ -418,13 +475,27 @@ class _Checker:
                 "fix mcuboot.key in the boards file",
             )
             return
-        problem = verify_signature(image, key)
+        problem = verify_signature(image, key, encrypted_body=True)
         if problem is None:
+            over = (
+                " over the hash the image states (it covers the plaintext, which only a "
+                "decrypting MCUboot can check)"
+                if image.encryption() is not None
+                else ""
+            )
             self.add(
                 "signature",
                 "ok",
-                f"valid, by the key the board trusts ({key.type}, key hash "
+                f"valid{over}, by the key the board trusts ({key.type}, key hash "
                 f"{key.key_hash.hex()[:16]}…)",
+            )
+        elif image.find(TlvType.KEYHASH) is None and image.find(TlvType.PUBKEY) is not None:
+            self.add(
+                "signature",
+                "fail",
+                problem,
+                "sign with the key hash, imgtool's default (drop --public-key-format full, or "
+                f"pass --public-key-format hash; {self.sign_hint} does)",
             )
         else:
             self.add(

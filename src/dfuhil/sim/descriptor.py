@@ -13,6 +13,13 @@ Layout at ``image start + DESCRIPTOR_OFFSET`` (little-endian)::
     12  4  CRC-32 of the payload
     16  N  payload: UTF-8 JSON object, keys sorted: {"kind": ..., "name": ..., "version": ...,
            "banner": ..., "params": {...}}
+
+**Link address.** A sample image records where it was linked the way a real one does: in its
+vector table. Word 1 (the reset vector) is the absolute address of its reset handler, which
+every sample image has at ``link address + RESET_OFFSET`` (Thumb bit set). Like a
+non-relocatable Cortex-M image, it runs only where it was linked: started anywhere else, the
+CPU jumps to a reset handler in another image's flash (see :func:`link_address`; the virtual
+CPU faults there, dfuhil.sim.runtime).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DESCRIPTOR_OFFSET = 0x200  # past the largest nRF5 vector table (nRF52840: 0x200 bytes)
+# Reset handler offset inside every sample image: past the largest descriptor, Thumb bit set.
+RESET_OFFSET = 0xA80
 MAGIC = b"DFUHILVB"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sHHI")
@@ -86,3 +95,13 @@ def decode(raw: bytes) -> Behaviour | None:
 def read_length() -> int:
     """How many bytes a reader must fetch at the descriptor offset to decode any descriptor."""
     return HEADER.size + MAX_PAYLOAD
+
+
+def reset_vector_for(link_address: int) -> int:
+    """The reset vector of a sample image linked at ``link_address`` (Thumb bit set)."""
+    return link_address + RESET_OFFSET + 1
+
+
+def link_address(reset_vector: int) -> int:
+    """Where the sample image whose vector table holds ``reset_vector`` was linked."""
+    return (reset_vector & ~1) - RESET_OFFSET

@@ -7,6 +7,14 @@ the end of the SoftDevice. The image found there must carry a behaviour descript
 (sim/descriptor.py) naming a registered :class:`Firmware` plug-in; real ARM code is reported as
 such and the CPU stays parked, as a virtual board must never pretend.
 
+A jump goes where silicon goes: to the reset vector of the vector table at the target. A sample
+image started somewhere other than where it was linked (its reset vector names its link address,
+sim/descriptor.py) sends the CPU into another image's flash; the virtual CPU does not guess what
+that code would do, it takes the fault a non-relocatable image takes there: the fault dump of the
+handler still in charge (the bootloader's Zephyr, VTOR unchanged: MCUboot builds without
+CONFIG_BOOT_INTR_VEC_RELOC), the faulting PC at that reset handler, and a system reset
+(CONFIG_RESET_ON_FATAL_ERROR, nRF Connect SDK's default).
+
 Plug-ins register with :func:`behaviour` (built-ins in ``dfuhil.sim.behaviours`` and
 ``dfuhil.sim.mesh`` and, for third parties, the ``dfuhil.behaviours`` entry-point group); nothing
 here knows any plug-in by name.
@@ -85,6 +93,7 @@ class BootTarget:
     address: int
     behaviour: Behaviour | None
     status: str  # "running <name>" or why nothing can run
+    fault_pc: int | None = None  # started away from its link address: where the CPU faults
 
 
 class FirmwareContext:
@@ -245,7 +254,38 @@ def resolve(board: VirtualBoard, address: int) -> BootTarget:
         return BootTarget(
             address, None, f"halted: no behaviour plug-in '{found.kind}' (known: {known})"
         )
+    reset = board.read_u32(address + 4)
+    linked = descriptor.link_address(reset)
+    if linked != address:
+        return BootTarget(
+            address,
+            found,
+            f"faulted: {found.name} {found.version} at 0x{address:08X} is linked for "
+            f"0x{linked:08X}; its reset vector 0x{reset:08X} leads out of the image",
+            fault_pc=reset & ~1,
+        )
     return BootTarget(address, found, f"running {found.name} {found.version} at 0x{address:08X}")
+
+
+FAULT_RESET_S = 0.05  # the fault dump, then NVIC_SystemReset (device seconds)
+
+
+def hard_fault(ctx: FirmwareContext, pc: int) -> NoReturn:
+    """What a Cortex-M does at a reset handler outside the started image: fault, dump, reset."""
+    ctx.print("E: ***** HARD FAULT *****")
+    ctx.print("E:   Fault escalation (see below)")
+    ctx.print("E: ***** USAGE FAULT *****")
+    if ctx.read_u32(pc) == ERASED_WORD:
+        ctx.print("E:   Attempt to execute undefined instruction")
+    ctx.print(f"E: Faulting instruction address (r15/pc): 0x{pc:08x}")
+    ctx.print("E: >>> ZEPHYR FATAL ERROR 0: CPU exception on CPU 0")
+    ctx.print("E: Resetting system")
+    ctx.log(
+        f"the image at 0x{ctx.address:08X} was linked elsewhere: the CPU jumped to its reset "
+        f"handler at 0x{pc:08X} and faulted"
+    )
+    ctx.sleep(FAULT_RESET_S)
+    ctx.system_reset()
 
 
 class Cpu:
@@ -330,6 +370,8 @@ class Cpu:
                 if target.behaviour is None:
                     return
                 ctx = FirmwareContext(self.board, cancel, target)
+                if target.fault_pc is not None:
+                    hard_fault(ctx, target.fault_pc)
                 try:
                     if target.behaviour.banner:
                         ctx.print(target.behaviour.banner)

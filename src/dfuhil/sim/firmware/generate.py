@@ -29,12 +29,10 @@ from dfuhil.formats.softdevice import (
     SoftDevice,
     build_info_struct,
 )
-from dfuhil.sim.descriptor import DESCRIPTOR_OFFSET, Behaviour
+from dfuhil.sim.descriptor import DESCRIPTOR_OFFSET, RESET_OFFSET, Behaviour, reset_vector_for
 
 # Cortex-M exception numbers 7-10 and 13 are reserved: real vector tables hold 0 there.
 _RESERVED_VECTORS = frozenset({7, 8, 9, 10, 13})
-# Reset handler offset inside every sample image: past the largest descriptor, Thumb bit set.
-RESET_OFFSET = 0xA80
 
 BOOTLOADER_SIZE = 16 * 1024
 BLINKY_SIZE = 8 * 1024
@@ -91,7 +89,9 @@ Each `mcuboot-<mode>` directory is one MCUboot build of the virtual farm: `mcubo
 (at 0x0, its slots, upgrade mode and trusted key in the descriptor), `smp_app.hex` (a Zephyr
 smp_svr-like application, signed with imgtool, version 1.0.0, in the primary slot) and the
 unsigned builds the suites sign at test time (`update.bin`, `crash-at-boot.bin`,
-`never-confirm.bin`). `keys/` holds the signing keys, derived from fixed seeds: they are public
+`never-confirm.bin`), linked for the primary slot; the direct-xip sets also hold each build
+linked for the secondary slot (`*.secondary.bin`), since a direct-xip image runs where it sits.
+An image records where it was linked as a real one does: the reset vector in its vector table. `keys/` holds the signing keys, derived from fixed seeds: they are public
 knowledge, fit for the virtual farm only. ECDSA signatures are randomised, so a regeneration
 keeps an existing `smp_app.hex` as long as its content is unchanged and it still verifies.
 
@@ -135,7 +135,7 @@ def sample_image(
     if size < RESET_OFFSET + 4:
         raise ValueError(f"sample image of {size} bytes is too small (min {RESET_OFFSET + 4})")
     image = bytearray(filler(seed, size))
-    table = vector_table(initial_sp, start + RESET_OFFSET + 1)
+    table = vector_table(initial_sp, reset_vector_for(start))
     image[: len(table)] = table
     if behaviour is not None:
         record = behaviour.encode()

@@ -8,6 +8,12 @@ builds the suites sign at test time (``update`` blinks another LED, ``crash-at-b
 ``never-confirm`` are the faulty builds). boards.yaml describes the same sets; a test checks
 that both agree on every slot and key.
 
+Every build is linked for the primary slot (its vector table's reset vector lies there), as
+the swap and overwrite modes run it. A direct-xip image runs where it sits, so those sets also
+ship each build linked for the secondary slot, as nRF Connect SDK builds it a second time
+(``mcuboot_secondary_app``): ``<build>.secondary.bin``, named ``<build>@secondary`` in
+boards.yaml. Signing a primary build for the secondary would make an image that faults there.
+
 Keys are derived from fixed seed strings, so they are the same on every machine (and useless
 for anything but this virtual farm). ECDSA signatures are randomised: an already generated
 ``smp_app.hex`` is kept as long as its signed content is unchanged and it still verifies, so a
@@ -55,6 +61,8 @@ APP_SIZE = 16 * 1024
 APP_VERSION = "1.0.0"
 KEYS_DIR = "keys"
 BUILDS = ("update", "crash-at-boot", "never-confirm")
+XIP_MODES = ("direct-xip", "direct-xip-revert")
+SECONDARY = "@secondary"  # boards.yaml build-name suffix: the build linked for the secondary
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
@@ -128,6 +136,19 @@ class McubootSet:
             scratch=slot(self.scratch),
             sector_size=chip.page_size,
         )
+
+    @property
+    def xip(self) -> bool:
+        return self.mode in XIP_MODES
+
+    def builds(self) -> dict[str, tuple[str, Slot]]:
+        """boards.yaml build name -> (file name, slot it is linked for)."""
+        primary = Slot(*self.primary)
+        out = {name: (f"{name}.bin", primary) for name in BUILDS}
+        if self.xip and self.secondary is not None:
+            for name in BUILDS:
+                out[name + SECONDARY] = (f"{name}.secondary.bin", Slot(*self.secondary))
+        return out
 
     def mcuboot_build(self, chip: Chip) -> McubootBuild:
         key = KEYS[self.key].public()
@@ -221,8 +242,11 @@ def key_files() -> dict[str, bytes]:
     return {f"{KEYS_DIR}/{key.file}": key.pem() for key in KEYS.values()}
 
 
-def app_body(mset: McubootSet, chip: Chip, build: str | None = None) -> bytes:
-    """The unsigned application: linked behind the header, at the start of the primary slot."""
+def app_body(
+    mset: McubootSet, chip: Chip, build: str | None = None, slot: Slot | None = None
+) -> bytes:
+    """The unsigned application, linked behind the header at the start of ``slot`` (default:
+    the primary): the reset vector in its vector table names that address."""
     name = "smp_svr" if build is None else f"smp_svr {build}"
     behaviour = Behaviour(
         kind="smp_app",
@@ -231,7 +255,7 @@ def app_body(mset: McubootSet, chip: Chip, build: str | None = None) -> bytes:
         banner="",  # the app prints its own Zephyr boot lines
         params=mset.app_build(chip, build).to_params(),
     )
-    start = mset.primary[0] + HEADER_SIZE
+    start = (slot.start if slot is not None else mset.primary[0]) + HEADER_SIZE
     seed = f"{chip.name}/{mset.directory}/{build or 'app'}"
     return sample_image(start, APP_SIZE, behaviour, seed, ram_end(chip))
 
@@ -253,7 +277,7 @@ def mcuboot_image(mset: McubootSet, chip: Chip) -> bytes:
 def sign_params(mset: McubootSet) -> SignParams:
     """How the shipped app is signed: header 0x200, the primary slot's size, ROM_FIXED for
     direct-xip (it is linked for the primary slot)."""
-    xip = mset.mode in ("direct-xip", "direct-xip-revert")
+    xip = mset.xip
     return SignParams(
         header_size=HEADER_SIZE,
         slot_size=mset.primary[1],
@@ -333,8 +357,9 @@ def mcuboot_files(chip: Chip, out: Path) -> dict[str, str | bytes]:
                 to_intelhex([Segment(0, mcuboot_image(mset, chip))])
             )
             files[f"{base}/smp_app.hex"] = hex_text(image_hex(app, mset.primary[0]))
-            for build in BUILDS:
-                files[f"{base}/{build}.bin"] = app_body(mset, chip, build)
+            for name, (file, slot) in mset.builds().items():
+                build = name.removesuffix(SECONDARY)
+                files[f"{base}/{file}"] = app_body(mset, chip, build, slot)
     return files
 
 

@@ -17,7 +17,7 @@ from dfuhil.sim.mcuboot.area import FlashArea, FlashPort
 from dfuhil.sim.mcuboot.bootlog import BootLog
 from dfuhil.sim.mcuboot.config import McubootBuild
 from dfuhil.sim.mcuboot.validate import (
-    header_valid,
+    header_problem,
     image_problem,
     max_image_size,
     read_header,
@@ -123,10 +123,8 @@ class Boot:
                 self.log.err("insufficient version in secondary slot")  # loader.c:1010
                 area.scramble()
                 return False
-        problem = (
-            image_problem(area, self.key, max_image_size(self.geometry, area))
-            if header_valid(header, area.size)
-            else "image header not valid (magic, sizes, encryption or compression flags)"
+        problem = header_problem(area, header) or image_problem(
+            area, self.key, max_image_size(self.geometry, area)
         )
         if problem is None:
             return True

@@ -21,7 +21,7 @@ def boot_go(boot: Boot, *, revert: bool) -> BootResponse | None:
     available: dict[str, tuple[FlashArea, ImageHeader]] = {}
     for area in (boot.primary, boot.other()):
         header = read_header(area)
-        if header is not None and header_valid(header, area.size):
+        if header is not None and header_valid(header, area):
             v = header.version
             log.inf(
                 f"{area.name.capitalize():<9} slot: "

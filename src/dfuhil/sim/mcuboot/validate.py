@@ -24,7 +24,6 @@ from dfuhil.formats.mcuboot import (
 from dfuhil.formats.mcuboot_build import FlashGeometry, Slot
 from dfuhil.sim.mcuboot.area import FlashArea
 
-ENCRYPTED = 0x04 | 0x08
 COMPRESSED = 0x200 | 0x400 | 0x800
 ERASED_VERSION_KEY = (0xFF, 0xFF, 0xFFFF)  # what an erased header's version compares as
 
@@ -42,16 +41,42 @@ def version_key(header: ImageHeader | None) -> tuple[int, ...]:
     return ERASED_VERSION_KEY if header is None else header.version.key()
 
 
-def header_valid(header: ImageHeader, area_size: int) -> bool:
-    """``boot_check_header_valid``: magic, sizes inside the area, no encryption or compression
-    (this MCUboot is built without either)."""
+def header_problem(area: FlashArea, header: ImageHeader) -> str | None:
+    """``boot_check_header_valid`` (bootutil_loader.c): why the header is refused, or None.
+
+    Magic, sizes inside the area, and neither encryption nor compression: this MCUboot is built
+    without ``MCUBOOT_ENC_IMAGES`` (no decryption key) and without ``MCUBOOT_DECOMPRESS_IMAGES``.
+    MCUboot itself only prints "not valid" or "image not found"; the reason goes to the farm log.
+    """
     size = header.hdr_size + header.img_size + header.protect_tlv_size
-    return (
-        header.magic == IMAGE_MAGIC
-        and size < area_size
-        and not header.flags & ENCRYPTED
-        and not header.flags & COMPRESSED
-    )
+    if header.magic != IMAGE_MAGIC:
+        return f"image header magic 0x{header.magic:08X} is not 0x{IMAGE_MAGIC:08X}"
+    if size >= area.size:
+        return f"header, body and protected TLVs (0x{size:X} bytes) do not fit the slot"
+    if header.encrypted:
+        return (
+            f"the image is encrypted ({_encryption(area, header)}), but this MCUboot has no "
+            "decryption key configured (built without MCUBOOT_ENC_IMAGES / "
+            "CONFIG_BOOT_ENCRYPT_IMAGE)"
+        )
+    if header.flags & COMPRESSED:
+        return "the image is compressed, and this MCUboot does not decompress"
+    return None
+
+
+def _encryption(area: FlashArea, header: ImageHeader) -> str:
+    """The flag and ENC TLV names of an encrypted image, as far as the slot can be parsed."""
+    try:
+        image = read_slot_image(area.read, 0, area.size, source=f"{area.name} slot")
+    except ImageFormatError:
+        image = None
+    described = image.encryption() if image is not None else None
+    return described or f"flags 0x{header.flags:08X}"
+
+
+def header_valid(header: ImageHeader, area: FlashArea) -> bool:
+    """``boot_check_header_valid`` as a yes/no."""
+    return header_problem(area, header) is None
 
 
 def inspect_image(
