@@ -364,6 +364,17 @@ def test_an_encrypted_image_is_refused_as_encrypted(farm: Farm) -> None:
     assert "corrupted" not in report.text() and "does not match" not in report.text()
     signature = next(f for f in report.findings if f.rule == "signature")
     assert signature.status == "ok" and "covers the plaintext" in signature.message
+    # `image show` says the same: a hash it cannot check, not a corrupted image.
+    (d / "enc.signed.bin").write_bytes(image)
+    shown = subprocess.run(
+        [sys.executable, "-m", "dfuhil", "image", "show", str(d / "enc.signed.bin")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "hash not checked: encrypted (flag IMAGE_F_ENCRYPTED_AES128" in shown.stdout
+    assert "MISMATCH" not in shown.stdout
     # imgtool 2.5.0's --clear leaves the body plain but still sets the flag: still refused.
     clear = imgtool_sign(farm, "k.pem", "clear.bin", "--encrypt", str(d / "enc.pub.pem"), "--clear")
     assert parse_image(clear).hash_ok

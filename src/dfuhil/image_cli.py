@@ -332,6 +332,10 @@ def _trailer_lines(data: bytes, image: McubootImage, max_align: int | None) -> l
 
 def _validity_lines(image: McubootImage, key: PublicKey | None, key_name: str) -> list[str]:
     hash_state = "OK" if image.hash_ok else "MISMATCH (corrupted)"
+    encryption = image.encryption()
+    if encryption is not None and not image.hash_ok:
+        # The hash covers the plaintext; only an MCUboot with the decryption key can check it.
+        hash_state = f"not checked: encrypted ({encryption})"
     if image.image_hash is None:
         hash_state = "no hash TLV"
     if key is None:
