@@ -26,8 +26,8 @@ from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import BoardSpec
 from dfuhil.farm.rig import Rig
 from dfuhil.links.console import Console
-from dfuhil.procedures.mcuboot_dfu import wait_for_boot
 from dfuhil.procedures.image_sign import sign_build
+from dfuhil.procedures.mcuboot_dfu import wait_for_boot
 from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
 from dfuhil.sim.state import FarmProcess, SimState
 

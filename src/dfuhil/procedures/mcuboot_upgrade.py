@@ -137,10 +137,8 @@ def _abridged(diagnosis: Diagnosis, head: int = 8, tail: int = 4) -> str:
     # Each finding is three lines (message, cause, fix) after the one-line heading.
     cut = 1 + 3 * head
     skipped = len(findings) - head - tail
-    return "\n".join(
-        [*lines[:cut], f"[... {skipped} more findings like these; the board log has all ...]"]
-        + lines[cut:]
-    )
+    gap = f"[... {skipped} more findings like these; the board log has all ...]"
+    return "\n".join([*lines[:cut], gap, *lines[cut:]])
 
 
 class _Failed(Exception):
