@@ -205,6 +205,34 @@ def test_a_refused_image_exits_2_and_writes_nothing(
     assert flash() == before, "a refused upgrade changed the slots"
 
 
+def test_over_a_bare_port_the_boot_log_still_names_the_revert(
+    farm: UpgradeFarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No board: no image check against it, no banner, no probe; the mode comes from the
+    board's bootloader info and the verdict from the image list plus the console's boot log."""
+    farm.provision(SWAP)
+    image = farm.sign(SWAP, "crash-at-boot", NEW, tmp_path)
+    port = farm.state.board(SWAP).serial
+    code, out = run(["mcuboot", "upgrade", str(image), "--port", port], capsys)
+    assert code == 1, out
+    assert "MCUboot mode swap-move (bootloader info)" in out
+    assert "MCUboot reverted the update after it crashed at boot" in out, out
+    assert "Swap type: revert" in out
+
+
+def test_upgrading_to_what_already_runs_sends_nothing_and_says_so(
+    farm: UpgradeFarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    farm.provision(SWAP)
+    image = farm.sign(SWAP, "update", NEW, tmp_path)
+    assert run(farm.args(SWAP, "mcuboot", "upgrade", image), capsys)[0] == 0
+    code, out = run(farm.args(SWAP, "mcuboot", "upgrade", image), capsys)
+    assert code == 0, out
+    assert f"v{NEW} already runs; nothing uploaded" in out
+    assert "upload done" not in out and "reset; waiting" not in out
+    assert "probe read-back agrees" in out  # still checked, not assumed
+
+
 # --- the UDP path --------------------------------------------------------------------------------
 
 

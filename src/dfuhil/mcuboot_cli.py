@@ -83,6 +83,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="MCUboot's upgrade mode for --port/--udp (default: asked over SMP)",
     )
     upgrade.add_argument(
+        "--banner",
+        metavar="REGEX",
+        help="the application's boot banner on the console (default: the board's firmware set; "
+        "without one, the SMP server answering again counts as the boot)",
+    )
+    upgrade.add_argument(
         "--no-readback",
         action="store_true",
         help="with --board: trust SMP alone, skip the probe read-back of the slots",
@@ -337,12 +343,13 @@ def run_upgrade(args: argparse.Namespace) -> int:
                 )
             settings = UpgradeSettings.for_board(board, target.time_scale)
         else:
-            settings = UpgradeSettings(mode=args.mode, banner=None)
+            settings = UpgradeSettings()
         settings = replace(
             settings,
             window=args.window,
             confirm=args.confirm or settings.confirm,
             mode=args.mode or settings.mode,
+            banner=args.banner or settings.banner,
         )
         read = None
         if board is not None and target.rig is not None and not args.no_readback:
