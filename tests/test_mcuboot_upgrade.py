@@ -104,6 +104,20 @@ def running(farm: UpgradeFarm, board: str, capsys: pytest.CaptureFixture[str], *
     return active[0]
 
 
+def upgrade(
+    farm: UpgradeFarm,
+    board: str,
+    build: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    *extra: str,
+) -> tuple[int, str]:
+    """Provision ``board`` afresh, sign ``build`` as v1.1.0, run `mcuboot upgrade` on it."""
+    farm.provision(board)
+    image = farm.sign(board, build, NEW, tmp_path)
+    return run(farm.args(board, "mcuboot", "upgrade", image, *extra), capsys)
+
+
 # --- the happy path, per mode family ------------------------------------------------------------
 
 
@@ -123,9 +137,7 @@ def test_upgrade_ends_with_the_new_image_running_for_good(
     slot: int,
     kept: str,
 ) -> None:
-    farm.provision(name)
-    image = farm.sign(name, "update", NEW, tmp_path)
-    code, out = run(farm.args(name, "mcuboot", "upgrade", image), capsys)
+    code, out = upgrade(farm, name, "update", tmp_path, capsys)
     assert code == 0, out
     assert "image check passed" in out
     assert f"v{NEW}" in out and f"runs from slot {slot}" in out and kept in out, out
@@ -141,9 +153,7 @@ def test_upgrade_ends_with_the_new_image_running_for_good(
 def test_an_update_that_crashes_at_boot_is_reverted_and_exits_1(
     farm: UpgradeFarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    farm.provision(SWAP)
-    image = farm.sign(SWAP, "crash-at-boot", NEW, tmp_path)
-    code, out = run(farm.args(SWAP, "mcuboot", "upgrade", image), capsys)
+    code, out = upgrade(farm, SWAP, "crash-at-boot", tmp_path, capsys)
     assert code == 1, out
     assert "UPGRADE FAILED" in out and "MCUboot reverted the update after it crashed at boot" in out
     assert f"v{OLD} runs again" in out
@@ -156,9 +166,7 @@ def test_an_update_that_crashes_at_boot_is_reverted_and_exits_1(
 def test_a_crashing_update_on_overwrite_only_is_named_a_boot_loop(
     farm: UpgradeFarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    farm.provision(OVERWRITE)
-    image = farm.sign(OVERWRITE, "crash-at-boot", NEW, tmp_path)
-    code, out = run(farm.args(OVERWRITE, "mcuboot", "upgrade", image), capsys)
+    code, out = upgrade(farm, OVERWRITE, "crash-at-boot", tmp_path, capsys)
     assert code == 1, out
     assert "faults at boot" in out and "overwrite-only cannot revert" in out, out
     assert "ZEPHYR FATAL ERROR" in out and "a boot loop" in out, out
@@ -169,9 +177,7 @@ def test_a_crashing_update_on_overwrite_only_is_named_a_boot_loop(
 def test_a_build_that_never_confirms_itself_is_not_confirmed_for_it(
     farm: UpgradeFarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    farm.provision(XIP_REVERT)
-    image = farm.sign(XIP_REVERT, "never-confirm", NEW, tmp_path)
-    code, out = run(farm.args(XIP_REVERT, "mcuboot", "upgrade", image), capsys)
+    code, out = upgrade(farm, XIP_REVERT, "never-confirm", tmp_path, capsys)
     assert code == 1, out
     assert "did not confirm itself" in out and "confirm: app" in out, out
     assert "MCUboot erases it at the next reset" in out
@@ -239,9 +245,7 @@ def test_upgrading_to_what_already_runs_sends_nothing_and_says_so(
 def test_upgrade_over_udp_with_the_boards_console_for_the_boot_log(
     farm: UpgradeFarm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    farm.provision(SWAP)
-    image = farm.sign(SWAP, "update", NEW, tmp_path)
-    code, out = run(farm.args(SWAP, "mcuboot", "upgrade", image, "--transport", "udp"), capsys)
+    code, out = upgrade(farm, SWAP, "update", tmp_path, capsys, "--transport", "udp")
     assert code == 0, out
     assert "runs from slot 0" in out and "probe read-back agrees" in out, out
     log = (tmp_path / "reports" / "logs" / f"{SWAP}.log").read_text()
