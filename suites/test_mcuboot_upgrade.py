@@ -16,7 +16,9 @@ pytestmark = pytest.mark.roles("mcuboot")
 OLD, NEW = "1.0.0", "1.1.0"
 
 
-@pytest.mark.modes("swap-move", "swap-scratch", "overwrite-only", "direct-xip", "direct-xip-revert")
+@pytest.mark.modes(
+    "swap-move", "swap-scratch", "overwrite-only", "direct-xip", "direct-xip-revert", "single-slot"
+)
 def test_upgrade_runs_the_new_image_for_good(mcuboot: McubootUnderTest) -> None:
     image = mcuboot.sign("update", NEW)
     result = mcuboot.upgrade(image)

@@ -1,7 +1,7 @@
 """``dfuhil mcuboot upgrade`` against the shipped virtual MCUboot boards, typed as at a shell.
 
 One farm process serves one board per mode family (swap-move with serial + UDP, overwrite-only,
-direct-xip, direct-xip-revert); each test provisions its board afresh and runs the verb through
+direct-xip, direct-xip-revert, single-slot with serial recovery); each test provisions its board afresh and runs the verb through
 ``dfuhil.cli.main``. The verdicts are checked against what the board does afterwards (another
 reset, ``mcuboot list``), and a refused image against the flash read over the probe, so a green
 here means the board really runs the new image.
@@ -36,7 +36,8 @@ SWAP = "vdk52840-swap-move"
 OVERWRITE = "vdk52833-overwrite-only"
 XIP = "vdk52840-direct-xip"
 XIP_REVERT = "vdk52840-direct-xip-revert"
-BOARDS = [SWAP, OVERWRITE, XIP, XIP_REVERT]
+SINGLE = "vdk52832-single-slot"
+BOARDS = [SWAP, OVERWRITE, XIP, XIP_REVERT, SINGLE]
 TIME_SCALE = 0.05
 BANNER = "Booting Zephyr OS build"
 OLD, NEW = "1.0.0", "1.1.0"
@@ -127,6 +128,7 @@ def upgrade(
         (SWAP, 0, "confirmed by the host"),
         (OVERWRITE, 0, "overwrite-only: nothing to confirm"),
         (XIP, 1, "direct-xip: the highest version runs"),
+        (SINGLE, 0, "single-slot: written by serial recovery"),
     ],
 )
 def test_upgrade_ends_with_the_new_image_running_for_good(

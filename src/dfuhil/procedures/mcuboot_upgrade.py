@@ -26,6 +26,7 @@ from dfuhil.errors import InfrastructureError, InputError, Problem, ProductError
 from dfuhil.formats.mcuboot import ImageVersion
 from dfuhil.formats.mcuboot_trailer import MODE_NUMBERS, Mode
 from dfuhil.links.async_loop import Progress
+from dfuhil.links.console import ExpectTimeout
 from dfuhil.links.smp_link import SlotState, SmpLink, UploadResult
 from dfuhil.procedures.boot_diagnosis import Diagnosis, diagnose
 from dfuhil.procedures.mcuboot_dfu import Boot, ImageInfo, describe_slots, image_info, wait_for_boot
@@ -61,6 +62,8 @@ SETTLE_DEVICE_S = 2.0
 CONFIRM_DEVICE_S = 5.0
 RESET_GRACE_DEVICE_S = 1.0  # Zephyr resets 250 ms after answering; do not hear the old app
 BOOT_MARGIN_S = 5.0  # wall seconds on top of the scaled device times
+NOTHING_TO_CONFIRM: tuple[Mode, ...] = ("overwrite-only", "direct-xip", "single-slot")
+RECOVERY = r"Enter the serial recovery mode|Entering serial recovery"
 
 
 @dataclass(frozen=True)
@@ -197,8 +200,11 @@ class _Upgrade:
             self.say(f"{self.who}: v{self.new.version} already runs; nothing uploaded")
             self._confirm_and_recheck()
             return "already-running"
-        self._upload(before)
-        self._mark_for_test()
+        if self.mode == "single-slot":
+            self._upload_in_serial_recovery()
+        else:
+            self._upload(before)
+            self._mark_for_test()
         self._reset_and_boot()
         self._verify_running()
         self._confirm_and_recheck()
@@ -217,20 +223,12 @@ class _Upgrade:
         return None
 
     def _upload(self, before: list[SlotState]) -> None:
-        if self.mode == "single-slot":
-            raise InputError(
-                Problem(
-                    "",
-                    None,
-                    "mode",
-                    f"{self.who}'s MCUboot is single-slot: the application cannot take an "
-                    "update; nothing was sent. Reboot into serial recovery (`dfuhil mcuboot "
-                    "reset --boot-mode 1`), then `dfuhil mcuboot upload` and reset",
-                )
-            )
         if any(s.hash == self.new.image_hash and not s.active for s in before):
             self.say(f"{self.who}: the board already holds v{self.new.version}; not uploaded again")
             return
+        self._send()
+
+    def _send(self) -> None:
         self.uploaded = self.link.upload(
             self.data,
             progress=self.progress,
@@ -238,6 +236,35 @@ class _Upgrade:
             window=self.settings.window,
         )
         self.say(f"{self.who}: upload done: {self.uploaded.summary()}")
+
+    def _upload_in_serial_recovery(self) -> None:
+        """Single slot: the app cannot hold an update; MCUboot's serial recovery writes the
+        primary. The app reboots into it (``reset`` with ``boot_mode`` 1, GPREGRET)."""
+        console = self.console
+        if console is None or self.link.console is None:
+            raise InputError(
+                Problem(
+                    "",
+                    None,
+                    "transport",
+                    f"{self.who}'s MCUboot is single-slot: updates go through its serial "
+                    "recovery on the UART; use the serial transport. Nothing was sent",
+                )
+            )
+        console.skip_to_end()
+        self.link.reset(boot_mode=1)
+        try:
+            console.expect(RECOVERY, timeout=self.settings.wall(BOOT_DEVICE_S) + BOOT_MARGIN_S)
+        except ExpectTimeout:
+            raise _Failed(
+                "not-applied",
+                "the board did not enter MCUboot's serial recovery after `reset` with boot_mode "
+                "1 (the application needs Zephyr's retention boot mode; else hold the recovery "
+                "button at reset); nothing was written",
+            ) from None
+        self.link.renegotiate()
+        self.say(f"{self.who}: in MCUboot's serial recovery; writing the primary slot")
+        self._send()
 
     def _mark_for_test(self) -> None:
         slots = self.link.image_list()
@@ -325,7 +352,7 @@ class _Upgrade:
         self.say(f"{self.who}: v{self.new.version} runs from slot {active.slot} after the reset")
 
     def _confirm_and_recheck(self) -> None:
-        needs = self.mode not in ("overwrite-only", "direct-xip")
+        needs = self.mode not in NOTHING_TO_CONFIRM
         active = _active(self.slots)
         if needs and (active is None or not active.confirmed):
             if self.settings.confirm == "host":
@@ -399,7 +426,7 @@ class _Upgrade:
         if d.has("zephyr-fatal") or d.has("cpu-fault"):
             cannot = (
                 f"; {self.mode} cannot revert, the board now boot-loops"
-                if self.mode in ("overwrite-only", "direct-xip")
+                if self.mode in NOTHING_TO_CONFIRM
                 else ""
             )
             return (
@@ -449,6 +476,8 @@ class _Upgrade:
     def _kept_how(self) -> str:
         if self.mode == "overwrite-only":
             return "overwrite-only: nothing to confirm"
+        if self.mode == "single-slot":
+            return "single-slot: written by serial recovery, nothing to confirm"
         if self.mode == "direct-xip":
             return "direct-xip: the highest version runs, nothing to confirm"
         who = "the application" if self.settings.confirm == "app" else "the host"
