@@ -1,10 +1,10 @@
 """``dfuhil mcuboot upgrade`` against the shipped virtual MCUboot boards, typed as at a shell.
 
 One farm process serves one board per mode family (swap-move with serial + UDP, overwrite-only,
-direct-xip, direct-xip-revert, single-slot with serial recovery); each test provisions its board afresh and runs the verb through
-``dfuhil.cli.main``. The verdicts are checked against what the board does afterwards (another
-reset, ``mcuboot list``), and a refused image against the flash read over the probe, so a green
-here means the board really runs the new image.
+direct-xip, direct-xip-revert, single-slot with serial recovery); each test provisions its board
+afresh and runs the verb through ``dfuhil.cli.main``. The verdicts are checked against what the
+board does afterwards (another reset, ``mcuboot list``), and a refused image against the flash
+read over the probe, so a green here means the board really runs the new image.
 """
 
 from __future__ import annotations
