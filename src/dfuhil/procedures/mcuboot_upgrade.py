@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
-from dfuhil.errors import InfrastructureError, InputError, Problem, ProductError
+from dfuhil.errors import DfuhilError, InfrastructureError, InputError, Problem, ProductError
 from dfuhil.formats.mcuboot import ImageVersion
 from dfuhil.formats.mcuboot_trailer import MODE_NUMBERS, Mode
 from dfuhil.links.async_loop import Progress
@@ -37,7 +37,14 @@ if TYPE_CHECKING:
     from dfuhil.formats.mcuboot_build import FlashGeometry
     from dfuhil.links.console import Console
 
-__all__ = ["UpgradeResult", "UpgradeSettings", "Verdict", "upgrade"]
+__all__ = [
+    "UpgradeResult",
+    "UpgradeSettings",
+    "Verdict",
+    "no_boot_verdict",
+    "not_running_verdict",
+    "upgrade",
+]
 
 Say = Callable[[str], None]
 Confirmer = Literal["host", "app"]
@@ -180,7 +187,10 @@ class _Upgrade:
             verdict = self._steps()
         except _Failed as failed:
             if self.readback is None and self.read is not None and self.geometry is not None:
-                self.readback = read_back(self.read, self.geometry, self.data)  # the evidence
+                try:
+                    self.readback = read_back(self.read, self.geometry, self.data)  # evidence
+                except DfuhilError as exc:  # the verdict stands; the evidence is missing
+                    self.notes.append(f"the slots could not be read back over SWD: {exc}")
             return self._result(failed.verdict, failed.summary)
         summary = (
             f"v{self.new.version} ({self.new.image_hash.hex()[:16]}) runs from "
@@ -302,7 +312,7 @@ class _Upgrade:
                 settle_s=max(0.3, self.settings.wall(SETTLE_DEVICE_S)),
             )
             if not self.boot.booted:
-                raise _Failed(*self._no_boot())
+                raise _Failed(*no_boot_verdict(self.boot, self.mode, self.new))
         else:
             time.sleep(self.settings.wall(RESET_GRACE_DEVICE_S))
         if not self._smp_answers(timeout):
@@ -336,7 +346,7 @@ class _Upgrade:
         self.slots = slots = self.link.image_list()
         active = _active(slots)
         if active is None or active.hash != self.new.image_hash:
-            raise _Failed(*self._not_running(active))
+            raise _Failed(*not_running_verdict(active, slots, self.new, self.boot, self.mode))
         if self.mode not in XIP_MODES and active.slot != 0:
             raise _Failed(
                 "contradiction",
@@ -413,58 +423,6 @@ class _Upgrade:
             )
         self.say(f"{self.who}: probe read-back agrees ({self._where()})")
 
-    # -- what MCUboot did instead ----------------------------------------------------------------
-
-    def _no_boot(self) -> tuple[Verdict, str]:
-        """No application stayed up after the reset: name what the boot log shows."""
-        assert self.boot is not None
-        d = self.boot.diagnosis
-        if d.has("serial-recovery"):
-            return "serial-recovery", "MCUboot is stuck in serial recovery: no application runs"
-        if d.has("no-bootable-image"):
-            return "no-bootable-image", "MCUboot found no bootable image and halted"
-        if d.has("zephyr-fatal") or d.has("cpu-fault"):
-            cannot = (
-                f"; {self.mode} cannot revert, the board now boot-loops"
-                if self.mode in NOTHING_TO_CONFIRM
-                else ""
-            )
-            return (
-                "fault",
-                f"v{self.new.version} faults at boot and no image stays up{cannot}",
-            )
-        if not self.boot.log.strip():
-            return "no-answer", "the board printed nothing after the reset"
-        return "no-answer", "no application banner after the reset"
-
-    def _not_running(self, active: SlotState | None) -> tuple[Verdict, str]:
-        running = f"v{active.version}" if active is not None else "no image"
-        held = [s for s in self.slots if s.hash == self.new.image_hash]
-        d = self.boot.diagnosis if self.boot is not None else None
-        crashed = d is not None and (d.has("zephyr-fatal") or d.has("cpu-fault"))
-        why = " after it crashed at boot" if crashed else ""
-        if d is not None and d.has("revert"):
-            return "reverted", f"MCUboot reverted the update{why}: {running} runs again"
-        if d is not None and d.has("secondary-invalid"):
-            return "erased", f"MCUboot found the update not valid and erased it; {running} runs"
-        if d is not None and d.has("downgrade-refused"):
-            return "erased", f"MCUboot erased the update (downgrade prevention); {running} runs"
-        if d is not None and d.has("wrong-slot-address"):
-            return "not-applied", f"MCUboot skipped the update (linked for another slot); {running}"
-        if not held:
-            return (
-                "erased",
-                f"the update is gone from the board{why} (MCUboot erased it); {running} runs",
-            )
-        if self.mode in SWAP_MODES and not held[0].pending:
-            # The test mark is gone and the image is back in the secondary: swapped in and
-            # swapped back (a swap MCUboot declined would have left the mark).
-            return "reverted", f"the update was reverted{why}: {running} runs again"
-        return (
-            "not-applied",
-            f"MCUboot did not boot the update (it is still in slot {held[0].slot}); {running} runs",
-        )
-
     # -- the report ------------------------------------------------------------------------------
 
     def _where(self) -> str:
@@ -497,6 +455,64 @@ class _Upgrade:
             readback=self.readback,
             notes=tuple(self.notes),
         )
+
+
+# --- what MCUboot did instead ---------------------------------------------------------------------
+
+
+def no_boot_verdict(boot: Boot, mode: Mode | None, new: ImageInfo) -> tuple[Verdict, str]:
+    """No application stayed up after the reset: name what the boot log shows."""
+    d = boot.diagnosis
+    if d.has("serial-recovery"):
+        return "serial-recovery", "MCUboot is stuck in serial recovery: no application runs"
+    if d.has("no-bootable-image"):
+        return "no-bootable-image", "MCUboot found no bootable image and halted"
+    if d.has("zephyr-fatal") or d.has("cpu-fault"):
+        cannot = (
+            f"; {mode} cannot revert, the board now boot-loops"
+            if mode in NOTHING_TO_CONFIRM
+            else ""
+        )
+        return "fault", f"v{new.version} faults at boot and no image stays up{cannot}"
+    if not boot.log.strip():
+        return "no-answer", "the board printed nothing after the reset"
+    return "no-answer", "no application banner after the reset"
+
+
+def not_running_verdict(
+    active: SlotState | None,
+    slots: list[SlotState],
+    new: ImageInfo,
+    boot: Boot | None,
+    mode: Mode | None,
+) -> tuple[Verdict, str]:
+    """An application is up, but not the new image: what became of the update."""
+    running = f"v{active.version}" if active is not None else "no image"
+    held = [s for s in slots if s.hash == new.image_hash]
+    d = boot.diagnosis if boot is not None else None
+    crashed = d is not None and (d.has("zephyr-fatal") or d.has("cpu-fault"))
+    why = " after it crashed at boot" if crashed else ""
+    if d is not None and d.has("revert"):
+        return "reverted", f"MCUboot reverted the update{why}: {running} runs again"
+    if d is not None and d.has("secondary-invalid"):
+        return "erased", f"MCUboot found the update not valid and erased it; {running} runs"
+    if d is not None and d.has("downgrade-refused"):
+        return "erased", f"MCUboot erased the update (downgrade prevention); {running} runs"
+    if d is not None and d.has("wrong-slot-address"):
+        return "not-applied", f"MCUboot skipped the update (linked for another slot); {running}"
+    if not held:
+        return (
+            "erased",
+            f"the update is gone from the board{why} (MCUboot erased it); {running} runs",
+        )
+    if mode in SWAP_MODES and not held[0].pending:
+        # The test mark is gone and the image is back in the secondary: swapped in and swapped
+        # back (a swap MCUboot declined would have left the mark).
+        return "reverted", f"the update was reverted{why}: {running} runs again"
+    return (
+        "not-applied",
+        f"MCUboot did not boot the update (it is still in slot {held[0].slot}); {running} runs",
+    )
 
 
 def _active(slots: list[SlotState]) -> SlotState | None:

@@ -1,4 +1,5 @@
-"""The probe read-back's verdict on flash contents an SMP server could describe wrongly.
+"""The verdicts of ``mcuboot upgrade`` that need no board: the probe read-back's on flash
+contents an SMP server could describe wrongly, and what MCUboot did, from its boot log.
 
 Each case lays real signed images (the shipped builds, signed for the shipped boards) and real
 trailer fields (``field_write``, the bytes MCUboot and the app write) into a flash image, and
@@ -16,10 +17,15 @@ import pytest
 
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import BoardSpec
+from dfuhil.formats.mcuboot import ImageVersion
 from dfuhil.formats.mcuboot_build import FlashGeometry, Slot
-from dfuhil.formats.mcuboot_trailer import TrailerField, field_write
+from dfuhil.formats.mcuboot_trailer import Mode, TrailerField, field_write
+from dfuhil.links.smp_link import SlotState
+from dfuhil.procedures.boot_diagnosis import diagnose
 from dfuhil.procedures.image_sign import sign_build
+from dfuhil.procedures.mcuboot_dfu import Boot, ImageInfo
 from dfuhil.procedures.mcuboot_readback import Readback, read_back
+from dfuhil.procedures.mcuboot_upgrade import no_boot_verdict, not_running_verdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,3 +144,72 @@ def test_direct_xip_revert_erases_a_selected_slot_that_was_never_confirmed(
     assert any("MCUboot erases it at the next reset" in p for p in result.problems), result
     flash.mark(1, "image_ok")  # the application confirmed it
     assert flash.judge(new).ok
+
+
+# --- what MCUboot did, from its boot log -----------------------------------------------------
+
+MCUBOOT = "*** Booting MCUboot v2.1.0 ***\nI: Starting bootloader\n"
+
+
+def _boot(log: str, booted: bool = False) -> Boot:
+    return Boot(log, booted, None, diagnose(log))
+
+
+@pytest.mark.parametrize(
+    ("log", "mode", "verdict", "says"),
+    [
+        (
+            MCUBOOT + "I: Boot source: none\nE: Image in the primary slot is not valid!\n"
+            "E: Unable to find bootable image\nI: Enter the serial recovery mode\n",
+            "single-slot",
+            "serial-recovery",
+            "stuck in serial recovery",
+        ),
+        (
+            MCUBOOT + "E: Bad image magic 0xffffffff; Image=0\nE: Unable to find bootable image\n",
+            "swap-move",
+            "no-bootable-image",
+            "found no bootable image",
+        ),
+        (
+            (MCUBOOT + "I: Jumping to the first image slot\n*** Booting Zephyr OS build v3 ***\n"
+             "E: ***** BUS FAULT *****\nE: >>> ZEPHYR FATAL ERROR 0: CPU exception\n") * 3,
+            "overwrite-only",
+            "fault",
+            "overwrite-only cannot revert, the board now boot-loops",
+        ),
+        ("", "swap-move", "no-answer", "printed nothing"),
+    ],
+)  # fmt: skip
+def test_no_boot_is_named_from_mcuboots_own_lines(
+    log: str, mode: Mode, verdict: str, says: str
+) -> None:
+    new = ImageInfo(b"\x11" * 32, b"\x22" * 32, ImageVersion.parse("1.1.0"), 0)
+    got, text = no_boot_verdict(_boot(log), mode, new)
+    assert (got, says in text) == (verdict, True), text
+
+
+OLD_SLOT = SlotState(0, 0, "1.0.0", b"\x01" * 32, confirmed=True, active=True)
+NEW_HASH = b"\x02" * 32
+
+
+@pytest.mark.parametrize(
+    ("log", "slots", "verdict", "says"),
+    [
+        (MCUBOOT + "I: Image index: 0, Swap type: revert\n", [OLD_SLOT], "reverted",
+         "MCUboot reverted the update: v1.0.0 runs again"),
+        (MCUBOOT + "E: Image in the secondary slot is not valid!\n", [OLD_SLOT], "erased",
+         "not valid and erased it"),
+        (MCUBOOT + "I: Image 0 in slot 1 erased due to downgrade prevention\n", [OLD_SLOT],
+         "erased", "downgrade prevention"),
+        (MCUBOOT + "I: Image index: 0, Swap type: none\n",
+         [OLD_SLOT, SlotState(0, 1, "1.1.0", NEW_HASH, pending=True)], "not-applied",
+         "still in slot 1"),
+    ],
+)  # fmt: skip
+def test_an_update_that_does_not_run_is_named(
+    log: str, slots: list[SlotState], verdict: str, says: str
+) -> None:
+    new = ImageInfo(NEW_HASH, b"\x22" * 32, ImageVersion.parse("1.1.0"), 0)
+    got, text = not_running_verdict(OLD_SLOT, slots, new, _boot(log, True), "swap-move")
+    assert (got, says in text) == (verdict, True), text
