@@ -1,4 +1,4 @@
-"""``dfuhil mcuboot list|upload|test|confirm|erase|reset|echo|diagnose``: mcumgr at the rig.
+"""``dfuhil mcuboot list|upload|upgrade|test|confirm|erase|reset|echo|diagnose``: mcumgr at the rig.
 
 The verbs of the Zephyr flow (``mcumgr image upload``, ``image list``, ``image test <hash>``,
 ``reset``, ``image confirm``), against a board of the farm (``--board``, port and baud from
@@ -6,7 +6,8 @@ boards.yaml, SMP over UDP with ``--transport udp``), a bare port (``--port``) or
 (``--udp``). With ``--board`` the console stays the port's owner, so the boot log that follows
 a reset lands in reports/logs/<board>.log and is shown and diagnosed; ``upload`` first checks
 the image against the board (``dfuhil image check``), and ``test``/``confirm`` refuse a hash no
-slot holds before sending anything.
+slot holds before sending anything. ``upgrade`` is the whole flow in one command that exits 0
+only when the new image runs for good (dfuhil.procedures.mcuboot_upgrade).
 """
 
 from __future__ import annotations
