@@ -27,7 +27,7 @@ from dfuhil.formats.mcuboot import ImageVersion
 from dfuhil.formats.mcuboot_trailer import MODE_NUMBERS, Mode
 from dfuhil.links.async_loop import Progress
 from dfuhil.links.console import ExpectTimeout
-from dfuhil.links.smp_link import SlotState, SmpLink, UploadResult
+from dfuhil.links.smp_link import SlotState, SmpLink, SmpRefused, UploadResult
 from dfuhil.procedures.boot_diagnosis import Diagnosis, diagnose
 from dfuhil.procedures.mcuboot_dfu import Boot, ImageInfo, describe_slots, image_info, wait_for_boot
 from dfuhil.procedures.mcuboot_readback import SWAP_MODES, XIP_MODES, Readback, read_back
@@ -288,7 +288,14 @@ class _Upgrade:
             )
         if self.mode == "direct-xip":
             return  # plain direct-xip has no test mark: the higher version simply runs
-        self.slots = self.link.test(self.new.image_hash)
+        try:
+            self.slots = self.link.test(self.new.image_hash)
+        except SmpRefused as refused:
+            if self.mode is not None or refused.error != "ENOTSUP":
+                raise
+            # Mode unknown and no state write: Zephyr's plain direct-xip; the reset decides.
+            self.say(f"{self.who}: the server has no image test (plain direct-xip?)")
+            return
         marked = [s for s in self.slots if s.hash == self.new.image_hash and s.pending]
         if not marked:
             raise _Failed(
