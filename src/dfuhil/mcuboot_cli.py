@@ -1,4 +1,4 @@
-"""``dfuhil mcuboot list|upload|test|confirm|erase|reset|echo|diagnose``: mcumgr at the rig.
+"""``dfuhil mcuboot list|upload|upgrade|test|confirm|erase|reset|echo|diagnose``: mcumgr at the rig.
 
 The verbs of the Zephyr flow (``mcumgr image upload``, ``image list``, ``image test <hash>``,
 ``reset``, ``image confirm``), against a board of the farm (``--board``, port and baud from
@@ -6,7 +6,8 @@ boards.yaml, SMP over UDP with ``--transport udp``), a bare port (``--port``) or
 (``--udp``). With ``--board`` the console stays the port's owner, so the boot log that follows
 a reset lands in reports/logs/<board>.log and is shown and diagnosed; ``upload`` first checks
 the image against the board (``dfuhil image check``), and ``test``/``confirm`` refuse a hash no
-slot holds before sending anything.
+slot holds before sending anything. ``upgrade`` is the whole flow in one command that exits 0
+only when the new image runs for good (dfuhil.procedures.mcuboot_upgrade).
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dfuhil.board_cli import add_farm_options
+from dfuhil.formats.mcuboot_trailer import MODES
 
 if TYPE_CHECKING:
     from dfuhil.farm.model import BoardSpec
+    from dfuhil.farm.rig import Rig
     from dfuhil.links.console import Console
     from dfuhil.links.smp_link import SlotState, SmpLink
 
@@ -62,6 +65,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--image", dest="image_number", type=int, default=0, metavar="N", help="SMP image number"
     )
     upload.set_defaults(func=run_upload)
+
+    upgrade = verbs.add_parser(
+        "upgrade",
+        help="check, upload, test, reset, see it boot, confirm, re-check: exit 0 only when the "
+        "new image runs for good",
+    )
+    upgrade.add_argument("image", type=Path, metavar="IMAGE", help="signed .bin (or .hex)")
+    _target(upgrade)
+    upgrade.add_argument(
+        "--confirm",
+        choices=("host", "app"),
+        help="who confirms the new image (default: the board's firmware set; host otherwise)",
+    )
+    upgrade.add_argument(
+        "--mode",
+        choices=MODES,
+        help="MCUboot's upgrade mode for --port/--udp (default: asked over SMP)",
+    )
+    upgrade.add_argument(
+        "--banner",
+        metavar="REGEX",
+        help="the application's boot banner on the console (default: the board's firmware set; "
+        "without one, the SMP server answering again counts as the boot)",
+    )
+    upgrade.add_argument(
+        "--no-readback",
+        action="store_true",
+        help="with --board: trust SMP alone, skip the probe read-back of the slots",
+    )
+    upgrade.add_argument(
+        "--window", type=int, metavar="N", help="upload requests in flight (see upload)"
+    )
+    upgrade.set_defaults(func=run_upgrade)
 
     test = verbs.add_parser("test", help="mark an image for a test boot (reverted if unconfirmed)")
     test.add_argument(
@@ -142,21 +178,38 @@ class Target:
     board: BoardSpec | None
     console: Console | None
     time_scale: float = 1.0
+    rig: Rig | None = None
 
 
 def _log_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.rsplit("/", 1)[-1]) or "port"
 
 
-@contextmanager
-def _connected(args: argparse.Namespace) -> Iterator[Target]:
-    from dfuhil.board_cli import open_rig
-    from dfuhil.errors import InputError, Problem
+def _board_console(args: argparse.Namespace, rig: Rig, board: BoardSpec) -> Console:
     from dfuhil.farm.rig import console_protocol
     from dfuhil.links.console import Console
+
+    return Console(
+        rig.serial_url(board),
+        baud=args.baud or board.serial.baud,
+        rtscts=board.serial.rtscts,
+        log_path=REPORTS_DIR / "logs" / f"{board.name}.log",
+        name=board.name,
+        open_timeout=2.0,
+        protocol=console_protocol(board),
+    )
+
+
+@contextmanager
+def _connected(args: argparse.Namespace, *, boot_log: bool = False) -> Iterator[Target]:
+    """The SMP link the target options name; ``boot_log``: with --board over UDP, the board's
+    console is opened too, so the boot log after a reset is seen."""
+    from dfuhil.board_cli import open_rig
+    from dfuhil.errors import InputError, Problem
     from dfuhil.links.smp_link import SmpLink
 
     log_dir = REPORTS_DIR / "logs"
+    stack = ExitStack()
     if args.board is not None:
         rig, board = open_rig(args)
         scale = rig.time_scale(board)
@@ -171,22 +224,15 @@ def _connected(args: argparse.Namespace) -> Iterator[Target]:
                         "the board has no SMP over UDP; use the serial transport",
                     )
                 )
+            console = stack.enter_context(_board_console(args, rig, board)) if boot_log else None
             target = Target(SmpLink.over_udp(address, name=board.name, timeout_s=args.timeout),
-                            board.name, board, None, scale)  # fmt: skip
+                            board.name, board, console, scale, rig)  # fmt: skip
         else:
-            console = Console(
-                rig.serial_url(board),
-                baud=args.baud or board.serial.baud,
-                rtscts=board.serial.rtscts,
-                log_path=log_dir / f"{board.name}.log",
-                name=board.name,
-                open_timeout=2.0,
-                protocol=console_protocol(board),
-            )
+            console = _board_console(args, rig, board)
             link = SmpLink.over_console(
                 console, timeout_s=args.timeout, buf_size=args.buf_size, owns_console=True
             )
-            target = Target(link, board.name, board, console, scale)
+            target = Target(link, board.name, board, console, scale, rig)
     elif args.port is not None:
         link = SmpLink.open_serial(
             args.port,
@@ -198,7 +244,7 @@ def _connected(args: argparse.Namespace) -> Iterator[Target]:
         target = Target(link, args.port, None, link.console)
     else:
         target = Target(SmpLink.over_udp(args.udp, timeout_s=args.timeout), args.udp, None, None)
-    with target.link:
+    with stack, target.link:
         yield target
 
 
@@ -271,6 +317,60 @@ def run_upload(args: argparse.Namespace) -> int:
         print(f"file SHA256 (not for test/confirm): {info.file_sha256.hex()}")
         where = f"--board {args.board}" if args.board else "..."
         print(f"next: dfuhil mcuboot test {info.image_hash.hex()[:16]} {where}, then reset")
+    return 0
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    from dfuhil.errors import InputError, Problem, ProductError
+    from dfuhil.procedures.image_check import read_image_file
+    from dfuhil.procedures.mcuboot_dfu import image_info
+    from dfuhil.procedures.mcuboot_upgrade import UpgradeSettings, upgrade
+    from dfuhil.progress_bar import ProgressBar
+
+    loaded = read_image_file(args.image)  # a missing or unreadable file: nothing is opened
+    image_info(loaded.data, str(args.image))  # not an MCUboot image: refused before connecting
+    with _connected(args, boot_log=True) as target, ExitStack() as stack:
+        board = target.board
+        if board is not None:
+            if board.mcuboot is None:
+                raise InputError(
+                    Problem(
+                        str(args.boards),
+                        board.line,
+                        f"boards[{board.name}].firmware",
+                        "the board's firmware set has no mcuboot: block (mode, key, "
+                        "confirm); nothing was sent",
+                    )
+                )
+            settings = UpgradeSettings.for_board(board, target.time_scale)
+        else:
+            settings = UpgradeSettings()
+        settings = replace(
+            settings,
+            window=args.window,
+            confirm=args.confirm or settings.confirm,
+            mode=args.mode or settings.mode,
+            banner=args.banner or settings.banner,
+        )
+        read = None
+        if board is not None and target.rig is not None and not args.no_readback:
+            probe = stack.enter_context(target.rig.probe(board))  # a missing probe: before upload
+            read = probe.read
+        bar = stack.enter_context(ProgressBar(target.who))
+        result = upgrade(
+            target.link,
+            loaded.data,
+            source=str(args.image),
+            settings=settings,
+            board=board,
+            console=target.console,
+            read=read,
+            say=lambda line: print(line, flush=True),
+            progress=bar,
+        )
+    if not result.ok:
+        raise ProductError(result.text())
+    print(result.text())
     return 0
 
 

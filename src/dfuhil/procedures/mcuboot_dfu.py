@@ -171,14 +171,18 @@ def wait_for_boot(
             break
         if re.search(BOOT_GAVE_UP, match.group(0)):
             break
-        booted = True
         if settle_s <= 0:
+            booted = True
             break
+        settle = min(settle_s, deadline - time.monotonic())
+        if settle < settle_s:
+            break  # the deadline cuts the settle time short: not seen to stay up
         try:
-            console.expect(FATAL, timeout=min(settle_s, max(0.0, deadline - time.monotonic())))
+            console.expect(FATAL, timeout=settle)
         except ExpectTimeout:
-            break  # no crash within the settle time: it is up
-        booted = False  # it crashed: wait for the next boot
+            booted = True  # no crash within the settle time: it is up
+            break
+        # it crashed: wait for the next boot (MCUboot may revert it)
     log = console.text()[start:]
     versions = re.findall(r"Image version: v(\d+\.\d+\.\d+)", log)
     return Boot(log, booted, versions[-1] if versions else None, diagnose(log))
