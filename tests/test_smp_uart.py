@@ -1,0 +1,150 @@
+"""SMP over a stock Zephyr UART transport: line buffers, bursts, and the host that fits them.
+
+The virtual app (tests/smpfarm.py) is built like a stock smp_svr: MCUmgr params answer
+buf_size 384 / buf_count 4, the UART transport has 2 RX line buffers of 128 bytes and MTU 256.
+Its UART either trickles bytes in at 115200 baud (a hardware UART) or hands each write over in
+one burst (USB CDC-ACM). Bytes go through a real pty; peers are smpmgr's CLI and dfuhil's own
+SmpLink. Nothing here asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from smpfarm import SmpBoard, app_body, app_build, make_key, sign, smp_board
+
+from dfuhil.errors import InfrastructureError
+from dfuhil.formats.smp import SmpHeader, encode_frames
+from dfuhil.formats.smp_uart import SmpUart, frame_lines, max_packet_for_lines, serial_budget
+from dfuhil.links.console import Console
+from dfuhil.links.smp_link import SmpLink
+from dfuhil.sim.smp.uart_lines import UartLineBuffers
+
+STOCK_BUILD = {"buf_size": 384, "buf_count": 4}  # smp_svr's params answer
+SMPMGR = Path(sys.executable).parent / "smpmgr"
+
+
+def echo_packet(size: int, seq: int = 0) -> bytes:
+    """An OS echo request (v2) of exactly ``size`` bytes, header included."""
+    import cbor2
+
+    pad = size - 8 - len(cbor2.dumps({"d": ""}))
+    text = "x" * pad
+    body = cbor2.dumps({"d": text})
+    while 8 + len(body) > size:  # the text length prefix grew by a byte
+        text = text[:-1]
+        body = cbor2.dumps({"d": text})
+    header = SmpHeader(op=2, version=1, flags=0, length=len(body), group=0, seq=seq, command_id=0)
+    return header.pack() + body
+
+
+# --- the model of uart_mcumgr.c ---------------------------------------------------------------
+
+
+def test_a_burst_keeps_only_as_many_lines_as_there_are_buffers() -> None:
+    wire = encode_frames(echo_packet(380))
+    assert wire.count(b"\n") == 5
+    burst = UartLineBuffers(2, 128, burst=True)
+    assert len(burst.feed(wire)) == 2 and burst.dropped == 3
+    # the next burst finds both buffers free again
+    assert len(burst.feed(encode_frames(echo_packet(100)))) == 2
+    paced = UartLineBuffers(2, 128, burst=False)
+    assert len(paced.feed(wire)) == 5 and paced.dropped == 0
+
+
+def test_a_line_longer_than_its_buffer_is_dropped_whole() -> None:
+    lines = UartLineBuffers(2, 64, burst=False)
+    wire = encode_frames(echo_packet(60))  # one 127-byte line
+    assert lines.feed(wire[:70]) == [] and lines.feed(wire[70:]) == []
+    assert lines.too_long == 1
+    short = encode_frames(echo_packet(20))
+    assert lines.feed(short) == [short]  # the next line is taken again
+
+
+def test_frame_arithmetic_matches_the_encoder() -> None:
+    for size in (20, 89, 90, 182, 183, 368, 380, 1020):
+        assert frame_lines(size) == encode_frames(echo_packet(size)).count(b"\n"), size
+    assert max_packet_for_lines(2) == 182 and frame_lines(182) == 2 and frame_lines(183) == 3
+
+
+def test_the_budget_fits_the_line_buffers_it_is_given() -> None:
+    stock = serial_budget(SmpUart(), 384, 4)
+    assert (stock.message_size, stock.window, stock.lines_per_message) == (182, 1, 2)
+    bigger = serial_budget(SmpUart(rx_buf_count=8), 384, 4)
+    assert bigger.window * bigger.lines_per_message <= 8 and bigger.message_size > 182
+    paced = serial_budget(SmpUart(delivery="paced"), 384, 4)
+    assert (paced.message_size, paced.window) == (380, 4)
+
+
+# --- the virtual smp_svr ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    directory = tmp_path_factory.mktemp("smp-uart")
+    key = make_key(directory)
+    build = app_build(**STOCK_BUILD)
+    return {
+        version: sign(directory, app_body(build, version, size), version, key).read_bytes()
+        for version, size in (("1.0.0", 6 * 1024), ("2.0.0", 24 * 1024))
+    }
+
+
+@pytest.fixture
+def usb_board(images: dict[str, bytes]) -> Iterator[SmpBoard]:
+    with smp_board(images["1.0.0"], app_build(**STOCK_BUILD), delivery="burst") as dut:
+        yield dut
+
+
+def answered(dut: SmpBoard, packet: bytes) -> bool:
+    """Whether the board answers ``packet`` sent in one write."""
+    with Console(dut.serial) as console:
+        got: list[bytes] = []
+        console.attach_packets(got.append)
+        console.send_packet(packet)
+        deadline = 2.0
+        import time
+
+        end = time.monotonic() + deadline
+        while not got and time.monotonic() < end:
+            time.sleep(0.02)
+        console.attach_packets(None)
+    return bool(got)
+
+
+def test_a_burst_of_five_lines_gets_no_answer_two_lines_do(usb_board: SmpBoard) -> None:
+    assert not answered(usb_board, echo_packet(380, seq=1))
+    assert answered(usb_board, echo_packet(182, seq=2))
+
+
+def test_smpmgr_default_uploads_over_a_burst_uart(
+    usb_board: SmpBoard, images: dict[str, bytes], tmp_path: Path
+) -> None:
+    image = tmp_path / "v2.bin"
+    image.write_bytes(images["2.0.0"])
+    done = subprocess.run(
+        [str(SMPMGR), "--port", usb_board.serial, "--timeout", "5", "image", "upload", str(image)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    secondary = usb_board.build.geometry.secondary
+    assert secondary is not None
+    assert usb_board.slot_bytes(secondary, len(images["2.0.0"])) == images["2.0.0"]
+
+
+def test_dfuhil_uploads_over_a_burst_uart_by_default(
+    usb_board: SmpBoard, images: dict[str, bytes]
+) -> None:
+    with SmpLink.over_console(Console(usb_board.serial), owns_console=True) as smp:
+        result = smp.upload(images["2.0.0"])
+    secondary = usb_board.build.geometry.secondary
+    assert secondary is not None
+    assert result.size == len(images["2.0.0"])
+    assert usb_board.slot_bytes(secondary, len(images["2.0.0"])) == images["2.0.0"]
