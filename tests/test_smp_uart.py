@@ -88,10 +88,14 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     directory = tmp_path_factory.mktemp("smp-uart")
     key = make_key(directory)
     build = app_build(**STOCK_BUILD)
-    return {
+    signed = {
         version: sign(directory, app_body(build, version, size), version, key).read_bytes()
         for version, size in (("1.0.0", 6 * 1024), ("2.0.0", 24 * 1024))
     }
+    bigger = app_build(**STOCK_BUILD, uart_rx_buf_count=8)  # CONFIG_UART_MCUMGR_RX_BUF_COUNT=8
+    body = app_body(bigger, "1.0.0", 6 * 1024, seed="8-lines")
+    signed["1.0.0-8-lines"] = sign(directory, body, "1.0.0", key, name="8-lines").read_bytes()
+    return signed
 
 
 @pytest.fixture
@@ -148,3 +152,62 @@ def test_dfuhil_uploads_over_a_burst_uart_by_default(
     assert secondary is not None
     assert result.size == len(images["2.0.0"])
     assert usb_board.slot_bytes(secondary, len(images["2.0.0"])) == images["2.0.0"]
+
+
+def test_bigger_buffers_stated_for_a_build_that_has_them_are_used(
+    images: dict[str, bytes],
+) -> None:
+    build = app_build(**STOCK_BUILD, uart_rx_buf_count=8)
+    uart = SmpUart(rx_buf_count=8)
+    with smp_board(images["1.0.0-8-lines"], build, delivery="burst") as dut:
+        link = SmpLink.over_console(Console(dut.serial), owns_console=True, uart=uart)
+        with link as smp:
+            assert smp.params is not None
+            assert (smp.params.message_size, smp.params.window) == (368, 2)
+            result = smp.upload(images["2.0.0"])
+        secondary = dut.build.geometry.secondary
+        assert secondary is not None
+        assert dut.slot_bytes(secondary, result.size) == images["2.0.0"]
+    assert result.window == 2
+
+
+def test_buffers_overstated_for_a_stock_build_are_named_before_the_upload(
+    usb_board: SmpBoard, images: dict[str, bytes]
+) -> None:
+    uart = SmpUart(rx_buf_count=8)  # boards.yaml says 8, the build has Zephyr's 2
+    link = SmpLink.over_console(
+        Console(usb_board.serial), owns_console=True, uart=uart, timeout_s=1.0
+    )
+    with link as smp, pytest.raises(InfrastructureError) as failed:
+        smp.upload(images["2.0.0"])
+    message = str(failed.value)
+    assert "answers a short request but lost" in message
+    assert "RX line buffers" in message and "MTU" in message
+    assert "mcuboot.smp_uart" in message
+    assert usb_board.board.uart.bursts
+    # a refused step changes nothing: the upload never started, the secondary is still erased
+    secondary = usb_board.build.geometry.secondary
+    assert secondary is not None
+    assert usb_board.slot_bytes(secondary, 64) == b"\xff" * 64
+
+
+def test_boards_yaml_states_the_smp_uart_and_refuses_nonsense(tmp_path: Path) -> None:
+    from test_farm_config import MCU, mcu_problems
+
+    from dfuhil.farm.loader import load_farm
+    from dfuhil.procedures.image_sign import generate_key
+
+    (tmp_path / "keys").mkdir()
+    generate_key(tmp_path / "keys" / "k.pem", "ecdsa-p256")
+    stated = "      smp_uart: {rx_buf_count: 8, delivery: burst}\n      builds:"
+    text = MCU.replace("      builds:", stated)
+    (tmp_path / "b.yaml").write_text(text)
+    spec = load_farm(tmp_path / "b.yaml").board("vdk").mcuboot
+    assert spec is not None and spec.uart == SmpUart(rx_buf_count=8)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(MCU)
+    plain_spec = load_farm(plain).board("vdk").mcuboot
+    assert plain_spec is not None and plain_spec.uart == SmpUart()  # stock, burst
+    wrong = "      smp_uart: {delivery: usb}\n      builds:"
+    problems = mcu_problems(tmp_path, "      builds:", wrong)
+    assert any("smp_uart" in p.field for p in problems), problems

@@ -17,8 +17,8 @@ from dfuhil.formats.chips import BoardType, Chip
 from dfuhil.formats.mcuboot import PublicKey, load_public_key
 from dfuhil.formats.mcuboot_build import FlashGeometry, SerialRecovery, Slot
 from dfuhil.formats.mcuboot_trailer import Mode, TrailerLayout
-from dfuhil.formats.smp_uart import SmpUart
 from dfuhil.formats.meshdfu import STARTED_APPLICATION_PATTERN
+from dfuhil.formats.smp_uart import SmpUart
 
 VIRTUAL_PORT = "virtual"
 

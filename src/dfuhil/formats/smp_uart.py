@@ -106,9 +106,7 @@ def serial_budget(uart: SmpUart, buf_size: int, buf_count: int) -> SerialBudget:
     largest = max(1, buf_size - _FRAME_OVERHEAD)
     if uart.delivery == "paced":
         size = largest
-        return SerialBudget(
-            size, max(1, buf_count), line_length, frame_lines(size, line_length)
-        )
+        return SerialBudget(size, max(1, buf_count), line_length, frame_lines(size, line_length))
     best: SerialBudget | None = None
     for lines in range(1, max(1, uart.rx_buf_count) + 1):
         size = min(largest, max_packet_for_lines(lines, line_length))
@@ -117,7 +115,10 @@ def serial_budget(uart: SmpUart, buf_size: int, buf_count: int) -> SerialBudget:
         used = frame_lines(size, line_length)
         window = max(1, min(buf_count, uart.rx_buf_count // used))
         candidate = SerialBudget(size, window, line_length, used)
-        if best is None or (window * size, size) > (best.window * best.message_size, best.message_size):
+        if best is None or (window * size, size) > (
+            best.window * best.message_size,
+            best.message_size,
+        ):
             best = candidate
     if best is None:
         raise ValueError(f"no SMP message fits {uart.describe()}")

@@ -35,11 +35,11 @@ from dfuhil.formats.chips import (
     UICR_BASE,
     Chip,
 )
+from dfuhil.formats.smp_uart import Delivery
 from dfuhil.sim.clock import PowerLoss, VirtualClock
 from dfuhil.sim.flash import NorFlash
 from dfuhil.sim.radio import RadioMedium, RadioPort
 from dfuhil.sim.runtime import Cpu
-from dfuhil.formats.smp_uart import Delivery
 from dfuhil.sim.uart import PtyUart
 from dfuhil.sim.udp import UdpPort
 

@@ -22,6 +22,7 @@ import threading
 import time
 import tty
 from collections import deque
+
 from dfuhil.formats.smp_uart import DELIVERIES, Delivery
 from dfuhil.sim.clock import ResetSignal, VirtualClock
 
