@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--window",
         type=int,
         metavar="N",
-        help="requests in flight (default: the server's buf_count; 1 = smpclient's pace)",
+        help="requests in flight (default: what the server's buffers and its UART line buffers "
+        "hold; 1 = smpclient's pace)",
     )
     upload.add_argument(
         "--image", dest="image_number", type=int, default=0, metavar="N", help="SMP image number"
@@ -183,8 +184,13 @@ def _connected(args: argparse.Namespace) -> Iterator[Target]:
                 open_timeout=2.0,
                 protocol=console_protocol(board),
             )
+            mcuboot = board.mcuboot
             link = SmpLink.over_console(
-                console, timeout_s=args.timeout, buf_size=args.buf_size, owns_console=True
+                console,
+                timeout_s=args.timeout,
+                buf_size=args.buf_size,
+                owns_console=True,
+                uart=mcuboot.uart if mcuboot is not None else None,
             )
             target = Target(link, board.name, board, console, scale)
     elif args.port is not None:

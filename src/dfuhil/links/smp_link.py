@@ -528,8 +528,8 @@ class SmpLink:
         transport = self._transport
         assert isinstance(transport, ConsoleTransport)
         size = transport.max_unencoded_size
-        timeout = self.timeout_s * window
-        echoes = [self._client.request(_echo_of_size(size), timeout) for _ in range(window)]
+        # Echoes need no flash work: each is answered within one request timeout.
+        echoes = [self._client.request(_echo_of_size(size), self.timeout_s) for _ in range(window)]
         results = await asyncio.gather(*echoes, return_exceptions=True)
         lost = sum(isinstance(r, TimeoutError) for r in results)
         for result in results:

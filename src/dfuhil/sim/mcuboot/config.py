@@ -63,7 +63,7 @@ class SmpAppBuild:
     """Descriptor params of kind ``smp_app``: a Zephyr app with an SMP server (smp_svr-like)."""
 
     geometry: FlashGeometry
-    buf_size: int = 1024  # CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE
+    buf_size: int = 384  # CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE (stock without UDP)
     buf_count: int = 4  # CONFIG_MCUMGR_TRANSPORT_NETBUF_COUNT
     uart_rx_buf_count: int = 2  # CONFIG_UART_MCUMGR_RX_BUF_COUNT (stock)
     uart_rx_buf_size: int = 128  # CONFIG_UART_MCUMGR_RX_BUF_SIZE (stock)
@@ -100,7 +100,7 @@ class SmpAppBuild:
             raise ValueError(f"unknown smp_app fault {fault!r}")
         return cls(
             geometry=FlashGeometry.from_params(p),
-            buf_size=int(p.get("buf_size", 1024)),
+            buf_size=int(p.get("buf_size", 384)),
             buf_count=int(p.get("buf_count", 4)),
             uart_rx_buf_count=int(p.get("uart_rx_buf_count", 2)),
             uart_rx_buf_size=int(p.get("uart_rx_buf_size", 128)),
