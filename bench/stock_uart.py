@@ -102,10 +102,11 @@ class _Failed(Exception):
 def ways(delivery: Delivery) -> list[Way]:
     """The ways for one delivery; boards.yaml states the delivery with the buffers."""
     stated = SmpUart(rx_buf_count=8, delivery=delivery)
+    netbuf_only = SmpUart(delivery="paced")  # the old default: only buf_size bounds messages
     return [
         Way("smpmgr CLI, defaults", STOCK, smpmgr_way),
         Way("dfuhil default (stock line buffers)", STOCK, dfuhil_way(None)),
-        Way("dfuhil 380 B x 4 (old default; paced stated)", STOCK, dfuhil_way(SmpUart(delivery="paced"))),
+        Way("dfuhil 380 B x 4 (old default; paced stated)", STOCK, dfuhil_way(netbuf_only)),
         Way("dfuhil, 8 line buffers stated+built", EIGHT_LINES, dfuhil_way(stated)),
     ]
 
