@@ -197,7 +197,7 @@ class SmpUartSchema(_Strict):
     """
 
     rx_buf_count: int = Field(default=2, ge=1, le=64)  # CONFIG_UART_MCUMGR_RX_BUF_COUNT
-    rx_buf_size: int = Field(default=128, ge=8, le=4096)  # CONFIG_UART_MCUMGR_RX_BUF_SIZE
+    rx_buf_size: int = Field(default=128, ge=64, le=4096)  # CONFIG_UART_MCUMGR_RX_BUF_SIZE
     mtu: int = Field(default=256, ge=16, le=65535)  # CONFIG_MCUMGR_TRANSPORT_UART_MTU
     delivery: Literal["paced", "burst"] = "burst"
 

@@ -56,9 +56,8 @@ class SmpUart:
 
     def describe(self) -> str:
         return (
-            f"{self.rx_buf_count} RX line buffers of {self.rx_buf_size} bytes "
-            f"(CONFIG_UART_MCUMGR_RX_BUF_COUNT/_SIZE), MTU {self.mtu} "
-            f"(CONFIG_MCUMGR_TRANSPORT_UART_MTU), {self.delivery} delivery"
+            f"{self.rx_buf_count} x {self.rx_buf_size} bytes, MTU {self.mtu}, "
+            f"{self.delivery} delivery"
         )
 
 

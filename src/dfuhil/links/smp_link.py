@@ -543,8 +543,9 @@ class SmpLink:
             f"{self.where} answers a short request but lost {lost} of {window} request(s) of "
             f"{size} bytes ({budget.lines_per_message} lines of up to "
             f"{budget.line_length - 1} bytes each) sent together: the app's SMP UART dropped "
-            f"lines. Likely cause: its UART RX line buffers hold fewer lines than assumed "
-            f"({transport.uart.describe()}), or its CONFIG_MCUMGR_TRANSPORT_UART_MTU is "
+            "lines. Likely cause: its UART RX line buffers (CONFIG_UART_MCUMGR_RX_BUF_COUNT x "
+            "CONFIG_UART_MCUMGR_RX_BUF_SIZE) hold fewer lines than dfuhil assumed "
+            f"({transport.uart.describe()}), or its MTU (CONFIG_MCUMGR_TRANSPORT_UART_MTU) is "
             "smaller than the request",
             "state the build's own values in boards.yaml (the firmware set's mcuboot.smp_uart: "
             "rx_buf_count, rx_buf_size, mtu, delivery); leave them out for a stock Zephyr "
