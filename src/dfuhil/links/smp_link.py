@@ -196,7 +196,6 @@ class SmpLink:
         self._client = SMPClient(transport, address, timeout_s=timeout_s)
         self._loop: LoopThread | None = None
         self.params: ServerParams | None = None
-        self._buf_count = 1
 
     # -- construction ----------------------------------------------------------------------
 
@@ -353,7 +352,6 @@ class SmpLink:
     def _set_buf_count(self, buf_count: int) -> None:
         if isinstance(self._transport, ConsoleTransport):
             self._transport.set_buf_count(buf_count)
-        self._buf_count = buf_count
 
     def _window(self) -> int:
         """Requests in flight: what the UART line buffers hold on serial, 1 on UDP."""
@@ -532,9 +530,11 @@ class SmpLink:
         echoes = [self._client.request(_echo_of_size(size), self.timeout_s) for _ in range(window)]
         results = await asyncio.gather(*echoes, return_exceptions=True)
         lost = sum(isinstance(r, TimeoutError) for r in results)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, TimeoutError):
-                await self._guard("the echo before the upload", _reraise(result))
+        broken = [
+            r for r in results if isinstance(r, BaseException) and not isinstance(r, TimeoutError)
+        ]
+        if broken:  # a lost link or a garbled answer: reported as any other exchange's
+            await self._guard("the echo before the upload", _reraise(broken[0]))
         if not lost:
             return  # answered (an error answer too: the request arrived whole)
         await self._guard("a short echo", self._client.request(EchoWrite(d="?"), self.timeout_s))
