@@ -196,6 +196,7 @@ def test_boards_yaml_states_the_smp_uart_and_refuses_nonsense(tmp_path: Path) ->
 
     from dfuhil.farm.loader import load_farm
     from dfuhil.procedures.image_sign import generate_key
+    from dfuhil.sim.server import VirtualFarm
 
     (tmp_path / "keys").mkdir()
     generate_key(tmp_path / "keys" / "k.pem", "ecdsa-p256")
@@ -208,6 +209,16 @@ def test_boards_yaml_states_the_smp_uart_and_refuses_nonsense(tmp_path: Path) ->
     plain.write_text(MCU)
     plain_spec = load_farm(plain).board("vdk").mcuboot
     assert plain_spec is not None and plain_spec.uart == SmpUart()  # stock, burst
+    farm = VirtualFarm(load_farm(tmp_path / "b.yaml"), time_scale=0.05)
+    try:  # the virtual farm gives the board the UART boards.yaml describes
+        assert farm.boards["vdk"].uart.bursts
+    finally:
+        farm.stop()
+    farm = VirtualFarm(load_farm(plain), time_scale=0.05)
+    try:  # nothing stated: a DK's J-Link VCOM, paced
+        assert not farm.boards["vdk"].uart.bursts
+    finally:
+        farm.stop()
     wrong = "      smp_uart: {delivery: usb}\n      builds:"
     problems = mcu_problems(tmp_path, "      builds:", wrong)
     assert any("smp_uart" in p.field for p in problems), problems

@@ -29,6 +29,7 @@ What the spec (../shared/specs/mcuboot-smp.md §4, §6) says a host must get rig
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,17 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class _NoTimeoutDumps(logging.Filter):
+    """smpclient logs each timeout at ERROR with the whole request's bytes; SmpLink reports a
+    timeout itself, with what was waited for and the likely cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout")
+
+
+logging.getLogger("smpclient").addFilter(_NoTimeoutDumps())
 
 DEFAULT_TIMEOUT_S = 2.5  # smpclient's default per request
 # The first upload chunk makes the server erase the slot (a 476 KiB nRF52840 slot: ~10 s).
