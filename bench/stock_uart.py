@@ -158,10 +158,10 @@ def report(results: list[Result], size: int, scale: float) -> None:
         f"stock Zephyr UART geometry: {size} B signed image, bare virtual smp_svr, params 384/4, "
         f"2 RX line buffers x 128 B (8 where stated), 115200 baud, time_scale {scale}"
     )
-    print(f"{'delivery':8} {'way':38} {'device s':>9} {'B/s':>7}  note")
+    print(f"{'delivery':8} {'way':46} {'device s':>9} {'B/s':>7}  note")
     for r in results:
         device = r.wall_s / scale
         if r.ok and device > 0:
-            print(f"{r.delivery:8} {r.way:38} {device:>9.2f} {size / device:>7.0f}  {r.note}")
+            print(f"{r.delivery:8} {r.way:46} {device:>9.2f} {size / device:>7.0f}  {r.note}")
         else:
-            print(f"{r.delivery:8} {r.way:38} {'-':>9} {'-':>7}  {r.note}")
+            print(f"{r.delivery:8} {r.way:46} {'-':>9} {'-':>7}  {r.note}")
