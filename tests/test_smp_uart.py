@@ -109,7 +109,8 @@ def answered(dut: SmpBoard, packet: bytes, wait_s: float) -> bool:
     bound: an answer returns at once)."""
     with Console(dut.serial) as console:
         got: list[bytes] = []
-        console.attach_packets(got.append)
+        seq = packet[6]
+        console.attach_packets(lambda answer: got.append(answer) if answer[6] == seq else None)
         console.send_packet(packet)
         end = time.monotonic() + wait_s
         while not got and time.monotonic() < end:
@@ -118,9 +119,12 @@ def answered(dut: SmpBoard, packet: bytes, wait_s: float) -> bool:
     return bool(got)
 
 
-def test_a_burst_of_five_lines_gets_no_answer_two_lines_do(usb_board: SmpBoard) -> None:
+def test_a_burst_of_five_lines_gets_no_answer_two_lines_do(
+    usb_board: SmpBoard, caplog: pytest.LogCaptureFixture
+) -> None:
     assert not answered(usb_board, echo_packet(380, seq=1), wait_s=2.0)
     assert usb_board.board.uart.bursts
+    assert "SMP UART: 3 line(s) dropped (2 RX buffers of 128 bytes)" in caplog.text
     assert answered(usb_board, echo_packet(182, seq=2), wait_s=20.0)
 
 
