@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 # The virtual farm's sample firmware set (deterministic, so re-generation changes no byte).
 firmware: $(SAMPLE_FIRMWARE)
 
-$(SAMPLE_FIRMWARE): $(VENV)/.installed $(shell find src/dfuhil/sim/firmware -name '*.py' 2>/dev/null)
+$(SAMPLE_FIRMWARE): $(VENV)/.installed $(shell find src/dfuhil/sim/firmware -name '*.py' 2>/dev/null) src/dfuhil/sim/mcuboot/config.py
 	$(DFUHIL) firmware generate --out firmware/virtual
 	touch $@
 

@@ -1,7 +1,9 @@
 """Benchmark: a 200 KiB MCUboot image over SMP at 115200 baud: dfuhil, smpmgr and smpclient.
 
-One virtual nRF52840 (the shipped swap-move board: MCUboot + a Zephyr smp_svr-like app with
-``buf_size`` 1024, ``buf_count`` 4) is provisioned afresh before every way, so each starts from
+Part 1 (``--part farm``). One virtual nRF52840 (the shipped swap-move board: MCUboot + a Zephyr
+smp_svr-like app, stock ``buf_size`` 384, ``buf_count`` 4, its UART a paced J-Link VCOM, which
+the bench's boards file states as ``mcuboot.smp_uart: {delivery: paced}``) is provisioned afresh
+before every way, so each starts from
 the same state (empty secondary slot). The same signed 200 KiB image goes up each way; the clock
 covers the upload only (port open and MCUmgr params excluded) except for the smpmgr command,
 timed whole and also net of its own start-up (an ``os echo`` through the same command line).
@@ -20,7 +22,18 @@ newlines, length and CRC, SMP header and CBOR keys, at the negotiated buffer siz
 stop-and-wait bound adds each answer's time too.
 
 Goal: (e) within 10 % of the framing bound, and no slower than any smpmgr way.
-Run: `make bench-smp` or `.venv/bin/python bench/smp_upload.py [--time-scale 0.2]`.
+
+Part 2 (``--part stock``): the stock Zephyr UART transport geometry (issue 12 item 8). A bare
+virtual smp_svr (tests/smpfarm.py, no MCUboot) built like Zephyr's sample: params answer
+``buf_size`` 384 / ``buf_count`` 4, 2 RX line buffers of 128 bytes, MTU 256; its UART either
+paced at 115200 baud (a hardware UART) or delivering each write in one burst (USB CDC-ACM). Per
+delivery: smpmgr's defaults (2 lines of 128), dfuhil's default (what the stock line buffers
+hold), dfuhil sending what the netbuf holds (380-byte messages, 4 in flight: the old default),
+and a build with 8 line buffers stated in boards.yaml (``mcuboot.smp_uart.rx_buf_count: 8``,
+given to the link as the loader would). A way that fails shows how long it took to say so.
+
+Run: `make bench-smp` or `.venv/bin/python bench/smp_upload.py [--time-scale 0.2]
+[--image-kib 100] [--part farm|stock|all]`.
 """
 
 from __future__ import annotations
@@ -70,10 +83,12 @@ class Row:
 
 
 def boards_file(path: Path, time_scale: float) -> Path:
-    """The shipped boards.yaml with the one board, paths absolute."""
+    """The shipped boards.yaml with the one board, paths absolute, its paced UART stated."""
     yaml = YAML()
     data = yaml.load((ROOT / "boards.yaml").read_text())
     data["boards"] = [b for b in data["boards"] if b["name"] == BOARD]
+    firmware = data["firmware_sets"][data["boards"][0]["firmware"]]
+    firmware["mcuboot"]["smp_uart"] = {"delivery": "paced"}
     data["virtual_farm"] = {"time_scale": time_scale}
     out = io.StringIO()
     yaml.dump(data, out)
@@ -109,7 +124,9 @@ def timed(action: Callable[[], object]) -> float:
 
 def dfuhil_way(rig: Rig, board: BoardSpec, image: bytes, window: int | None) -> tuple[float, str]:
     console = rig.console(board, open_timeout=5.0)
-    with SmpLink.over_console(console, owns_console=True, timeout_s=10.0) as smp:
+    assert board.mcuboot is not None
+    uart = board.mcuboot.uart
+    with SmpLink.over_console(console, owns_console=True, timeout_s=10.0, uart=uart) as smp:
         params = smp.params
         result = smp.upload(image, window=window)
     return result.seconds, f"{params}; {result.requests} requests, window {result.window}"
@@ -172,8 +189,16 @@ def main() -> int:
     parser.add_argument(
         "--image-kib", type=int, default=IMAGE_SIZE // 1024, help="image size (smoke tests: 32)"
     )
+    parser.add_argument("--part", choices=("farm", "stock", "all"), default="all")
     args = parser.parse_args()
     scale = args.time_scale
+    if args.part in ("stock", "all"):
+        from stock_uart import stock_geometry  # bench/stock_uart.py
+
+        stock_geometry(args.image_kib, scale)
+        if args.part == "stock":
+            return 0
+        print()
     if not (ROOT / "firmware" / "virtual" / "keys").is_dir():
         print("no sample firmware: run `make firmware` first", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from imgtool.version import decode_version
 from simfarm import chip, wait_until
 
 from dfuhil.formats.mcuboot_build import FlashGeometry, Slot
+from dfuhil.formats.smp_uart import Delivery
 from dfuhil.sim.board import BoardWiring, VirtualBoard
 from dfuhil.sim.clock import VirtualClock
 from dfuhil.sim.descriptor import Behaviour
@@ -135,9 +136,14 @@ def load_primary(board: VirtualBoard, signed: bytes, geometry: FlashGeometry = G
 
 @contextmanager
 def smp_board(
-    signed: bytes, build: SmpAppBuild, name: str = "smp", time_scale: float = TIME_SCALE
+    signed: bytes,
+    build: SmpAppBuild,
+    name: str = "smp",
+    time_scale: float = TIME_SCALE,
+    delivery: Delivery = "paced",
 ) -> Iterator[SmpBoard]:
-    wiring = BoardWiring(name, 920000001, CHIP, 115200, DK_LEDS, True)
+    """``delivery`` "burst": the board's UART is USB CDC-ACM (a request arrives at once)."""
+    wiring = BoardWiring(name, 920000001, CHIP, 115200, DK_LEDS, True, delivery)
     board = VirtualBoard(wiring, VirtualClock(time_scale), logging.getLogger(f"smpfarm.{name}"))
     try:
         load_primary(board, signed, build.geometry)

@@ -41,6 +41,7 @@ def test_provision_bench_reprovisioning_writes_nothing_and_app_change_costs_app_
 
 def test_smp_upload_bench_runs_every_way_with_the_same_chunking() -> None:
     bench = [str(ROOT / "bench" / "smp_upload.py"), "--time-scale", "0.05", "--image-kib", "32"]
+    bench += ["--part", "farm"]
     done = subprocess.run(
         [sys.executable, *bench], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
@@ -51,3 +52,22 @@ def test_smp_upload_bench_runs_every_way_with_the_same_chunking() -> None:
     # smpclient and both dfuhil ways fill the negotiated buffer: the same number of requests
     counts = [re.search(r"(\d+) requests", " ".join(rows[k])) for k in ("(c)", "(d)", "(e)")]
     assert all(counts) and len({m.group(1) for m in counts if m}) == 1, done.stdout
+
+
+def test_smp_upload_bench_stock_uart_part_lands_every_way_but_the_netbuf_sized_burst() -> None:
+    bench = [str(ROOT / "bench" / "smp_upload.py"), "--time-scale", "0.1", "--image-kib", "16"]
+    done = subprocess.run(
+        [sys.executable, *bench, "--part", "stock"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("paced ", "burst "))]
+    assert len(rows) == 8, done.stdout
+    failed = [row for row in rows if "FAILED" in row]
+    # only the old default (380-byte messages, 4 in flight) loses lines, and only in bursts
+    assert len(failed) == 1 and failed[0].startswith("burst") and "380 B x 4" in failed[0]
+    assert "RX line buffers" in failed[0] or "lost" in failed[0], failed[0]
+    assert not any("WRONG BYTES" in row for row in rows), done.stdout

@@ -36,10 +36,13 @@ from dfuhil.formats.smp import (
     SmpPacket,
     encode_frames,
 )
+from dfuhil.formats.smp_uart import SmpUart
 from dfuhil.links.console import Console
 from dfuhil.links.smp_link import SmpLink, SmpRefused
 from dfuhil.links.smp_transport import FALLBACK_MESSAGE_SIZE, split_address
 
+# The scripted server reads whole packets: no UART line buffers to overflow (paced delivery).
+WHOLE_LINES = SmpUart(delivery="paced")
 HASH_A = bytes(range(32))
 HASH_B = bytes(range(32, 64))
 IMAGE = bytes((i * 7 + i // 251) & 0xFF for i in range(20_000))
@@ -208,7 +211,7 @@ Factory = Callable[..., tuple[Server, Console]]
 
 def test_connect_negotiates_the_buffer_and_upload_fills_it(scripted: Factory) -> None:
     server, console = scripted(buf_size=512, buf_count=4)
-    with SmpLink.over_console(console, timeout_s=2.0) as smp:
+    with SmpLink.over_console(console, timeout_s=2.0, uart=WHOLE_LINES) as smp:
         assert smp.params is not None
         assert (smp.params.buf_size, smp.params.buf_count, smp.params.source) == (512, 4, "params")
         assert smp.params.message_size == 508  # buf_size - frame length - CRC
@@ -219,7 +222,9 @@ def test_connect_negotiates_the_buffer_and_upload_fills_it(scripted: Factory) ->
     assert seen[-1] == (len(IMAGE), len(IMAGE))
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
     # every chunk but the last fills the 508-byte message
-    first = server.requests[1][2]
+    upload_id = (Group.IMAGE, ImageCmd.UPLOAD)
+    uploads = [body for group, cmd, body in server.requests if (group, cmd) == upload_id]
+    first = uploads[0]
     assert first["len"] == len(IMAGE) and first["sha"] == hashlib.sha256(IMAGE).digest()
     assert max(server.chunk_sizes) > 450 and len(set(server.chunk_sizes[1:-1])) == 1
 
@@ -270,7 +275,7 @@ def test_mcuboot_style_server_without_params_reset_rc0_and_aligned_writes(
 
 def test_manual_buffer_size_for_servers_without_params(scripted: Factory) -> None:
     server, console = scripted(buf_size=None, mcuboot_style=True)
-    with SmpLink.over_console(console, buf_size=1024) as smp:
+    with SmpLink.over_console(console, buf_size=1024, uart=WHOLE_LINES) as smp:
         assert smp.params is not None and smp.params.source == "manual"
         smp.upload(IMAGE[:5000])
     assert max(server.chunk_sizes) > 900

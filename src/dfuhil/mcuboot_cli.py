@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--window",
         type=int,
         metavar="N",
-        help="requests in flight (default: the server's buf_count; 1 = smpclient's pace)",
+        help="requests in flight (default: what the server's buffers and its UART line buffers "
+        "hold; 1 = smpclient's pace)",
     )
     upload.add_argument(
         "--image", dest="image_number", type=int, default=0, metavar="N", help="SMP image number"
@@ -229,8 +230,13 @@ def _connected(args: argparse.Namespace, *, boot_log: bool = False) -> Iterator[
                             board.name, board, console, scale, rig)  # fmt: skip
         else:
             console = _board_console(args, rig, board)
+            mcuboot = board.mcuboot
             link = SmpLink.over_console(
-                console, timeout_s=args.timeout, buf_size=args.buf_size, owns_console=True
+                console,
+                timeout_s=args.timeout,
+                buf_size=args.buf_size,
+                owns_console=True,
+                uart=mcuboot.uart if mcuboot is not None else None,
             )
             target = Target(link, board.name, board, console, scale, rig)
     elif args.port is not None:

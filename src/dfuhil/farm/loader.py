@@ -66,6 +66,7 @@ from dfuhil.formats.chips import (
 from dfuhil.formats.mcuboot import KeyFileError, load_public_key
 from dfuhil.formats.mcuboot_build import SerialRecovery
 from dfuhil.formats.pm_static import read_pm_static
+from dfuhil.formats.smp_uart import SmpUart
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -655,6 +656,7 @@ class _Resolver:
             dfu_lock_timeout_ms=schema.dfu_lock_timeout_ms,
             serial_recovery=None if sr is None else SerialRecovery(wait_ms=sr.wait_ms),
             builds=builds,
+            smp_uart=None if schema.smp_uart is None else SmpUart(**schema.smp_uart.model_dump()),
         )
 
     def _check_key(self, key: Path, allow_sample: bool, loc: Loc) -> None:

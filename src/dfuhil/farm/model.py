@@ -18,6 +18,7 @@ from dfuhil.formats.mcuboot import PublicKey, load_public_key
 from dfuhil.formats.mcuboot_build import FlashGeometry, SerialRecovery, Slot
 from dfuhil.formats.mcuboot_trailer import Mode, TrailerLayout
 from dfuhil.formats.meshdfu import STARTED_APPLICATION_PATTERN
+from dfuhil.formats.smp_uart import SmpUart
 
 VIRTUAL_PORT = "virtual"
 
@@ -183,6 +184,12 @@ class McubootSpec:
     dfu_lock_timeout_ms: int = 0
     serial_recovery: SerialRecovery | None = None
     builds: tuple[tuple[str, Path], ...] = ()
+    smp_uart: SmpUart | None = None  # the app's SMP UART as boards.yaml states it
+
+    @property
+    def uart(self) -> SmpUart:
+        """The app's SMP UART: as stated, else Zephyr's stock one reached in bursts."""
+        return self.smp_uart if self.smp_uart is not None else SmpUart()
 
     def public_key(self) -> PublicKey:
         """The key MCUboot verifies with (KeyFileError if the file is unusable)."""

@@ -188,6 +188,20 @@ class SerialRecoverySchema(_Strict):
     wait_ms: int = Field(default=0, ge=0, le=60_000)  # BOOT_SERIAL_WAIT_FOR_DFU; 0: off
 
 
+class SmpUartSchema(_Strict):
+    """The application's SMP UART transport as built (Zephyr Kconfig; the defaults are stock).
+
+    MCUmgr params do not report these, so the host sizes its requests from them; a virtual
+    board's UART delivers the way ``delivery`` says (paced: a hardware UART; burst: USB
+    CDC-ACM, a request arrives in one piece).
+    """
+
+    rx_buf_count: int = Field(default=2, ge=1, le=64)  # CONFIG_UART_MCUMGR_RX_BUF_COUNT
+    rx_buf_size: int = Field(default=128, ge=64, le=4096)  # CONFIG_UART_MCUMGR_RX_BUF_SIZE
+    mtu: int = Field(default=256, ge=16, le=65535)  # CONFIG_MCUMGR_TRANSPORT_UART_MTU
+    delivery: Literal["paced", "burst"] = "burst"
+
+
 Transport = Literal["serial", "udp"]
 
 
@@ -215,6 +229,7 @@ class McubootSchema(_Strict):
     transports: list[Transport] = Field(default_factory=_serial_only)
     dfu_lock_timeout_ms: int = Field(default=0, ge=0, le=3_600_000)  # nRF Desktop DFU lock
     serial_recovery: SerialRecoverySchema | None = None
+    smp_uart: SmpUartSchema | None = None  # the app's SMP UART buffers; None: stock, burst
     builds: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

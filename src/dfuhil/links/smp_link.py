@@ -11,8 +11,14 @@ What the spec (../shared/specs/mcuboot-smp.md §4, §6) says a host must get rig
 - buffer size: MCUmgr params on connect; servers without them (MCUboot serial recovery without
   BOOT_MGMT_MCUMGR_PARAMS) answer an error and get smpclient's safe 169-byte messages, or the
   ``buf_size`` given by hand;
+- UART line buffers: params do not report them, and a request that reaches a Zephyr UART
+  transport in one burst (USB CDC-ACM) loses every line beyond the free ones. Serial messages
+  and the window default to what the stock transport holds (2 lines of 128 bytes in flight),
+  or to the build's own buffers (``uart``, boards.yaml ``mcuboot.smp_uart``); before an
+  upload one round of echoes shaped like its requests shows within a few seconds whether they
+  get through, and names the line buffers and the MTU when they do not;
 - upload: the first chunk alone (it carries ``len`` and the file's SHA256 ``sha`` and makes the
-  server erase), then up to ``buf_count`` chunks in flight, always continuing from the server's
+  server erase), then up to the window's chunks in flight, always continuing from the server's
   ``off`` (never from our own count): that is what makes resume (same ``sha``) and MCUboot's
   aligned partial writes work;
 - the two hashes: ``test``/``confirm`` take the image hash (the SHA TLV that ``image_list``
@@ -23,6 +29,7 @@ What the spec (../shared/specs/mcuboot-smp.md §4, §6) says a host must get rig
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +57,7 @@ from smpclient.requests.os_management import (
 from smpclient.transport import SMPTransport, SMPTransportDisconnected
 
 from dfuhil.errors import InfrastructureError, ProductError
+from dfuhil.formats.smp_uart import SmpUart
 from dfuhil.links.async_loop import LoopThread, Progress, guarded
 from dfuhil.links.console import Console
 from dfuhil.links.smp_errors import SmpRefused, is_refusal, refusal
@@ -67,6 +75,17 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class _NoTimeoutDumps(logging.Filter):
+    """smpclient logs each timeout at ERROR with the whole request's bytes; SmpLink reports a
+    timeout itself, with what was waited for and the likely cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout")
+
+
+logging.getLogger("smpclient").addFilter(_NoTimeoutDumps())
 
 DEFAULT_TIMEOUT_S = 2.5  # smpclient's default per request
 # The first upload chunk makes the server erase the slot (a 476 KiB nRF52840 slot: ~10 s).
@@ -128,11 +147,13 @@ class ServerParams:
     buf_count: int
     source: Literal["params", "manual", "fallback"]
     message_size: int  # the largest SMP message (header + CBOR) the host sends
+    window: int = 1  # requests an upload keeps in flight (they fit the UART line buffers)
 
     def __str__(self) -> str:
         size = f"buf_size {self.buf_size}" if self.buf_size else "buf_size unknown"
         return (
-            f"{size}, buf_count {self.buf_count} ({self.source}), messages ≤ {self.message_size} B"
+            f"{size}, buf_count {self.buf_count} ({self.source}), messages ≤ "
+            f"{self.message_size} B, window {self.window}"
         )
 
 
@@ -198,8 +219,10 @@ class SmpLink:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         buf_size: int | None = None,
         owns_console: bool = False,
+        uart: SmpUart | None = None,
     ) -> SmpLink:
-        """SMP on the board's console port (the console keeps the boot log)."""
+        """SMP on the board's console port (the console keeps the boot log); ``uart`` is the
+        app's SMP UART as built (default: Zephyr's stock one, reached in bursts)."""
         where = f"serial port {console.url} at {console.baud} baud"
         log = (
             f" (the board log {console.log_path} shows what it printed)" if console.log_path else ""
@@ -208,10 +231,12 @@ class SmpLink:
             "is an application with an SMP server on this UART (CONFIG_MCUMGR_TRANSPORT_UART) "
             f"running{log}? is {console.baud} baud right? a board halted in MCUboot without "
             "serial recovery answers nothing: flash a signed application, or enter serial "
-            "recovery"
+            "recovery; if short requests are answered and long ones are not, the app's SMP "
+            "UART drops lines: state its RX line buffers (CONFIG_UART_MCUMGR_RX_BUF_COUNT/_SIZE)"
+            " and CONFIG_MCUMGR_TRANSPORT_UART_MTU in boards.yaml mcuboot.smp_uart"
         )
         return cls(
-            ConsoleTransport(console, buf_size=buf_size),
+            ConsoleTransport(console, buf_size=buf_size, uart=uart),
             console.url,
             name=console.name,
             where=where,
@@ -233,10 +258,13 @@ class SmpLink:
         name: str = "",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         buf_size: int | None = None,
+        uart: SmpUart | None = None,
     ) -> SmpLink:
         """A console of its own on ``url`` (closed with the link), for ``--port`` use."""
         console = Console(url, baud=baud, rtscts=rtscts, log_path=log_path, name=name)
-        return cls.over_console(console, timeout_s=timeout_s, buf_size=buf_size, owns_console=True)
+        return cls.over_console(
+            console, timeout_s=timeout_s, buf_size=buf_size, owns_console=True, uart=uart
+        )
 
     @classmethod
     def over_udp(
@@ -319,15 +347,29 @@ class SmpLink:
             raise self._timeout("the MCUmgr params request (and a retry)", 2 * self.timeout_s)
         if success(response):
             self._transport.initialize(response.buf_size)
+            self._set_buf_count(response.buf_count)
             size = self._transport.max_unencoded_size
             if manual is not None:
-                return ServerParams(manual, response.buf_count, "manual", size)
-            return ServerParams(response.buf_size, response.buf_count, "params", size)
+                return ServerParams(manual, response.buf_count, "manual", size, self._window())
+            return ServerParams(
+                response.buf_size, response.buf_count, "params", size, self._window()
+            )
         # No params (MCUboot serial recovery without BOOT_MGMT_MCUMGR_PARAMS): forget what an
         # earlier server said and fall back to the size given by hand, or smpclient's safe one.
         self._transport._smp_server_transport_buffer_size = manual
+        self._set_buf_count(1)
         source: Literal["manual", "fallback"] = "manual" if manual is not None else "fallback"
-        return ServerParams(manual, 1, source, self._transport.max_unencoded_size)
+        return ServerParams(manual, 1, source, self._transport.max_unencoded_size, 1)
+
+    def _set_buf_count(self, buf_count: int) -> None:
+        if isinstance(self._transport, ConsoleTransport):
+            self._transport.set_buf_count(buf_count)
+
+    def _window(self) -> int:
+        """Requests in flight: what the UART line buffers hold on serial, 1 on UDP."""
+        if isinstance(self._transport, ConsoleTransport) and self._pipelined:
+            return self._transport.budget.window
+        return 1
 
     def renegotiate(self) -> ServerParams:
         """Read the buffers again: after a reset another server may answer (serial recovery)."""
@@ -460,13 +502,16 @@ class SmpLink:
 
         ``resume`` sends the file's SHA256 so a server that holds an interrupted upload of the
         same file continues where it stopped; ``window`` requests stay in flight (default: the
-        server's ``buf_count`` on serial, 1 on UDP).
+        server's buffers and the UART's line buffers hold on serial, 1 on UDP). On serial a
+        round of echoes shaped like the upload's requests goes first (:meth:`probe_budget`).
         """
         if not data:
             raise ValueError("nothing to upload: the image is empty")
         params = self.params
         if window is None:
-            window = params.buf_count if (params is not None and self._pipelined) else 1
+            window = params.window if (params is not None and self._pipelined) else 1
+        if isinstance(self._transport, ConsoleTransport):
+            self.probe_budget(window)
         upload = PipelinedUpload(
             self._client,
             data,
@@ -481,3 +526,54 @@ class SmpLink:
             who=self.name,
         )
         return self._run(self._guard("image upload", upload.run()))
+
+    # -- the serial budget -----------------------------------------------------------------
+
+    def probe_budget(self, window: int) -> None:
+        """Send ``window`` echoes of the largest message at once, as an upload will: a lost
+        one means the UART dropped lines, said within seconds instead of after a 40 s wait."""
+        self._run(self._probe_budget(max(1, window)))
+
+    async def _probe_budget(self, window: int) -> None:
+        transport = self._transport
+        assert isinstance(transport, ConsoleTransport)
+        size = transport.max_unencoded_size
+        # Echoes need no flash work: each is answered within one request timeout.
+        echoes = [self._client.request(_echo_of_size(size), self.timeout_s) for _ in range(window)]
+        results = await asyncio.gather(*echoes, return_exceptions=True)
+        lost = sum(isinstance(r, TimeoutError) for r in results)
+        broken = [
+            r for r in results if isinstance(r, BaseException) and not isinstance(r, TimeoutError)
+        ]
+        if broken:  # a lost link or a garbled answer: reported as any other exchange's
+            await self._guard("the echo before the upload", _reraise(broken[0]))
+        if not lost:
+            return  # answered (an error answer too: the request arrived whole)
+        await self._guard("a short echo", self._client.request(EchoWrite(d="?"), self.timeout_s))
+        budget = transport.budget
+        raise InfrastructureError(
+            f"{self.where} answers a short request but lost {lost} of {window} request(s) of "
+            f"{size} bytes ({budget.lines_per_message} lines of up to "
+            f"{budget.line_length - 1} bytes each) sent together: the app's SMP UART dropped "
+            "lines. Likely cause: its UART RX line buffers (CONFIG_UART_MCUMGR_RX_BUF_COUNT x "
+            "CONFIG_UART_MCUMGR_RX_BUF_SIZE) hold fewer lines than dfuhil assumed "
+            f"({transport.uart.describe()}), or its MTU (CONFIG_MCUMGR_TRANSPORT_UART_MTU) is "
+            "smaller than the request",
+            "state the build's own values in boards.yaml (the firmware set's mcuboot.smp_uart: "
+            "rx_buf_count, rx_buf_size, mtu, delivery); leave them out for a stock Zephyr "
+            "build, whose 2 buffers of 128 bytes dfuhil assumes",
+            board=self._board,
+        )
+
+
+async def _reraise(exc: BaseException) -> None:
+    raise exc
+
+
+def _echo_of_size(size: int) -> EchoWrite:
+    """An echo request whose whole SMP message is at most ``size`` bytes, as close as CBOR's
+    length prefixes allow."""
+    text = "e" * max(1, size - 11)
+    while len(EchoWrite(d=text).BYTES) > size and len(text) > 1:
+        text = text[: -max(1, len(EchoWrite(d=text).BYTES) - size)]
+    return EchoWrite(d=text)

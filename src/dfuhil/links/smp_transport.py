@@ -23,6 +23,7 @@ from smpclient.transport import SMPTransport, SMPTransportDisconnected
 from smpclient.transport.udp import SMPUDPTransport
 
 from dfuhil.formats.smp import FRAME_OVERHEAD
+from dfuhil.formats.smp_uart import SerialBudget, SmpUart, serial_budget
 from dfuhil.links.console import Console
 
 __all__ = ["FALLBACK_MESSAGE_SIZE", "ConsoleTransport", "UdpTransport", "split_address"]
@@ -76,13 +77,20 @@ class ConsoleTransport(SMPTransport):
     """SMP over an open :class:`Console` ("SMP over console" framing, 127-byte frames).
 
     ``buf_size`` sets the server's decoded buffer by hand (smpclient's ``BufferSize``) for
-    servers that do not answer MCUmgr params; otherwise the params answer sets it.
+    servers that do not answer MCUmgr params; otherwise the params answer sets it. ``uart`` is
+    the device's SMP UART as built (boards.yaml ``mcuboot.smp_uart``; default Zephyr's stock
+    one, reached in bursts): messages and the window are sized so that every line in flight
+    has a line buffer (:func:`~dfuhil.formats.smp_uart.serial_budget`).
     """
 
-    def __init__(self, console: Console, *, buf_size: int | None = None) -> None:
+    def __init__(
+        self, console: Console, *, buf_size: int | None = None, uart: SmpUart | None = None
+    ) -> None:
         self.console = console
+        self.uart = uart if uart is not None else SmpUart()
         self._smp_server_transport_buffer_size = buf_size
         self._manual_size = buf_size
+        self._buf_count = 1
         self._demux = _SeqDemux()
         self._loop: asyncio.AbstractEventLoop | None = None
         # One writer thread keeps the packets in order and the event loop free while a large
@@ -124,7 +132,8 @@ class ConsoleTransport(SMPTransport):
         if self._writer is None:
             raise SMPTransportDisconnected(f"SMP link to {self.console.name} is not connected")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self.console.send_packet, data)
+        line_length = self.budget.line_length
+        await loop.run_in_executor(self._writer, self.console.send_packet, data, line_length)
 
     async def receive(self) -> bytes:
         """Not offered: several requests are in flight, so an unmatched read would steal
@@ -149,14 +158,25 @@ class ConsoleTransport(SMPTransport):
         """The buffer size given by hand, which MCUmgr params do not override."""
         return self._manual_size
 
+    def set_buf_count(self, buf_count: int) -> None:
+        """The server's netbuf count (MCUmgr params): how many requests it can queue."""
+        self._buf_count = max(1, buf_count)
+
+    @property
+    def budget(self) -> SerialBudget:
+        """Message size, window and line length that fit the server's buffers."""
+        size = self._smp_server_transport_buffer_size
+        if size is None:  # no params: smpclient's safe size, one request at a time
+            return serial_budget(self.uart, FALLBACK_MESSAGE_SIZE + FRAME_OVERHEAD, 1)
+        return serial_budget(self.uart, size, self._buf_count)
+
     @property
     def mtu(self) -> int:
         return self._smp_server_transport_buffer_size or 256
 
     @property
     def max_unencoded_size(self) -> int:
-        size = self._smp_server_transport_buffer_size
-        return FALLBACK_MESSAGE_SIZE if size is None else size - FRAME_OVERHEAD
+        return self.budget.message_size
 
 
 def split_address(address: str, default_port: int = 1337) -> tuple[str, int]:

@@ -35,6 +35,7 @@ from dfuhil.formats.chips import (
     UICR_BASE,
     Chip,
 )
+from dfuhil.formats.smp_uart import Delivery
 from dfuhil.sim.clock import PowerLoss, VirtualClock
 from dfuhil.sim.flash import NorFlash
 from dfuhil.sim.radio import RadioMedium, RadioPort
@@ -69,6 +70,7 @@ class BoardWiring:
     baud: int
     led_pins: tuple[int, ...]
     leds_active_low: bool
+    uart_delivery: Delivery = "paced"  # burst: USB CDC-ACM (boards.yaml mcuboot.smp_uart)
 
 
 class Gpio:
@@ -194,7 +196,9 @@ class VirtualBoard:
         self.ram = bytearray(chip.ram_size)
         self.gpio = Gpio(chip)
         self.registers: dict[int, int] = {}
-        self.uart = PtyUart(clock, wiring.baud, name=f"{wiring.name}-uart")
+        self.uart = PtyUart(
+            clock, wiring.baud, name=f"{wiring.name}-uart", delivery=wiring.uart_delivery
+        )
         self.udp = UdpPort(clock, name=f"{wiring.name}-udp")
         # A board alone (no farm) still has a radio: the air around it is just empty.
         self.radio = radio or RadioMedium(RadioSpec(), clock).port(wiring.name)

@@ -10,7 +10,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from dfuhil.farm.model import Farm
+from dfuhil.farm.model import BoardSpec, Farm
+from dfuhil.formats.smp_uart import Delivery
 from dfuhil.sim.board import BoardWiring, VirtualBoard
 from dfuhil.sim.clock import VirtualClock
 from dfuhil.sim.debugport import DebugPortServer
@@ -30,6 +31,15 @@ def _board_logger(name: str, log_dir: Path | None) -> logging.Logger:
     return logger
 
 
+def _uart_delivery(spec: BoardSpec) -> Delivery:
+    """How the board's UART hands bytes to its firmware: as its MCUboot app's ``smp_uart``
+    says, else paced like the J-Link VCOM of a DK."""
+    mcuboot = spec.mcuboot
+    if mcuboot is None or mcuboot.smp_uart is None:
+        return "paced"
+    return mcuboot.smp_uart.delivery
+
+
 class VirtualFarm:
     """The boards, their shared clock and air, and the debug port that reaches them."""
 
@@ -45,6 +55,7 @@ class VirtualFarm:
                 baud=spec.serial.baud,
                 led_pins=spec.leds.pins,
                 leds_active_low=spec.leds.active_low,
+                uart_delivery=_uart_delivery(spec),
             )
             self.boards[spec.name] = VirtualBoard(
                 wiring,

@@ -4,6 +4,12 @@ The host side opens the pty's slave path with pyserial exactly as it would open 
 The board keeps its own slave descriptor open so the master never sees EIO while no host is
 attached, and sets it raw so no line discipline rewrites protocol bytes. Both directions are
 paced at 10 bits per byte (8N1) on the farm's virtual clock, so transfer benches are honest.
+
+``delivery`` says what carries the bytes to the firmware. ``"paced"`` is a hardware UART (a
+J-Link VCOM, an FTDI cable): bytes trickle in at the baud rate and the receive interrupt sees a
+few at a time. ``"burst"`` is USB CDC-ACM on the chip itself (or a USB-serial bridge that
+forwards whole USB packets): what the host wrote arrives at USB speed in one piece, and firmware
+that asks (``bursts``) handles it in one run of its receive callback (dfuhil.sim.smp.uart_lines).
 """
 
 from __future__ import annotations
@@ -17,16 +23,27 @@ import time
 import tty
 from collections import deque
 
+from dfuhil.formats.smp_uart import DELIVERIES, Delivery
 from dfuhil.sim.clock import ResetSignal, VirtualClock
 
 BITS_PER_BYTE = 10  # start + 8 data + stop
+USB_BYTE_S = 1e-6  # USB full-speed bulk moves about 1 MB/s
 
 
 class PtyUart:
-    def __init__(self, clock: VirtualClock, baud: int = 115200, name: str = "uart") -> None:
+    def __init__(
+        self,
+        clock: VirtualClock,
+        baud: int = 115200,
+        name: str = "uart",
+        delivery: Delivery = "paced",
+    ) -> None:
+        if delivery not in DELIVERIES:
+            raise ValueError(f"UART delivery must be one of {DELIVERIES}, not {delivery!r}")
         self.clock = clock
         self.baud = baud
         self.name = name
+        self.delivery = delivery
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         os.set_blocking(self._master, False)
@@ -47,8 +64,13 @@ class PtyUart:
 
     @property
     def byte_time(self) -> float:
-        """Device seconds to shift one byte."""
-        return BITS_PER_BYTE / self.baud
+        """Device seconds to move one byte (the baud rate, or USB's speed for bursts)."""
+        return USB_BYTE_S if self.bursts else BITS_PER_BYTE / self.baud
+
+    @property
+    def bursts(self) -> bool:
+        """Whether received bytes reach the firmware in bursts (USB CDC-ACM), not paced."""
+        return self.delivery == "burst"
 
     # --- firmware side -------------------------------------------------------------------------
 

@@ -63,8 +63,11 @@ class SmpAppBuild:
     """Descriptor params of kind ``smp_app``: a Zephyr app with an SMP server (smp_svr-like)."""
 
     geometry: FlashGeometry
-    buf_size: int = 1024  # CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE
+    buf_size: int = 384  # CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE (stock without UDP)
     buf_count: int = 4  # CONFIG_MCUMGR_TRANSPORT_NETBUF_COUNT
+    uart_rx_buf_count: int = 2  # CONFIG_UART_MCUMGR_RX_BUF_COUNT (stock)
+    uart_rx_buf_size: int = 128  # CONFIG_UART_MCUMGR_RX_BUF_SIZE (stock)
+    uart_mtu: int = 256  # CONFIG_MCUMGR_TRANSPORT_UART_MTU (stock)
     confirm_at_boot: bool = False  # nRF Desktop style: the app confirms itself once it runs
     fault: Fault | None = None  # a broken build: crashes at boot, or never confirms
     udp: bool = False  # an SMP server on UDP too (the board's network port)
@@ -78,6 +81,9 @@ class SmpAppBuild:
             **self.geometry.to_params(),
             "buf_size": self.buf_size,
             "buf_count": self.buf_count,
+            "uart_rx_buf_count": self.uart_rx_buf_count,
+            "uart_rx_buf_size": self.uart_rx_buf_size,
+            "uart_mtu": self.uart_mtu,
             "confirm_at_boot": self.confirm_at_boot,
             "fault": self.fault,
             "udp": self.udp,
@@ -94,8 +100,11 @@ class SmpAppBuild:
             raise ValueError(f"unknown smp_app fault {fault!r}")
         return cls(
             geometry=FlashGeometry.from_params(p),
-            buf_size=int(p.get("buf_size", 1024)),
+            buf_size=int(p.get("buf_size", 384)),
             buf_count=int(p.get("buf_count", 4)),
+            uart_rx_buf_count=int(p.get("uart_rx_buf_count", 2)),
+            uart_rx_buf_size=int(p.get("uart_rx_buf_size", 128)),
+            uart_mtu=int(p.get("uart_mtu", 256)),
             confirm_at_boot=bool(p.get("confirm_at_boot", False)),
             fault=cast(Fault | None, fault),
             udp=bool(p.get("udp", False)),

@@ -12,6 +12,11 @@ bootloader info (``mode`` from MODE_NUMBERS); image state read/write (``img_stat
 (``upload``, Zephyr policy, to the slot not running) and erase. Group errors are
 ``{"err": ...}`` for v2 requests and translated ``rc`` for v1 requests (``server``).
 
+The console UART feeds the SMP server through Zephyr's line buffers as built
+(``uart_rx_buf_count`` x ``uart_rx_buf_size``, ``uart_lines``): a request that reaches the board
+in one burst (a board whose UART delivers bursts, USB CDC-ACM) loses the lines beyond the free
+buffers and gets no answer, as on the bench.
+
 Build options (``SmpAppBuild``): ``confirm_at_boot`` confirms the running image once it runs
 (nRF Desktop's ``dfu_backend_init``; not in plain direct-xip, where there is nothing to confirm);
 ``fault: crash-at-boot`` prints a Zephyr fatal error and resets shortly after boot (before any
@@ -48,6 +53,7 @@ from dfuhil.sim.runtime import Firmware, behaviour
 from dfuhil.sim.smp.dfu_lock import DfuLock
 from dfuhil.sim.smp.img_state import ImageState, image_error
 from dfuhil.sim.smp.server import SmpDispatcher, SmpError
+from dfuhil.sim.smp.uart_lines import UartLineBuffers
 from dfuhil.sim.smp.upload import ZEPHYR_UPLOAD, UploadReceiver
 
 ZEPHYR_VERSION = "v3.7.99-ncs1"  # the same NCS build as the virtual MCUboot's default
@@ -157,14 +163,27 @@ class SmpApp(Firmware):
             ctx.sleep(self.build.period_ms / 1000)
 
     def _serial_reader(self) -> None:
+        """``uart_mcumgr.c`` and ``smp_uart.c``: lines into the build's line buffers (a burst
+        can overflow them, see ``uart_lines``), surviving lines into the frame decoder."""
         ctx = self.ctx
+        build = self.build
         decoder = SerialFrameDecoder()
+        self.uart_lines = lines = UartLineBuffers(
+            build.uart_rx_buf_count, build.uart_rx_buf_size, burst=ctx.board.uart.bursts
+        )
 
         def reply(packets: list[bytes]) -> None:
             ctx.uart_write(b"".join(encode_frames(p) for p in packets))
 
         while True:
-            for item in decoder.feed(ctx.uart_read(4096, None)):
+            before = lines.dropped + lines.too_long
+            received = lines.feed(ctx.uart_read(4096, None))
+            if lines.dropped + lines.too_long > before:
+                ctx.log(
+                    f"SMP UART: {lines.dropped + lines.too_long - before} line(s) dropped "
+                    f"({build.uart_rx_buf_count} RX buffers of {build.uart_rx_buf_size} bytes)"
+                )
+            for item in decoder.feed(b"".join(received)):
                 if not isinstance(item, SmpPacket):
                     continue  # console input the app has no shell for
                 if len(item.data) + FRAME_OVERHEAD > self.build.buf_size:
