@@ -72,6 +72,8 @@ class UpgradeFarm:
         path = tmp / f"{build}-{version}.bin"
         board = self.spec(name)
         slot = "secondary" if board.mcuboot and board.mcuboot.mode.startswith("direct") else None
+        if slot == "secondary":
+            build = f"{build}@secondary"  # a direct-xip image is linked for the slot it runs in
         path.write_bytes(sign_build(board, build, version, slot=slot, **options))  # type: ignore[arg-type]
         return path
 
