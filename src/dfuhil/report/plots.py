@@ -1,0 +1,212 @@
+"""Pictures of what a run recorded (:mod:`dfuhil.report.traces`), as PNG.
+
+The data each picture shows is computed by a pure function here (tested on its numbers, not its
+pixels); drawing uses matplotlib's object API (no pyplot, so no global state and no display).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from dfuhil.report.traces import LedWindow, PowerCut, ProgressTrace, Recorder
+
+# Throughput is averaged over windows at least this long (host s): per-chunk rates are noise.
+THROUGHPUT_WINDOW_S = 0.25
+
+
+@dataclass(frozen=True)
+class Line:
+    """One plotted line: its label and points, plus the marked points on it."""
+
+    label: str
+    points: tuple[tuple[float, float], ...]
+    marks: tuple[tuple[float, float, str], ...] = ()
+
+
+def progress_lines(traces: Sequence[ProgressTrace]) -> list[Line]:
+    """Per board: done over time; marks (DATA_REQ repairs, resumes) at the level they hit."""
+    lines = []
+    for trace in traces:
+        points = tuple((t, float(done)) for t, done, _ in trace.samples)
+        marks = tuple(
+            (t, _level_at(points, t), f"{what} {value}") for t, what, value in trace.marks
+        )
+        lines.append(Line(trace.board, points, marks))
+    return lines
+
+
+def _level_at(points: Sequence[tuple[float, float]], t: float) -> float:
+    level = 0.0
+    for when, value in points:
+        if when > t:
+            break
+        level = value
+    return level
+
+
+def throughput_line(trace: ProgressTrace, window_s: float = THROUGHPUT_WINDOW_S) -> Line:
+    """Bytes per second over time: the bytes acknowledged in each window of at least
+    ``window_s``; a step back (a resume's restart, a rewind) starts a new window."""
+    points: list[tuple[float, float]] = []
+    samples = trace.samples
+    start = 0
+    for i in range(1, len(samples)):
+        t0, done0, _ = samples[start]
+        t, done, _ = samples[i]
+        if done < samples[i - 1][1]:  # a new upload or a rewind: no rate across it
+            start = i
+            continue
+        if t - t0 >= window_s:
+            points.append(((t0 + t) / 2, (done - done0) / (t - t0)))
+            start = i
+    marks = tuple(
+        (t, _level_at(points, t), f"{what} at {value} B") for t, what, value in trace.marks
+    )
+    return Line(trace.board, tuple(points), marks)
+
+
+def led_steps(window: LedWindow) -> list[Line]:
+    """Per LED pin: (device s, 1 lit / 0 dark) at each change, plus the window's last sample."""
+    lines = []
+    for pin, samples in zip(window.pins, window.series, strict=True):
+        points: list[tuple[float, float]] = []
+        for i, (t, lit) in enumerate(samples):
+            if i == 0 or lit != samples[i - 1][1] or i == len(samples) - 1:
+                points.append((t, 1.0 if lit else 0.0))
+        lines.append(
+            Line(
+                f"{window.board} P0.{pin:02d}" if pin < 32 else f"{window.board} P1.{pin - 32:02d}",
+                tuple(points),
+            )
+        )
+    return lines
+
+
+def power_cut_points(cuts: Sequence[PowerCut]) -> dict[str, list[tuple[int, int, str]]]:
+    """Per board: (operation, total, what booted) in the order of the operation cut."""
+    table: dict[str, list[tuple[int, int, str]]] = {}
+    for cut in cuts:
+        table.setdefault(cut.board, []).append((cut.operation, cut.total, cut.booted or "nothing"))
+    return {board: sorted(points) for board, points in table.items()}
+
+
+# --- drawing ----------------------------------------------------------------------------------
+
+
+def pictures(recorder: Recorder) -> dict[str, bytes]:
+    """Attachment name -> PNG bytes, one per kind of trace the recorder holds."""
+    found: dict[str, bytes] = {}
+    if recorder.mesh:
+        found["mesh DFU progress"] = _png(_mesh(list(recorder.mesh.values())))
+    if recorder.smp:
+        found["SMP upload throughput"] = _png(_smp(list(recorder.smp.values())))
+    if recorder.leds:
+        last = {window.board: window for window in recorder.leds}  # the last window per board
+        found["LED timeline"] = _png(_leds(list(last.values())))
+    if recorder.power_cuts:
+        found["power cuts"] = _png(_cuts(recorder.power_cuts))
+    return found
+
+
+def save(recorder: Recorder, path: Path) -> list[Path]:
+    """Write the recorder's pictures: ``path`` itself for one, ``stem-<kind>.png`` for more."""
+    found = pictures(recorder)
+    if len(found) == 1:
+        path.write_bytes(next(iter(found.values())))
+        return [path]
+    written = []
+    for name, data in found.items():
+        target = path.with_name(f"{path.stem}-{name.replace(' ', '-')}{path.suffix or '.png'}")
+        target.write_bytes(data)
+        written.append(target)
+    return written
+
+
+def _png(figure: Figure) -> bytes:
+    out = BytesIO()
+    figure.savefig(out, format="png", dpi=100)
+    return out.getvalue()
+
+
+def _figure(rows: int = 1) -> tuple[Figure, list[Axes]]:
+    figure = Figure(figsize=(9, 2.2 + 1.6 * rows), layout="constrained")
+    axes = figure.subplots(rows, 1, squeeze=False)
+    return figure, [row[0] for row in axes]
+
+
+def _draw(ax: Axes, line: Line, *, drawstyle: str = "default", mark_color: str = "red") -> None:
+    xs = [p[0] for p in line.points]
+    ys = [p[1] for p in line.points]
+    ax.plot(xs, ys, label=line.label, drawstyle=drawstyle)
+    if line.marks:
+        ax.scatter(
+            [m[0] for m in line.marks],
+            [m[1] for m in line.marks],
+            marker="x",
+            color=mark_color,
+            zorder=3,
+            label=f"{line.label}: {line.marks[0][2].split()[0]} ({len(line.marks)})",
+        )
+
+
+def _mesh(traces: list[ProgressTrace]) -> Figure:
+    figure, (ax,) = _figure()
+    for line in progress_lines(traces):
+        _draw(ax, line, drawstyle="steps-post")
+    total = max((s[2] for t in traces for s in t.samples), default=0)
+    if total:
+        ax.axhline(total, color="grey", linestyle=":", linewidth=1)
+    ax.set_title("Mesh DFU: segments per node over time (x: DATA_REQ repairs)")
+    ax.set_xlabel("host seconds since the test started")
+    ax.set_ylabel("segments")
+    ax.legend(loc="lower right", fontsize="small")
+    return figure
+
+
+def _smp(traces: list[ProgressTrace]) -> Figure:
+    figure, (ax,) = _figure()
+    for trace in traces:
+        _draw(ax, throughput_line(trace), mark_color="orange")
+    ax.set_title("SMP image upload throughput (x: resumed uploads and rewinds)")
+    ax.set_xlabel("host seconds since the test started")
+    ax.set_ylabel("bytes/s acknowledged")
+    ax.legend(loc="lower right", fontsize="small")
+    return figure
+
+
+def _leds(windows: list[LedWindow]) -> Figure:
+    figure, axes = _figure(len(windows))
+    for ax, window in zip(axes, windows, strict=True):
+        for offset, line in enumerate(led_steps(window)):
+            shifted = Line(line.label, tuple((t, v * 0.8 + offset) for t, v in line.points))
+            _draw(ax, shifted, drawstyle="steps-post")
+        ax.set_yticks(
+            [i + 0.4 for i in range(len(window.pins))],
+            [line.label.split()[-1] for line in led_steps(window)],
+        )
+        ax.set_title(f"{window.board}: LEDs lit (high) or dark (low)")
+        ax.set_xlabel("device seconds in the observed window")
+    return figure
+
+
+def _cuts(cuts: list[PowerCut]) -> Figure:
+    figure, (ax,) = _figure()
+    outcomes = sorted({c.booted or "nothing" for c in cuts})
+    for board, points in power_cut_points(cuts).items():
+        ax.scatter(
+            [p[0] for p in points],
+            [outcomes.index(p[2]) for p in points],
+            label=board,
+            s=60,
+        )
+    ax.set_yticks(range(len(outcomes)), outcomes)
+    ax.set_title("Power cut before flash operation N: what booted next")
+    ax.set_xlabel("flash operation at which power was cut")
+    ax.legend(loc="best", fontsize="small")
+    return figure
