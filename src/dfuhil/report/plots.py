@@ -71,21 +71,27 @@ def throughput_line(trace: ProgressTrace, window_s: float = THROUGHPUT_WINDOW_S)
     return Line(trace.board, tuple(points), marks)
 
 
-def led_steps(window: LedWindow) -> list[Line]:
-    """Per LED pin: (device s, 1 lit / 0 dark) at each change, plus the window's last sample."""
-    lines = []
+def pin_label(pin: int) -> str:
+    return f"P{pin // 32}.{pin % 32:02d}"
+
+
+def lit_intervals(window: LedWindow) -> list[tuple[str, list[tuple[float, float]]]]:
+    """Per LED pin: its label and the (from, to) device seconds it was lit; a lit run lasts
+    from its first lit sample to the next dark one (or the window's last sample)."""
+    lanes = []
     for pin, samples in zip(window.pins, window.series, strict=True):
-        points: list[tuple[float, float]] = []
-        for i, (t, lit) in enumerate(samples):
-            if i == 0 or lit != samples[i - 1][1] or i == len(samples) - 1:
-                points.append((t, 1.0 if lit else 0.0))
-        lines.append(
-            Line(
-                f"{window.board} P0.{pin:02d}" if pin < 32 else f"{window.board} P1.{pin - 32:02d}",
-                tuple(points),
-            )
-        )
-    return lines
+        spans: list[tuple[float, float]] = []
+        since: float | None = None
+        for t, lit in samples:
+            if lit and since is None:
+                since = t
+            elif not lit and since is not None:
+                spans.append((since, t))
+                since = None
+        if since is not None and samples:
+            spans.append((since, samples[-1][0]))
+        lanes.append((pin_label(pin), spans))
+    return lanes
 
 
 def power_cut_points(cuts: Sequence[PowerCut]) -> dict[str, list[tuple[int, int, str]]]:
@@ -183,14 +189,21 @@ def _smp(traces: list[ProgressTrace]) -> Figure:
 def _leds(windows: list[LedWindow]) -> Figure:
     figure, axes = _figure(len(windows))
     for ax, window in zip(axes, windows, strict=True):
-        for offset, line in enumerate(led_steps(window)):
-            shifted = Line(line.label, tuple((t, v * 0.8 + offset) for t, v in line.points))
-            _draw(ax, shifted, drawstyle="steps-post")
+        lanes = lit_intervals(window)
+        end = max((s[-1][0] for s in window.series if s), default=1.0)
+        for lane, (_, spans) in enumerate(lanes):
+            ax.hlines(lane, 0, end, color="lightgrey", linewidth=1)
+            ax.broken_barh(
+                [(start, max(stop - start, end / 500)) for start, stop in spans],
+                (lane - 0.3, 0.6),
+                color=f"C{lane}",
+            )
         ax.set_yticks(
-            [i + 0.4 for i in range(len(window.pins))],
-            [line.label.split()[-1] for line in led_steps(window)],
+            range(len(lanes)), [f"LED{i + 1} {name}" for i, (name, _) in enumerate(lanes)]
         )
-        ax.set_title(f"{window.board}: LEDs lit (high) or dark (low)")
+        ax.set_ylim(-0.6, len(lanes) - 0.4)
+        ax.set_xlim(0, end)
+        ax.set_title(f"{window.board}: LEDs lit (bars) or dark (grey line)")
         ax.set_xlabel("device seconds in the observed window")
     return figure
 
