@@ -44,7 +44,9 @@ class BoardRow:
 
 def last_boot_line(text: str) -> str:
     """The last line of a console text that looks like a boot; else its last line."""
+    # "--- opened ---" and the like are dfuhil's own notes in the log, not the board's words.
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("---")]
     for line in reversed(lines):
         if BOOT_LINE.search(line):
             return line
