@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dfuhil import __version__
-from dfuhil.errors import InfrastructureError, InputError
+from dfuhil.errors import DfuhilError, InfrastructureError, InputError
 from dfuhil.report.taxonomy import category_rules
 
 # Written into the results folder by the pytest layer (fixtures/report.py): which dfuhil wrote
@@ -31,6 +31,15 @@ SCHEMA = 1
 HISTORY_NAME = "history.jsonl"
 SETUP_HINT = "run `make report-setup` (npm ci into ./node_modules; needs node and npm)"
 BUILD_TIMEOUT_S = 600.0
+
+
+class ToolMissingError(InfrastructureError):
+    """A tool the report needs is not on this machine: one line, what and how to get it."""
+
+    def __init__(self, message: str, remedy: str) -> None:
+        self.board = None
+        self.remedy = remedy
+        DfuhilError.__init__(self, f"{message}: {remedy}")
 
 
 @dataclass
@@ -48,13 +57,13 @@ def marker_content() -> dict[str, object]:
 def find_allure(project: Path) -> Path:
     """Allure 3 as the project's setup installs it, never a global one of another version."""
     if shutil.which("node") is None:
-        raise InfrastructureError(
+        raise ToolMissingError(
             "Node.js is not installed: Allure 3 needs it to build the report",
             "install it (apt-get install -y nodejs npm), then " + SETUP_HINT,
         )
     allure = project / "node_modules" / ".bin" / "allure"
     if not allure.exists():
-        raise InfrastructureError(
+        raise ToolMissingError(
             f"Allure 3 is not installed in {project / 'node_modules'}", SETUP_HINT
         )
     return allure
@@ -147,7 +156,7 @@ def build(
                 env=env,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise InfrastructureError(f"cannot run {allure}: {exc}", SETUP_HINT) from None
+            raise ToolMissingError(f"cannot run {allure}: {exc}", SETUP_HINT) from None
     single = out / "allure-report" / "single" / "index.html"
     if done.returncode != 0 or not single.exists():
         said = (done.stderr or done.stdout).strip().splitlines()

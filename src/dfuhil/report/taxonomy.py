@@ -33,8 +33,10 @@ def kind_of(exc: BaseException) -> str:
         return INPUT
     if isinstance(exc, ProductError | AssertionError):
         return PRODUCT
-    # pytest.fail() in a fixture or test states a product expectation in words.
-    if type(exc).__name__ == "Failed" and type(exc).__module__.startswith("_pytest"):
+    # pytest.fail() in a fixture or test states a product expectation in words. (The library
+    # knows nothing of pytest, so its Failed outcome is recognised by name and base class.)
+    bases = {f"{c.__module__}.{c.__name__}" for c in type(exc).__mro__}
+    if type(exc).__name__ == "Failed" and "_pytest.outcomes.OutcomeException" in bases:
         return PRODUCT
     return TEST
 
