@@ -7,6 +7,7 @@ No browser driver package: the protocol is JSON messages separated by NUL bytes 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -68,9 +69,9 @@ class Browser:
         self._buffer = b""
         self._next_id = 0
         target = self._call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self._session = self._call(
-            "Target.attachToTarget", {"targetId": target, "flatten": True}
-        )["sessionId"]
+        self._session = self._call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
 
     def _call(self, method: str, params: dict[str, Any], session: str | None = None) -> Any:
         self._next_id += 1
@@ -121,10 +122,8 @@ class Browser:
         path.write_bytes(base64.b64decode(data))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, OSError):
             self._call("Browser.close", {})
-        except (RuntimeError, OSError):
-            pass
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:

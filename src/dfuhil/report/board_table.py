@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -54,7 +55,7 @@ def last_boot_line(text: str) -> str:
 
 
 def render(rows: list[BoardRow], width: int = 120) -> str:
-    table = Table(title="dfuhil: boards in this run", title_justify="left")
+    table = Table(title="dfuhil: boards in this run", title_justify="left", box=box.SIMPLE_HEAD)
     for name, justify in (
         ("board", "left"),
         ("passed", "right"),
