@@ -58,11 +58,18 @@ def test_a_resumed_upload_is_marked_where_it_started_and_throughput_restarts_the
         traces.mark("smp", "nrf52-a", "resume", 3000, when_reached=True)
     trace = recorder.smp["nrf52-a"]
     assert trace.marks == [(resumed_at, "resume", 3000)]
-    line = plots.throughput_line(trace)
+    line = plots.throughput_line(trace, window_s=0.25)
     rates = [round(rate) for _, rate in line.points]
     # 4000 B/s, nothing acknowledged while the board reset, 2000 B/s after the resume
     assert rates == [4000, 4000, 4000, 0, 2000, 2000, 2000]
     assert line.marks[0][0] == resumed_at and line.marks[0][2] == "resume at 3000 B"
+
+
+def test_a_short_upload_still_has_a_curve_of_about_thirty_points() -> None:
+    trace = traces.ProgressTrace("b", "bytes", [(i * 0.001, i * 100, 10000) for i in range(101)])
+    points = plots.throughput_line(trace).points
+    assert 25 <= len(points) <= 35
+    assert all(round(rate) == 100_000 for _, rate in points)
 
 
 def test_a_rewind_within_one_upload_is_marked() -> None:

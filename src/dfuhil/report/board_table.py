@@ -9,18 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-
 from dfuhil.report.taxonomy import INFRASTRUCTURE
 
-# Lines a board prints when it (re)starts: MCUboot, Zephyr, the mesh examples, the console's
-# rendering of a mesh DEVICE_STARTED.
+# Lines a board prints when it (re)starts, most telling last: MCUboot, Zephyr, an SMP sample
+# application naming its version and slot, the console's rendering of a mesh DEVICE_STARTED.
 BOOT_LINE = re.compile(
-    r"Starting (?:Direct-XIP )?bootloader|Booting Zephyr|Jumping to|DEVICE_STARTED|"
-    r"Image version|bootloader|started|Boot",
-    re.IGNORECASE,
+    r"Starting (?:Direct-XIP )?bootloader|\*\*\* Booting |Image version: |running from slot|"
+    r"DEVICE_STARTED|Jumping to"
 )
 
 
@@ -44,39 +39,41 @@ class BoardRow:
 
 
 def last_boot_line(text: str) -> str:
-    """The last line of a console text that looks like a boot; else its last line."""
-    # "--- opened ---" and the like are dfuhil's own notes in the log, not the board's words.
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    lines = [line for line in lines if not line.startswith("---")]
-    for line in reversed(lines):
-        if BOOT_LINE.search(line):
-            return line
-    return lines[-1] if lines else ""
+    """The last line of a console text that a board prints when it boots ("" if none)."""
+    for line in reversed(text.splitlines()):
+        if BOOT_LINE.search(line) and not line.lstrip().startswith(("---", ">>", "<<")):
+            return line.strip()
+    return ""
+
+
+COLUMNS = ("board", "passed", "failed", "infra", "time", "firmware set", "last boot line")
 
 
 def render(rows: list[BoardRow], width: int = 120) -> str:
-    table = Table(title="dfuhil: boards in this run", title_justify="left", box=box.SIMPLE_HEAD)
-    for name, justify in (
-        ("board", "left"),
-        ("passed", "right"),
-        ("failed", "right"),
-        ("infra", "right"),
-        ("time", "right"),
-        ("firmware set", "left"),
-        ("last boot line", "left"),
-    ):
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for row in sorted(rows, key=lambda r: r.board):
-        table.add_row(
+    """Plain text (a nightly log keeps it as it is): the last boot line fills what is left."""
+    cells = [
+        [
             row.board,
             str(row.passed),
             str(row.failed),
             str(row.infrastructure),
             f"{row.seconds:.1f} s",
             row.firmware_set or "-",
-            row.last_boot[:60] or "-",
-        )
-    console = Console(width=width, record=True, force_terminal=False, color_system=None)
-    with console.capture() as captured:
-        console.print(table)
-    return captured.get()
+            row.last_boot or "-",
+        ]
+        for row in sorted(rows, key=lambda r: r.board)
+    ]
+    widths = [max(len(c[i]) for c in [list(COLUMNS), *cells]) for i in range(len(COLUMNS) - 1)]
+    room = max(20, width - sum(widths) - 2 * len(widths) - 1)
+
+    def line(values: list[str]) -> str:
+        out = [
+            v.rjust(w) if 0 < i < 5 else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=False))
+        ]
+        last = values[-1] if len(values[-1]) <= room else values[-1][: room - 1] + "…"
+        return "  ".join([*out, last]).rstrip()
+
+    rule = "-" * min(width, sum(widths) + 2 * len(widths) + room)
+    body = [line(list(COLUMNS)), rule, *(line(c) for c in cells)]
+    return "dfuhil: boards in this run\n" + "\n".join(body) + "\n"

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 
 from dfuhil.report.traces import LedWindow, PowerCut, ProgressTrace, Recorder
 
-# Throughput is averaged over windows at least this long (host s): per-chunk rates are noise.
-THROUGHPUT_WINDOW_S = 0.25
+# Throughput is averaged over windows of a thirtieth of the upload: per-chunk rates are noise.
+THROUGHPUT_POINTS = 30
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,15 @@ def _level_at(points: Sequence[tuple[float, float]], t: float) -> float:
     return level
 
 
-def throughput_line(trace: ProgressTrace, window_s: float = THROUGHPUT_WINDOW_S) -> Line:
+def throughput_line(trace: ProgressTrace, window_s: float | None = None) -> Line:
     """Bytes per second over time: the bytes acknowledged in each window of at least
-    ``window_s``; a step back (a resume's restart, a rewind) starts a new window."""
-    points: list[tuple[float, float]] = []
+    ``window_s`` (default: a thirtieth of the trace, so a short test upload still has a
+    curve); a step back (a new upload from zero, a rewind) starts a new window."""
     samples = trace.samples
+    if window_s is None:
+        span = samples[-1][0] - samples[0][0] if samples else 0.0
+        window_s = span / THROUGHPUT_POINTS
+    points: list[tuple[float, float]] = []
     start = 0
     for i in range(1, len(samples)):
         t0, done0, _ = samples[start]
@@ -62,7 +66,7 @@ def throughput_line(trace: ProgressTrace, window_s: float = THROUGHPUT_WINDOW_S)
         if done < samples[i - 1][1]:  # a new upload or a rewind: no rate across it
             start = i
             continue
-        if t - t0 >= window_s:
+        if t - t0 >= window_s and t > t0:
             points.append(((t0 + t) / 2, (done - done0) / (t - t0)))
             start = i
     marks = tuple(
@@ -177,12 +181,19 @@ def _mesh(traces: list[ProgressTrace]) -> Figure:
 
 def _smp(traces: list[ProgressTrace]) -> Figure:
     figure, (ax,) = _figure()
+    acked = ax.twinx()
     for trace in traces:
-        _draw(ax, throughput_line(trace), mark_color="orange")
-    ax.set_title("SMP image upload throughput (x: resumed uploads and rewinds)")
+        rate = throughput_line(trace)
+        _draw(ax, Line(f"{rate.label} B/s", rate.points))
+        (done,) = progress_lines([trace])
+        _draw(acked, Line(f"{done.label} bytes", done.points, done.marks), drawstyle="steps-post")
+        acked.lines[-1].set_linestyle(":")
+    ax.set_title("SMP image upload: throughput (solid) and bytes acknowledged (dotted, x: resumes)")
     ax.set_xlabel("host seconds since the test started")
     ax.set_ylabel("bytes/s acknowledged")
-    ax.legend(loc="lower right", fontsize="small")
+    acked.set_ylabel("bytes acknowledged")
+    ax.legend(loc="upper left", fontsize="small")
+    acked.legend(loc="lower right", fontsize="small")
     return figure
 
 
