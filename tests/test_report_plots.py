@@ -208,3 +208,10 @@ def test_recording_restores_what_was_in_force(kind: str) -> None:
     assert traces.active() is None
     assert not outer.mesh and not outer.smp
     assert (inner.mesh or inner.smp)["x"].marks[0][1:] == ("m", 1)
+
+
+def test_an_idle_gap_breaks_the_rate_line_instead_of_drawing_a_rate_nobody_saw() -> None:
+    points = ((0.0, 5.0), (1.0, 5.0), (2.0, 5.0), (10.0, 7.0), (11.0, 7.0))
+    drawn = plots._gaps(points)
+    assert [t for t, _ in drawn] == [0.0, 1.0, 2.0, 6.0, 10.0, 11.0]
+    assert drawn[3][1] != drawn[3][1], "a NaN between the two runs"

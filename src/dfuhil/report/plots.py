@@ -184,7 +184,7 @@ def _smp(traces: list[ProgressTrace]) -> Figure:
     acked = ax.twinx()
     for trace in traces:
         rate = throughput_line(trace)
-        _draw(ax, Line(f"{rate.label} B/s", rate.points))
+        _draw(ax, Line(f"{rate.label} B/s", _gaps(rate.points)), drawstyle="default")
         (done,) = progress_lines([trace])
         _draw(acked, Line(f"{done.label} bytes", done.points, done.marks), drawstyle="steps-post")
         acked.lines[-1].set_linestyle(":")
@@ -195,6 +195,21 @@ def _smp(traces: list[ProgressTrace]) -> Figure:
     ax.legend(loc="upper left", fontsize="small")
     acked.legend(loc="lower right", fontsize="small")
     return figure
+
+
+def _gaps(points: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+    """Break the line where no rate was measured for a while (a reset, a reconnect): a
+    straight line across an idle gap would draw a rate nobody saw."""
+    if len(points) < 3:
+        return points
+    steps = sorted(b[0] - a[0] for a, b in zip(points, points[1:], strict=False))
+    limit = 3 * steps[len(steps) // 2]
+    out = [points[0]]
+    for a, b in zip(points, points[1:], strict=False):
+        if b[0] - a[0] > limit:
+            out.append(((a[0] + b[0]) / 2, float("nan")))
+        out.append(b)
+    return tuple(out)
 
 
 def _leds(windows: list[LedWindow]) -> Figure:
