@@ -6,6 +6,7 @@ pixels); drawing uses matplotlib's object API (no pyplot, so no global state and
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -202,10 +203,10 @@ def _gaps(points: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float],
     straight line across an idle gap would draw a rate nobody saw."""
     if len(points) < 3:
         return points
-    steps = sorted(b[0] - a[0] for a, b in zip(points, points[1:], strict=False))
+    steps = sorted(b[0] - a[0] for a, b in itertools.pairwise(points))
     limit = 3 * steps[len(steps) // 2]
     out = [points[0]]
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         if b[0] - a[0] > limit:
             out.append(((a[0] + b[0]) / 2, float("nan")))
         out.append(b)
