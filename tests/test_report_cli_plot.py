@@ -13,17 +13,21 @@ from dfuhil.procedures.image_sign import sign_build
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def upload(farm: Farm, tmp_path: Path, capsys: pytest.CaptureFixture[str], plot: Path) -> str:
+    image = tmp_path / "update.bin"
+    image.write_bytes(sign_build(farm.board, "update", "1.1.0"))
+    code, out = run(farm.args("mcuboot", "upload", image, "--plot", plot), capsys)
+    return f"exit {code}\n{out}"
+
+
 def test_mcuboot_upload_writes_its_throughput_picture(
     fresh: Farm,  # noqa: F811
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image = tmp_path / "update.bin"
-    image.write_bytes(sign_build(fresh.board, "update", "1.1.0"))
     picture = tmp_path / "upload.png"
-    code, out = run(fresh.args("mcuboot", "upload", image, "--plot", picture), capsys)
-    assert code == 0, out
-    assert f"picture: {picture}" in out
+    out = upload(fresh, tmp_path, capsys, picture)
+    assert out.startswith("exit 0") and f"picture: {picture}" in out, out
     assert picture.read_bytes().startswith(PNG)
 
 
@@ -32,10 +36,5 @@ def test_a_plot_into_a_missing_folder_is_refused_in_one_line(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    image = tmp_path / "update.bin"
-    image.write_bytes(sign_build(fresh.board, "update", "1.1.0"))
-    code, out = run(
-        fresh.args("mcuboot", "upload", image, "--plot", tmp_path / "nowhere" / "u.png"), capsys
-    )
-    assert code == 2, out
-    assert "--plot" in out and "does not exist" in out
+    out = upload(fresh, tmp_path, capsys, tmp_path / "nowhere" / "u.png")
+    assert out.startswith("exit 2") and "--plot" in out and "does not exist" in out, out
