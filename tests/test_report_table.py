@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from dfuhil.farm.loader import load_farm
 from dfuhil.report.board_table import BoardRow, last_boot_line, render
@@ -51,3 +54,12 @@ def test_the_environment_names_tools_probe_backends_and_each_images_sha256() -> 
     assert "pytest" in env and "dfuhil" in env
     text = properties_text({"board a:b": "x=y"})
     assert text == "board\\ a\\:b=x=y\n"
+
+
+def test_the_boards_and_kind_travel_with_a_report_as_xdist_sends_it_to_the_controller() -> None:
+    report = pytest.TestReport(
+        "suites/t.py::test_x[vdk-a]", ("t.py", 1, "test_x"), {}, "failed", None, "call"
+    )
+    report.dfuhil_report = {"boards": {"vdk-a": "dfu52"}, "kind": "infrastructure"}  # type: ignore[attr-defined]
+    received = pytest.TestReport._from_json(json.loads(json.dumps(report._to_json())))
+    assert received.dfuhil_report == {"boards": {"vdk-a": "dfu52"}, "kind": "infrastructure"}  # type: ignore[attr-defined]
