@@ -168,8 +168,11 @@ def _draw(ax: Axes, line: Line, *, drawstyle: str = "default", mark_color: str =
 
 def _mesh(traces: list[ProgressTrace]) -> Figure:
     figure, (ax,) = _figure()
-    for line in progress_lines(traces):
+    lines = progress_lines(traces)
+    for index, line in enumerate(lines):
         _draw(ax, line, drawstyle="steps-post")
+        # Nodes in step draw on top of each other: the earlier ones wider, so all show.
+        ax.lines[-1].set_linewidth(1.5 + 2.5 * (len(lines) - 1 - index) / max(1, len(lines) - 1))
     total = max((s[2] for t in traces for s in t.samples), default=0)
     if total:
         ax.axhline(total, color="grey", linestyle=":", linewidth=1)
