@@ -7,8 +7,11 @@ BOARDS ?= boards.yaml
 PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
+# Allure's history between runs (trends, new failures); CI points it at its cache.
+REPORT_HISTORY ?= reports/history.jsonl
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp clean
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp clean \
+	report report-setup chromium
 
 setup: $(VENV)/.installed
 
@@ -25,8 +28,27 @@ $(SAMPLE_FIRMWARE): $(VENV)/.installed $(shell find src/dfuhil/sim/firmware -nam
 	$(DFUHIL) firmware generate --out firmware/virtual
 	touch $@
 
+# The suites' verdict is the exit status; the report is built after them and never changes it.
 regression: setup firmware
-	$(PY) -m pytest suites --boards $(BOARDS)
+	@status=0; $(PY) -m pytest suites --boards $(BOARDS) || status=$$?; \
+	$(MAKE) --no-print-directory report || echo "regression: the HTML report was not built (see the line above); the results are in reports/allure-results"; \
+	exit $$status
+
+# Allure 3, pinned in package.json / package-lock.json, into ./node_modules (never globally).
+report-setup: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "report-setup: npm is not installed: apt-get install -y nodejs npm"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+report: setup
+	@$(MAKE) --no-print-directory report-setup || { echo "report: Allure 3 could not be installed (npm ci failed above): install node and npm (apt-get install -y nodejs npm), then make report-setup"; exit 1; }
+	$(DFUHIL) report build --results reports/allure-results --out reports --history $(REPORT_HISTORY)
+
+# Headless Chromium for the report's rendering test (tests/test_report_html.py); CI runs as root.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 lint: setup
 	$(VENV)/bin/ruff check src fixtures suites tests bench conftest.py
@@ -35,7 +57,7 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-test: setup firmware lint typecheck
+test: setup firmware report-setup chromium lint typecheck
 	$(PY) -m pytest tests -p no:randomly --junitxml=reports/tests-junit.xml --alluredir=reports/tests-allure-results
 
 bench: setup firmware
@@ -50,4 +72,4 @@ bench-smp: setup firmware
 	$(PY) bench/smp_upload.py
 
 clean:
-	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache
+	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache node_modules

@@ -7,4 +7,5 @@ pytest_plugins = [
     "fixtures.provisioning",
     "fixtures.mesh",
     "fixtures.mcuboot",
+    "fixtures.report",
 ]

@@ -17,6 +17,7 @@ import pytest
 from dfuhil.formats.mcuboot_trailer import MODE_NUMBERS
 from dfuhil.links.smp_link import SmpRefused
 from dfuhil.procedures.image_sign import SignParams, sign_image
+from dfuhil.report import traces
 from fixtures.mcuboot import McubootUnderTest, SignedImage
 
 pytestmark = pytest.mark.roles("mcuboot")
@@ -306,6 +307,7 @@ def test_power_cuts_during_a_swap_leave_old_or_new_never_neither(
         result = mcuboot.wait_boot()
         assert result.booted, f"cut at {point}/{total}: the board did not boot\n{result.log}"
         version = mcuboot.active().version
+        traces.power_cut(mcuboot.name, point, total, f"v{version}")
         outcomes.append(f"cut before flash operation {point}/{total}: boots v{version}")
         assert version.startswith((OLD, NEW)), outcomes[-1]
         if version.startswith(OLD):  # an interrupted swap must still complete on the next boot

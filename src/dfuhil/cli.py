@@ -17,6 +17,7 @@ from dfuhil.errors import DfuhilError
 def build_parser() -> argparse.ArgumentParser:
     from dfuhil import board_cli, image_cli, mcuboot_cli, mesh_cli
     from dfuhil.farm import cli as farm_cli
+    from dfuhil.report import cli as report_cli
     from dfuhil.sim import cli as sim_cli
     from dfuhil.sim.firmware import cli as firmware_cli
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     mcuboot_cli.register(commands)
     firmware_cli.register(commands)
     sim_cli.register(commands)
+    report_cli.register(commands)
     return parser
 
 

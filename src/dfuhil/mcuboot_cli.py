@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from dfuhil.board_cli import add_farm_options
 from dfuhil.formats.mcuboot_trailer import MODES
+from dfuhil.report.plot_cli import plot_option
 
 if TYPE_CHECKING:
     from dfuhil.farm.model import BoardSpec
@@ -65,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upload.add_argument(
         "--image", dest="image_number", type=int, default=0, metavar="N", help="SMP image number"
     )
+    plot_option(upload, "throughput over time, a resumed upload marked")
     upload.set_defaults(func=run_upload)
 
     upgrade = verbs.add_parser(
@@ -308,15 +310,19 @@ def run_upload(args: argparse.Namespace) -> int:
             flush=True,
         )
         from dfuhil.progress_bar import ProgressBar
+        from dfuhil.report import traces
+        from dfuhil.report.plot_cli import recording
 
-        with ProgressBar(target.who) as bar:
+        with recording(args.plot), ProgressBar(target.who) as bar:
             result = target.link.upload(
                 loaded.data,
-                progress=bar,
+                progress=traces.tee("smp", target.who, bar),
                 resume=not args.no_resume,
                 image=args.image_number,
                 window=args.window,
             )
+            if result.start_offset:
+                traces.mark("smp", target.who, "resume", result.start_offset, when_reached=True)
     print(f"{target.who}: upload done: {result.summary()}")
     if info is not None:
         print(f"image hash: {info.image_hash.hex()}")

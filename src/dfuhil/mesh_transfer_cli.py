@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfuhil.board_cli import add_board_options, add_farm_options
+from dfuhil.report.plot_cli import plot_option
 
 if TYPE_CHECKING:
     from dfuhil.farm.model import BoardSpec
@@ -99,6 +100,7 @@ def register(mesh_commands: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="FILE",
         help="every frame both ways (default reports/<board or port>-mesh-dfu.log)",
     )
+    plot_option(dfu, "the root's acknowledged segments over time, DATA_REQ repairs marked")
     dfu.set_defaults(func=run_dfu)
 
 
@@ -170,13 +172,19 @@ def run_dfu(args: argparse.Namespace) -> int:
         + (f", time scale {scale}" if scale != 1.0 else ""),
         flush=True,
     )
+    from dfuhil.procedures.mesh_dfu import TransferPlan
     from dfuhil.progress_bar import ProgressBar
+    from dfuhil.report.mesh_trace import observed
+    from dfuhil.report.plot_cli import recording
 
+    segments = TransferPlan.from_package(package).segments
     with (
+        recording(args.plot),
         MeshSerialLink(url, baud=baud, rtscts=rtscts, log_path=log_path, name=name) as link,
         ProgressBar(who, unit="segments", unit_bytes=16) as bar,
+        observed(link, who, segments, {}, bar) as (seen, progress),
     ):
-        result = MeshDfuTransfer(package, link, pacing, time_scale=scale, progress=bar).run()
+        result = MeshDfuTransfer(package, seen, pacing, time_scale=scale, progress=progress).run()
     print(f"{who}: all segments acknowledged: {result.summary()}")
     print(f"{who}: frame log {log_path}")
     if mesh is None:

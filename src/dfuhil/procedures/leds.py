@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dfuhil.formats.chips import Chip, GpioPort
+from dfuhil.report import traces
 
 __all__ = ["LedObserver", "LedReading", "LedState", "classify", "describe", "pin_name"]
 
@@ -94,6 +95,7 @@ class LedObserver:
         pins: Sequence[int],
         active_low: bool = True,
         time_scale: float = 1.0,
+        name: str = "",
     ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
@@ -102,6 +104,7 @@ class LedObserver:
         self._pins = tuple(pins)
         self._active_low = active_low
         self._time_scale = time_scale
+        self._name = name  # the board, for the LED timeline picture
         # Resolve every pin up front: a wrong pin number fails here, not mid-test.
         self._where: list[tuple[GpioPort, int]] = [chip.gpio_port_of(p) for p in self._pins]
         self._ports: list[GpioPort] = list(dict.fromkeys(port for port, _ in self._where))
@@ -149,6 +152,9 @@ class LedObserver:
             else:
                 # A slow probe cannot keep up: sample as fast as it can, skip missed ticks.
                 tick = int((time.monotonic() - start) / wall_interval) if wall_interval else 0
+        recorder = traces.active()
+        if recorder is not None:
+            recorder.led_window(self._name or "board", self._pins, series)
         readings = []
         for i, (pin, samples) in enumerate(zip(self._pins, series, strict=True)):
             state, hz, duty = classify(samples)
