@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from dfuhil.cli import main
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import BoardSpec
 from dfuhil.farm.rig import Rig
+from dfuhil.links.smp_link import SmpLink
 from dfuhil.procedures.image_sign import sign_build
 from dfuhil.procedures.mcuboot_dfu import image_info
 from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
@@ -162,6 +164,28 @@ def test_an_image_the_board_would_refuse_is_not_uploaded(
     assert set(slot_lines(out)) == {0}, "the refused image reached the board"
 
 
+@contextlib.contextmanager
+def udp_holding_the_dfu_lock(address: str | None) -> Iterator[None]:
+    """A second SMP client reading the image list over UDP, again and again, until the block ends:
+    nRF Desktop's DFU lock stays with the UDP transport all that time."""
+    assert address, "the farm reports no SMP UDP port"
+    done = threading.Event()
+    with SmpLink.over_udp(address, name="lock-holder") as link:
+        link.image_list()  # the lock is UDP's before the block starts
+
+        def renew() -> None:
+            while not done.wait(0.02):
+                link.image_list()
+
+        holder = threading.Thread(target=renew, name="udp-lock-holder", daemon=True)
+        holder.start()
+        try:
+            yield
+        finally:
+            done.set()
+            holder.join(timeout=30)
+
+
 def test_erase_and_echo_and_udp(
     fresh: Farm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -170,8 +194,11 @@ def test_erase_and_echo_and_udp(
     assert run(fresh.args("mcuboot", "upload", image, "--transport", "udp"), capsys)[0] == 0
     code, out = run(fresh.args("mcuboot", "list", "--transport", "udp"), capsys)
     assert code == 0 and set(slot_lines(out)) == {0, 1}, out
-    # The DFU lock of this board: the serial transport is refused while UDP holds it.
-    code, out = run(fresh.args("mcuboot", "erase"), capsys)
+    # The DFU lock of this board: the serial transport is refused while UDP holds it. UDP keeps
+    # holding it (every image command renews the 5 s lock) for as long as the serial erase takes,
+    # so the refusal does not depend on how fast this machine runs the next command.
+    with udp_holding_the_dfu_lock(fresh.state.board(BOARD).smp_udp):
+        code, out = run(fresh.args("mcuboot", "erase"), capsys)
     assert code == 1 and "EACCESSDENIED" in out and "DFU lock" in out, out
     code, out = run(fresh.args("mcuboot", "erase", "--transport", "udp"), capsys)
     assert code == 0, out

@@ -297,6 +297,7 @@ class Cpu:
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
+        self._stopped = False  # the board is shut down: no reset starts firmware again
         self.status = "powered, not started"
         self.boots = 0
 
@@ -325,6 +326,8 @@ class Cpu:
             old = self._thread
             if old is not None and old is not threading.current_thread():
                 old.join(timeout=5)
+            if self._stopped:
+                return
             self.board.reset_peripherals()
             self._cancel = threading.Event()
             if halt:
@@ -344,10 +347,15 @@ class Cpu:
             self._thread.start()
 
     def stop(self) -> None:
-        self._cancel.set()
-        self.board.uart.wake()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        """Shut the CPU down for good. Under the lock, so that a reset the firmware itself is
+        requesting (a crashing app) either finished starting its thread or never starts one."""
+        with self._lock:
+            self._stopped = True
+            self._cancel.set()
+            self.board.uart.wake()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
 
     def power_off(self, status: str) -> None:
         """The supply is gone: stop the firmware wherever it is and stay off until a reset."""
