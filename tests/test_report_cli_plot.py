@@ -7,7 +7,19 @@ from pathlib import Path
 
 import pytest
 from test_mcuboot_cli import Farm, cli_farm, fresh, run  # noqa: F401  (fixtures)
-from test_mesh_transfer import SCALE, Device, Script, Wire, unsigned_package, wire  # noqa: F401
+from test_mesh_transfer import (  # noqa: F401  (fixtures)
+    END_SUCCESS,
+    RAMPDOWN_S,
+    ROLE_TARGET,
+    SCALE,
+    Device,
+    Script,
+    Wire,
+    bank_available,
+    dfu_event,
+    unsigned_package,
+    wire,
+)
 
 from dfuhil.formats.meshpkg import MeshPackage
 from dfuhil.procedures.image_sign import sign_build
@@ -51,7 +63,15 @@ def test_mesh_dfu_writes_its_progress_picture(
     zip_path = tmp_path / "app.zip"
     unsigned_package.write(zip_path)
     picture = tmp_path / "dfu.png"
-    device = Device(wire.master, Script())
+    # A serial target that ends its DFU with SUCCESS, so the command exits 0 on the truth.
+    script = Script(
+        started_as=ROLE_TARGET,
+        after_last=[
+            (RAMPDOWN_S + 0.5, dfu_event(0xA3, ROLE_TARGET, end=END_SUCCESS)),
+            (RAMPDOWN_S + 0.6, bank_available()),
+        ],
+    )
+    device = Device(wire.master, script)
     try:
         code, out = run(
             [
