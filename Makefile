@@ -4,11 +4,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BOARDS ?= boards.yaml
+# Parallel workers for `make regression` (pytest-xdist, scheduled board by board); 0 = serial.
+JOBS   ?= 4
 PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp clean
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm clean
 
 setup: $(VENV)/.installed
 
@@ -26,7 +28,7 @@ $(SAMPLE_FIRMWARE): $(VENV)/.installed $(shell find src/dfuhil/sim/firmware -nam
 	touch $@
 
 regression: setup firmware
-	$(PY) -m pytest suites --boards $(BOARDS)
+	$(PY) -m pytest suites --boards $(BOARDS) -n $(JOBS)
 
 lint: setup
 	$(VENV)/bin/ruff check src fixtures suites tests bench conftest.py
@@ -48,6 +50,10 @@ bench-mesh: setup firmware
 
 bench-smp: setup firmware
 	$(PY) bench/smp_upload.py
+
+# Farm scale: generated farms of 1..32 boards in parallel, and the shipped farm serial vs -n.
+bench-farm: setup firmware
+	$(PY) bench/farm_scale.py $(BENCH_FARM_ARGS)
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache
