@@ -66,9 +66,7 @@ def generated(count: int) -> list[dict[str, Any]]:
         entry = copy.deepcopy(entries[template])
         entry["name"] = f"{template}-{index}"
         entry["probe"] = {"backend": "virtual", "snr": SNR_BASE + index}
-        entry["roles"] = [r for r in entry["roles"] if not r.startswith("mesh")] or [
-            "provisioning"
-        ]
+        entry["roles"] = [r for r in entry["roles"] if not r.startswith("mesh")] or ["provisioning"]
         boards.append(entry)
     return boards
 
