@@ -40,6 +40,9 @@ PROVISIONING = "suites/test_provisioning.py"
 MESH_HAPPY = (
     "suites/test_mesh_dfu.py::test_guide_happy_path_ends_with_one_led_blinking_on_every_node"
 )
+UPGRADE = (
+    "suites/test_mcuboot_dfu.py::test_upgrade_then_confirm_keeps_the_new_version_over_more_resets"
+)
 MESH = ("vdk52832", "vdk52832-b", "vdk52832-c")  # the root and two nodes: one mesh
 MCUBOOT = "vdk52840-swap-move"
 # The shipped time scale: the mesh test paces its radio by it (0.05 is too tight under load).
@@ -294,16 +297,21 @@ def test_farm_dying_mid_run_makes_infrastructure_errors_naming_the_farm(tmp_path
 
 
 def test_second_run_in_the_same_reports_folder_refuses_and_writes_nothing(tmp_path: Path) -> None:
-    boards = farm(tmp_path / "boards.yaml", "vdk52832-b")
-    first = start(tmp_path / "first", boards, PROVISIONING, "-n", "2")
+    boards = farm(tmp_path / "boards.yaml", "vdk52832-b", MCUBOOT)
+    # One worker through both boards and an MCUboot upgrade: still running when refused.
+    first = start(tmp_path / "first", boards, PROVISIONING, UPGRADE, "-n", "1")
     try:
-        wait_for_farm(first, tmp_path / "first")
+        farm_pid = wait_for_farm(first, tmp_path / "first")
         second = tmp_path / "second"
         args = command(second, boards, PROVISIONING, "-n", "2")
         args[args.index("--reports-dir") + 1] = str(tmp_path / "first" / "reports")
         refused = subprocess.run(
             args, cwd=REPO, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, check=False
         )
+        # The refused run touched nothing of the first: its farm still serves.
+        assert first.poll() is None, "the first run ended too early to tell"
+        assert Path(f"/proc/{farm_pid}").exists()
+        assert (tmp_path / "first" / "reports" / "sim" / "state.json").exists()
     finally:
         result = finish(first, tmp_path / "first")
     assert refused.returncode == pytest.ExitCode.USAGE_ERROR, refused.stdout + refused.stderr
@@ -389,4 +397,13 @@ def test_sim_state_of_a_farm_not_running_is_a_usage_error(tmp_path: Path) -> Non
         result.output
     )
     assert "Traceback" not in result.output
+    assert not (tmp_path / "junit.xml").exists() and not (tmp_path / "reports").exists()
+
+
+def test_unknown_board_with_workers_is_one_usage_error_not_a_worker_crash(tmp_path: Path) -> None:
+    boards = farm(tmp_path / "boards.yaml", "vdk52832-b")
+    result = run(tmp_path, boards, PROVISIONING, "-n", "2", "--board", "nosuchboard")
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.output
+    assert "no board named 'nosuchboard'; boards there: vdk52832-b" in result.output
+    assert "INTERNALERROR" not in result.output and "Traceback" not in result.output
     assert not (tmp_path / "junit.xml").exists() and not (tmp_path / "reports").exists()
