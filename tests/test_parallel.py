@@ -407,3 +407,31 @@ def test_unknown_board_with_workers_is_one_usage_error_not_a_worker_crash(tmp_pa
     assert "no board named 'nosuchboard'; boards there: vdk52832-b" in result.output
     assert "INTERNALERROR" not in result.output and "Traceback" not in result.output
     assert not (tmp_path / "junit.xml").exists() and not (tmp_path / "reports").exists()
+
+
+# --- the farm under parallel workers ------------------------------------------------------------
+
+REGISTRY_RACE = """
+import threading
+from dfuhil.sim import runtime
+start = threading.Barrier(8)
+seen = []
+def boot():
+    start.wait()
+    seen.append(sorted(runtime.registry()))
+threads = [threading.Thread(target=boot) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(sum(1 for kinds in seen if 'mcuboot' not in kinds))
+"""
+
+
+def test_boards_booting_at_once_all_find_every_firmware_behaviour() -> None:
+    """Parallel workers reset several virtual boards at the same moment; the first boots of a
+    farm load the behaviour plug-ins, and no board may see half a registry ("no behaviour
+    plug-in 'mcuboot'" while another board is still importing it)."""
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", REGISTRY_RACE], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == "0", "boards saw a registry without mcuboot: " + done.stdout
