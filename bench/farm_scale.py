@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from farmgen import generated, write_farm  # noqa: E402
+from farmgen import generated, pytest_command, write_farm  # noqa: E402
 
 from dfuhil.sim.state import FarmProcess  # noqa: E402
 
@@ -79,30 +79,6 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def pytest_command(work: Path, boards: Path, workers: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pytest",
-        *extra,
-        "--boards",
-        str(boards),
-        "-n",
-        str(workers),
-        "--reports-dir",
-        str(work / "reports"),
-        f"--junitxml={work / 'junit.xml'}",
-        f"--alluredir={work / 'allure'}",
-        "-o",
-        f"log_file={work / 'pytest.log'}",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:randomly",
-        "-q",
-    ]
-
-
 def junit(work: Path) -> tuple[list[float], int, list[str]]:
     durations, failed = [], []
     for case in ET.parse(work / "junit.xml").getroot().iter("testcase"):
@@ -132,7 +108,9 @@ def measure(n: int, max_workers: int, time_scale: float, root: Path) -> Figures:
         cpu_before = children_cpu_s()
         farm_before = cpu_seconds(state.pid)
         start = time.monotonic()
-        command = pytest_command(work, boards, workers, *SUITES, "--sim-state", str(state.path))
+        command = pytest_command(
+            work, boards, *SUITES, "-q", "-n", str(workers), "--sim-state", str(state.path)
+        )
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
         wall = time.monotonic() - start
         farm_cpu = cpu_seconds(state.pid) - farm_before
@@ -199,7 +177,7 @@ def regression(jobs: int, root: Path) -> None:
         work = root / f"regression-n{workers}"
         start = time.monotonic()
         done = subprocess.run(
-            pytest_command(work, ROOT / "boards.yaml", workers, "suites"),
+            pytest_command(work, ROOT / "boards.yaml", "suites", "-q", "-n", str(workers)),
             cwd=ROOT,
             capture_output=True,
             text=True,

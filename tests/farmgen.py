@@ -2,13 +2,14 @@
 
 The shipped ``boards.yaml`` is the source of layouts, firmware sets and board entries (its
 relative paths made absolute, so the file works from a temporary directory). Used by the
-parallel-run tests and ``bench/farm_scale.py``.
+parallel-run tests and ``bench/farm_scale.py``, with the command line of such a run.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,25 @@ def write_farm(path: Path, boards: list[dict[str, Any]], *, time_scale: float) -
     YAML(typ="safe", pure=True).dump(data, out)
     path.write_text(out.getvalue())
     return path
+
+
+def pytest_command(workdir: Path, boards: Path, *args: str) -> list[str]:
+    """`python -m pytest ARGS` on ``boards`` with every report of the run under ``workdir``."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        *args,
+        "--boards",
+        str(boards),
+        "--reports-dir",
+        str(workdir / "reports"),
+        f"--junitxml={workdir / 'junit.xml'}",
+        f"--alluredir={workdir / 'allure'}",
+        "-o",
+        f"log_file={workdir / 'pytest.log'}",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+    ]

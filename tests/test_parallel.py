@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from farmgen import subset, write_farm
+from farmgen import pytest_command, subset, write_farm
 from provisionfarm import (
     PROCESS_TIMEOUT_S,
     REPO,
@@ -54,31 +54,10 @@ def farm(path: Path, *names: str) -> Path:
     return write_farm(path, subset(*names), time_scale=TIME_SCALE)
 
 
-def command(workdir: Path, boards: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pytest",
-        *args,
-        "--boards",
-        str(boards),
-        "--reports-dir",
-        str(workdir / "reports"),
-        f"--junitxml={workdir / 'junit.xml'}",
-        f"--alluredir={workdir / 'allure'}",
-        "-o",
-        f"log_file={workdir / 'pytest.log'}",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:randomly",
-    ]
-
-
 def start(workdir: Path, boards: Path, *args: str) -> subprocess.Popen[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        command(workdir, boards, *args),
+        pytest_command(workdir, boards, *args),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -303,7 +282,7 @@ def test_second_run_in_the_same_reports_folder_refuses_and_writes_nothing(tmp_pa
     try:
         farm_pid = wait_for_farm(first, tmp_path / "first")
         second = tmp_path / "second"
-        args = command(second, boards, PROVISIONING, "-n", "2")
+        args = pytest_command(second, boards, PROVISIONING, "-n", "2")
         args[args.index("--reports-dir") + 1] = str(tmp_path / "first" / "reports")
         refused = subprocess.run(
             args, cwd=REPO, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, check=False
