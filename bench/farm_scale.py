@@ -16,7 +16,12 @@ MCUboot boards, one upgrade-and-confirm. Figures per N:
   dev-s/wall-s    device seconds the boards were leased and driven, summed over boards, per wall
                   second (leases.jsonl / time_scale): the farm's useful throughput. With a
                   virtual clock keeping up it grows like N x 1/time_scale x (busy fraction)
-  host cpu %      CPU of the whole run (pytest controller, workers, farm) / (wall x cores)
+  run cpu/board   CPU seconds of the whole run (pytest controller, workers, farm) / N
+  cpu floor s     run CPU / cores: no schedule on this machine finishes sooner
+  first lease s   run start to the first board leased: interpreter, collection, worker and
+                  farm start-up, paid once per run whatever N
+  host busy %     all CPUs of the machine busy during the run (/proc/stat; other users' load
+                  included: on a shared machine the figures above are not the farm's alone)
   limit           what bounds the scaling at that N (see `limit()`)
 
 Then the shipped farm (boards.yaml, `make regression`'s suites): wall time serial (-n 0) and
@@ -62,7 +67,9 @@ class Figures:
     wall_s: float
     test_s: float  # median wall time of one test
     farm_cpu_s: float
-    host_cpu_s: float
+    run_cpu_s: float  # controller + workers (reaped children) + farm
+    host_busy: float  # fraction of all CPUs busy
+    first_lease_s: float
     device_s: float  # device seconds of leased boards, summed
     passed: int
     failed: list[str]  # "test: first line of its failure"
@@ -75,8 +82,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 def children_cpu_s() -> float:
+    """CPU of reaped children and theirs: the pytest controller and the workers it waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
 
 
 def junit(work: Path) -> tuple[list[float], int, list[str]]:
@@ -89,12 +104,9 @@ def junit(work: Path) -> tuple[list[float], int, list[str]]:
     return durations, len(durations) - len(failed), failed
 
 
-def leased_wall_s(work: Path) -> float:
+def leases(work: Path) -> list[dict[str, float]]:
     path = work / "reports" / "leases.jsonl"
-    if not path.exists():
-        return 0.0
-    leases = [json.loads(line) for line in path.read_text().splitlines()]
-    return sum(lease["released"] - lease["taken"] for lease in leases)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def measure(n: int, max_workers: int, time_scale: float, root: Path) -> Figures:
@@ -105,8 +117,10 @@ def measure(n: int, max_workers: int, time_scale: float, root: Path) -> Figures:
     farm = FarmProcess(boards, work / "sim" / "state.json", log_dir=work / "sim")
     state = farm.start()
     try:
-        cpu_before = children_cpu_s()
+        busy_before, total_before = cpu_ticks()
+        children_before = children_cpu_s()
         farm_before = cpu_seconds(state.pid)
+        started = time.time()
         start = time.monotonic()
         command = pytest_command(
             work, boards, *SUITES, "-q", "-n", str(workers), "--sim-state", str(state.path)
@@ -114,20 +128,24 @@ def measure(n: int, max_workers: int, time_scale: float, root: Path) -> Figures:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
         wall = time.monotonic() - start
         farm_cpu = cpu_seconds(state.pid) - farm_before
-        host_cpu = children_cpu_s() - cpu_before + farm_cpu  # the farm is not reaped yet
+        busy_after, total_after = cpu_ticks()
+        run_cpu = children_cpu_s() - children_before + farm_cpu  # the farm is not reaped yet
     finally:
         farm.stop()
     if done.returncode not in (0, 1):
         raise SystemExit(f"N={n}: pytest exited {done.returncode}\n{done.stdout}\n{done.stderr}")
     durations, passed, failed = junit(work)
+    held = leases(work)
     return Figures(
         boards=n,
         workers=workers,
         wall_s=wall,
         test_s=statistics.median(durations) if durations else 0.0,
         farm_cpu_s=farm_cpu,
-        host_cpu_s=host_cpu,
-        device_s=leased_wall_s(work) / time_scale,
+        run_cpu_s=run_cpu,
+        host_busy=(busy_after - busy_before) / max(total_after - total_before, 1),
+        first_lease_s=min((h["taken"] for h in held), default=started) - started,
+        device_s=sum(h["released"] - h["taken"] for h in held) / time_scale,
         passed=passed,
         failed=failed,
     )
@@ -137,11 +155,13 @@ def limit(f: Figures, cores: int) -> str:
     """The first bound that is (nearly) reached, in the order they bite on a small host."""
     if f.farm_cpu_s / f.wall_s >= 0.8:
         return "farm CPU (one process, one GIL)"
-    if f.host_cpu_s / (f.wall_s * cores) >= 0.8:
-        return f"host CPU ({cores} cores: workers + farm)"
+    if f.host_busy >= 0.8:
+        return f"host CPU ({cores} cores busy: workers' start-up and SMP/serial work, other load)"
     if f.workers < f.boards:
         return f"pytest workers ({f.workers} for {f.boards} boards)"
-    return "none saturated: start-up and paced I/O"
+    if f.first_lease_s >= 0.5 * f.wall_s:
+        return "start-up (interpreters, collection, farm)"
+    return "none saturated: paced I/O"
 
 
 def scale_table(sizes: list[int], max_workers: int, time_scale: float, root: Path) -> None:
@@ -149,7 +169,8 @@ def scale_table(sizes: list[int], max_workers: int, time_scale: float, root: Pat
     print(f"farm scale: time_scale {time_scale}, up to {max_workers} workers, {cores} cores")
     header = (
         f"{'N':>3} {'workers':>7} {'tests':>9} {'wall s':>7} {'ratio':>6} {'slowdown':>8} "
-        f"{'farm cpu/board':>14} {'farm cpu %':>10} {'dev-s/wall-s':>12} {'host cpu %':>10}  limit"
+        f"{'farm cpu/board':>14} {'farm cpu %':>10} {'dev-s/wall-s':>12} {'run cpu/board':>13} "
+        f"{'cpu floor s':>11} {'first lease s':>13} {'host busy %':>11}  limit"
     )
     print(header)
     print("-" * len(header))
@@ -162,7 +183,8 @@ def scale_table(sizes: list[int], max_workers: int, time_scale: float, root: Pat
             f"{f.boards:>3} {f.workers:>7} {tests:>9} {f.wall_s:>7.1f} "
             f"{f.wall_s / base.wall_s:>6.2f} {f.test_s / max(base.test_s, 1e-9):>8.2f} "
             f"{f.farm_cpu_s / f.boards:>14.2f} {100 * f.farm_cpu_s / f.wall_s:>9.0f}% "
-            f"{f.device_s / f.wall_s:>12.1f} {100 * f.host_cpu_s / (f.wall_s * cores):>9.0f}%  "
+            f"{f.device_s / f.wall_s:>12.1f} {f.run_cpu_s / f.boards:>13.2f} "
+            f"{f.run_cpu_s / cores:>11.1f} {f.first_lease_s:>13.1f} {100 * f.host_busy:>10.0f}%  "
             f"{limit(f, cores)}",
             flush=True,
         )
