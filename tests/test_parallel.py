@@ -272,6 +272,26 @@ def test_farm_dying_mid_run_makes_infrastructure_errors_naming_the_farm(tmp_path
     assert not (tmp_path / "reports" / "sim" / "state.json").exists()
 
 
+def test_run_killed_with_kill_9_leaves_no_farm_and_no_lease_behind(tmp_path: Path) -> None:
+    boards = farm(tmp_path / "boards.yaml", "vdk52832-b", MCUBOOT)
+    process = start(tmp_path, boards, PROVISIONING, UPGRADE, "-n", "2")
+    try:
+        farm_pid = wait_for_farm(process, tmp_path)
+        lock = lease_file(boards, "vdk52832-b", farm_pid)
+        wait_for_holder(process, lock)
+        process.kill()  # SIGKILL to the run's owner: no cleanup of its own runs
+        process.communicate(timeout=PROCESS_TIMEOUT_S)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+            Path(f"/proc/{farm_pid}").exists() or held_by(lock) is not None
+        ):
+            time.sleep(0.1)
+        assert not Path(f"/proc/{farm_pid}").exists(), "the farm outlived the run (--watch-pid)"
+        assert held_by(lock) is None, "a worker of the killed run still holds its board"
+    finally:
+        stop_processes(processes_mentioning(str(tmp_path / "reports")))
+
+
 # --- two runs on one machine --------------------------------------------------------------------
 
 
