@@ -337,6 +337,8 @@ def test_two_runs_sharing_one_farm_wait_for_each_others_boards(tmp_path: Path) -
         if "is leased by pytest run in" in line
     ]
     assert waits, "two runs on the same boards at once: one must have waited for the other"
+    # ... and said so on its terminal at once, not only in its logs.
+    assert any("is leased by pytest run in" in r.output for r in results)
     other = {str((tmp_path / n / "reports").resolve()) for n in ("a", "b")}
     assert all(any(f"leased by pytest run in {o}, worker gw" in w for o in other) for w in waits)
 
