@@ -4,13 +4,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BOARDS ?= boards.yaml
+# Parallel workers for `make regression` (pytest-xdist, scheduled board by board); 0 = serial.
+JOBS   ?= 4
 PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
 # Allure's history between runs (trends, new failures); CI points it at its cache.
 REPORT_HISTORY ?= reports/history.jsonl
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp clean \
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm clean \
 	report report-setup chromium
 
 setup: $(VENV)/.installed
@@ -30,7 +32,7 @@ $(SAMPLE_FIRMWARE): $(VENV)/.installed $(shell find src/dfuhil/sim/firmware -nam
 
 # The suites' verdict is the exit status; the report is built after them and never changes it.
 regression: setup firmware
-	@status=0; $(PY) -m pytest suites --boards $(BOARDS) || status=$$?; \
+	@status=0; $(PY) -m pytest suites --boards $(BOARDS) -n $(JOBS) || status=$$?; \
 	$(MAKE) --no-print-directory report || echo "regression: the HTML report was not built (see the line above); the results are in reports/allure-results"; \
 	exit $$status
 
@@ -70,6 +72,10 @@ bench-mesh: setup firmware
 
 bench-smp: setup firmware
 	$(PY) bench/smp_upload.py
+
+# Farm scale: generated farms of 1..32 boards in parallel, and the shipped farm serial vs -n.
+bench-farm: setup firmware
+	$(PY) bench/farm_scale.py $(BENCH_FARM_ARGS)
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache node_modules

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from farmgen import pytest_command
 from provisionfarm import (
     NRF51422,
     NRF52832,
@@ -82,23 +82,7 @@ class Run:
 
 def run_suite(workdir: Path, boards: Path, *options: str) -> Run:
     workdir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        SUITE,
-        "--boards",
-        str(boards),
-        "--reports-dir",
-        str(workdir / "reports"),
-        f"--junitxml={workdir / 'junit.xml'}",
-        f"--alluredir={workdir / 'allure'}",
-        "-p",
-        "no:cacheprovider",
-        "-o",
-        f"log_file={workdir / 'pytest.log'}",
-        *options,
-    ]
+    command = pytest_command(workdir, boards, SUITE, *options)
     result = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, check=False
     )

@@ -32,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument(
         "--log-dir", type=Path, default=None, help="write one <board>.sim.log per board here"
     )
+    serve.add_argument(
+        "--watch-pid",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="stop when this process is gone (the test run that started the farm)",
+    )
     serve.set_defaults(func=run_serve)
 
 
@@ -42,4 +49,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if not farm.virtual_boards():
         print(f"{args.boards}: no board has `probe: {{backend: virtual}}`; nothing to serve")
         return 2
-    return serve(farm, args.state_file, time_scale=args.time_scale, log_dir=args.log_dir)
+    return serve(
+        farm,
+        args.state_file,
+        time_scale=args.time_scale,
+        log_dir=args.log_dir,
+        watch_pid=args.watch_pid,
+    )

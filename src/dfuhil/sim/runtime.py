@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _REGISTRY: dict[str, type[Firmware]] = {}
 _BUILTINS = ("dfuhil.sim.behaviours", "dfuhil.sim.mesh", "dfuhil.sim.smp", "dfuhil.sim.mcuboot")
 _loaded = False
+_loading = threading.RLock()  # a plug-in module may look the registry up while it loads
 
 
 def behaviour(kind: str) -> Callable[[type[Firmware]], type[Firmware]]:
@@ -59,13 +60,15 @@ def behaviour(kind: str) -> Callable[[type[Firmware]], type[Firmware]]:
 
 
 def registry() -> dict[str, type[Firmware]]:
+    """Every plug-in, loaded once; boards booting at the same moment wait for the whole set."""
     global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in _BUILTINS:
-            importlib.import_module(module)
-        for ep in entry_points(group="dfuhil.behaviours"):
-            ep.load()
+    with _loading:
+        if not _loaded:
+            for module in _BUILTINS:
+                importlib.import_module(module)
+            for ep in entry_points(group="dfuhil.behaviours"):
+                ep.load()
+            _loaded = True
     return _REGISTRY
 
 

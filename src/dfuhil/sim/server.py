@@ -16,7 +16,7 @@ from dfuhil.sim.board import BoardWiring, VirtualBoard
 from dfuhil.sim.clock import VirtualClock
 from dfuhil.sim.debugport import DebugPortServer
 from dfuhil.sim.radio import RadioMedium
-from dfuhil.sim.state import SimState, VirtualBoardState
+from dfuhil.sim.state import SimState, VirtualBoardState, pid_alive
 
 
 def _board_logger(name: str, log_dir: Path | None) -> logging.Logger:
@@ -109,8 +109,13 @@ def serve(
     time_scale: float | None = None,
     log_dir: Path | None = None,
     ready: threading.Event | None = None,
+    watch_pid: int | None = None,
 ) -> int:
-    """Run until SIGINT/SIGTERM; the state file exists exactly while the farm is up."""
+    """Run until SIGINT/SIGTERM; the state file exists exactly while the farm is up.
+
+    With ``watch_pid`` the farm also stops when that process is gone: a test run killed with
+    kill -9 never leaves its farm behind.
+    """
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -123,7 +128,8 @@ def serve(
         if ready is not None:
             ready.set()
         while not stop.wait(0.5):
-            pass
+            if watch_pid is not None and not pid_alive(watch_pid):
+                break
     finally:
         with contextlib.suppress(FileNotFoundError):
             state_file.unlink()

@@ -52,6 +52,16 @@ class SimState:
                 board=name,
             ) from None
 
+    def check_running(self) -> None:
+        """Raise the infrastructure error a test on a board of a dead farm must report."""
+        if not pid_alive(self.pid):
+            raise InfrastructureError(
+                f"the virtual farm (pid {self.pid}, {self.path}) is gone: it died during the "
+                "run, so the tests on its boards are infrastructure errors, not product failures",
+                f"see its stderr {self.path.with_name(self.path.name + '.stderr')} and the "
+                "*.sim.log files next to it, then rerun",
+            )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "pid": self.pid,
@@ -95,7 +105,7 @@ def load_state(path: Path) -> SimState:
             f"virtual farm state file {path} is unreadable: {exc}", _remedy(path)
         ) from None
     pid = int(data.get("pid", 0))
-    if not _alive(pid):
+    if not pid_alive(pid):
         raise InfrastructureError(
             f"the virtual farm that wrote {path} (pid {pid}) is no longer running", _remedy(path)
         )
@@ -118,7 +128,8 @@ def load_state(path: Path) -> SimState:
     )
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie child still counts until it is reaped)."""
     if pid <= 0:
         return False
     try:
@@ -127,7 +138,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a dead child not yet reaped by its parent is a zombie: gone for our purposes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class FarmProcess:
@@ -140,11 +155,14 @@ class FarmProcess:
         *,
         log_dir: Path | None = None,
         time_scale: float | None = None,
+        watch_pid: int | None = None,
     ) -> None:
+        """``watch_pid``: the farm stops by itself once that process is gone (the run's owner)."""
         self.boards_file = boards_file
         self.state_file = state_file
         self.log_dir = log_dir
         self.time_scale = time_scale
+        self.watch_pid = watch_pid
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr_path = state_file.with_name(state_file.name + ".stderr")
 
@@ -167,8 +185,14 @@ class FarmProcess:
             cmd += ["--log-dir", str(self.log_dir)]
         if self.time_scale is not None:
             cmd += ["--time-scale", str(self.time_scale)]
+        if self.watch_pid is not None:
+            cmd += ["--watch-pid", str(self.watch_pid)]
         with self._stderr_path.open("wb") as stderr:
-            self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+            # Its own session: a Ctrl-C or kill aimed at a worker's group never takes the farm
+            # that other workers share; the run's owner stops it (or --watch-pid does).
+            self._proc = subprocess.Popen(
+                cmd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -201,3 +225,27 @@ class FarmProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_farm(state_file: Path, timeout_s: float = 15.0) -> bool:
+    """Stop the farm that published ``state_file`` (SIGTERM, then SIGKILL); True if one ran.
+
+    For the owner of a run whose farm another process started (a pytest-xdist worker).
+    """
+    try:
+        pid = int(json.loads(state_file.read_text()).get("pid", 0))
+    except (OSError, ValueError):
+        return False
+    if not pid_alive(pid):
+        with contextlib.suppress(FileNotFoundError):
+            state_file.unlink()  # written by a farm that was killed: nothing serves it
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        state_file.unlink()
+    return True
