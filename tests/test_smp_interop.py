@@ -1,25 +1,44 @@
-"""Interop: the virtual SMP app driven by the peers' own command lines.
+"""Interop: the virtual SMP app driven by the peers' own command lines, and the wire bytes.
 
 Keys and images come from imgtool's command line (``imgtool keygen``, ``imgtool sign``), the
 board is driven by ``smpmgr`` as a subprocess on the board's pty (upload, state-read,
 state-write, reset), and every result is checked against dfuhil's own view: the image parser
 (formats/mcuboot.py), the trailer decoder and the app's image state over the board's flash.
+
+The wire tests read the raw bytes off real ptys: what the virtual farm answers and what
+dfuhil's host sends are, byte for byte, ``smp.packet.encode``'s frames of the same packets.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import serial
 from simfarm import wait_until
+from smp import packet as smppacket
+from smp.header import Header
+from smp.image_management import ImageStatesReadRequest, ImageUploadWriteRequest
+from smp.message import Request
+from smp.os_management import (
+    EchoWriteRequest,
+    EchoWriteResponse,
+    MCUMgrParametersReadRequest,
+    MCUMgrParametersReadResponse,
+)
 from smpfarm import GEOMETRY, HDR, SLOT_SIZE, SmpBoard, app_body, app_build, smp_board
 
 from dfuhil.formats.mcuboot import parse_image
 from dfuhil.formats.mcuboot_trailer import Magic, SwapType
+from dfuhil.formats.smp_uart import SmpUart
+from dfuhil.links.console import Console
 from dfuhil.sim.smp.img_state import ImageState
 
 BIN = Path(sys.executable).parent
@@ -141,3 +160,109 @@ def test_smpmgr_state_write_of_an_unknown_hash_changes_nothing(dut: SmpBoard) ->
     assert "HASH_NOT_FOUND" in result.stdout + result.stderr
     tail = dut.slot_bytes(SECONDARY, SECONDARY.size)
     assert tail == b"\xff" * SECONDARY.size
+
+
+# --- the wire: farm and host frame exactly as smp.packet.encode ---------------------------------
+
+LINE = 128  # smpclient's serial line_length: 124 base64 characters, 127-byte lines
+MARKERS = (smppacket.START_DELIMITER, smppacket.CONTINUE_DELIMITER)
+
+
+def smp_frames(packet: bytes, line_length: int = LINE) -> bytes:
+    return b"".join(smppacket.encode(packet, line_length=line_length))
+
+
+def real_requests(image: bytes) -> list[Request]:
+    """What a host sends in a DFU: params, state, a long echo, the first chunk of an upload."""
+    return [
+        MCUMgrParametersReadRequest(),
+        ImageStatesReadRequest(),
+        EchoWriteRequest(d="x" * 300),  # 4 lines each way
+        ImageUploadWriteRequest(off=0, data=image[:300], len=len(image), sha=bytes(32)),
+    ]
+
+
+def read_frames(port: serial.Serial, timeout_s: float = 20.0) -> tuple[bytes, bytes]:
+    """The raw frame lines of the next SMP packet on ``port`` and the packet smp decodes from
+    them; console lines between are skipped (``timeout_s`` bounds a hang, asserts no speed)."""
+    decoder = smppacket.decode()
+    next(decoder)
+    raw = bytearray()
+    pending = b""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pending += port.read(port.in_waiting or 1)
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            line += b"\n"
+            if not line.startswith(MARKERS):
+                continue
+            raw += line
+            try:
+                decoder.send(line)
+            except StopIteration as done:
+                assert pending == b"", "one answer per request"
+                return bytes(raw), bytes(done.value)
+    raise AssertionError(f"no complete SMP packet within {timeout_s} s; got {bytes(raw)!r}")
+
+
+def test_farm_answers_are_smp_packet_encode_frames(dut: SmpBoard, signed: dict[str, Path]) -> None:
+    lines_seen: list[list[int]] = []
+    with serial.Serial(dut.serial, 115200, timeout=0.1) as port:
+        for request in real_requests(signed["v2"].read_bytes()):
+            port.write(smp_frames(bytes(request)))
+            raw, answer = read_frames(port)
+            header = Header.loads(answer[: Header.SIZE])
+            assert (header.sequence, header.group_id, header.command_id) == (
+                request.header.sequence,
+                request.header.group_id,
+                request.header.command_id,
+            )
+            assert raw == smp_frames(answer), type(request).__name__
+            lines_seen.append([len(line) + 1 for line in raw.split(b"\n")[:-1]])
+    echo = lines_seen[2]
+    assert len(echo) == 4 and echo[:3] == [127, 127, 127] and echo[3] < 127
+
+
+def test_host_frames_are_smp_packet_encode_frames(signed: dict[str, Path]) -> None:
+    packets = [bytes(r) for r in real_requests(signed["v2"].read_bytes())]
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no echo, no CR/LF translation: the bytes arrive as the host sent them
+    try:
+        with Console(os.ttyname(slave), name="host") as console:
+            # 128: the stock line; 127: smp's own default; 64: a build with 64-byte RX buffers.
+            for line_length in (LINE, 127, SmpUart(rx_buf_size=64).line_length):
+                for packet in packets:
+                    expected = smp_frames(packet, line_length)
+                    console.send_packet(packet, line_length)
+                    got = b""
+                    deadline = time.monotonic() + 10
+                    while len(got) < len(expected) and time.monotonic() < deadline:
+                        got += os.read(master, 4096)
+                    assert got == expected, (line_length, len(packet))
+                    assert max(len(x) + 1 for x in got.split(b"\n")[:-1]) <= line_length - 1
+    finally:
+        for fd in (master, slave):
+            os.close(fd)
+
+
+def test_host_takes_smp_packet_encode_frames_out_of_console_text() -> None:
+    answers = [
+        bytes(EchoWriteResponse(sequence=3, r="y" * 250)),
+        bytes(MCUMgrParametersReadResponse(sequence=4, buf_size=1024, buf_count=4)),
+    ]
+    received: list[bytes] = []
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        with Console(os.ttyname(slave), name="host") as console:
+            console.attach_packets(received.append)
+            os.write(master, b"I: booting\r\n" + smp_frames(answers[0]) + b"I: between\r\n")
+            os.write(master, smp_frames(answers[1], 127) + b"I: done\r\n")
+            console.expect_exact("I: done", timeout=10)
+            assert received == answers
+            assert "I: booting" in console.text() and "I: between" in console.text()
+            assert "\x06" not in console.text() and "\x04" not in console.text()
+    finally:
+        for fd in (master, slave):
+            os.close(fd)
