@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import serial
 from simfarm import wait_until
-from smp import packet as smppacket
 from smp.header import Header
 from smp.image_management import ImageStatesReadRequest, ImageUploadWriteRequest
 from smp.message import Request
@@ -34,6 +33,7 @@ from smp.os_management import (
     MCUMgrParametersReadResponse,
 )
 from smpfarm import GEOMETRY, HDR, SLOT_SIZE, SmpBoard, app_body, app_build, smp_board
+from smpwire import LINE, line_lengths, read_frames, smp_frames
 
 from dfuhil.formats.mcuboot import parse_image
 from dfuhil.formats.mcuboot_trailer import Magic, SwapType
@@ -164,13 +164,6 @@ def test_smpmgr_state_write_of_an_unknown_hash_changes_nothing(dut: SmpBoard) ->
 
 # --- the wire: farm and host frame exactly as smp.packet.encode ---------------------------------
 
-LINE = 128  # smpclient's serial line_length: 124 base64 characters, 127-byte lines
-MARKERS = (smppacket.START_DELIMITER, smppacket.CONTINUE_DELIMITER)
-
-
-def smp_frames(packet: bytes, line_length: int = LINE) -> bytes:
-    return b"".join(smppacket.encode(packet, line_length=line_length))
-
 
 def real_requests(image: bytes) -> list[Request]:
     """What a host sends in a DFU: params, state, a long echo, the first chunk of an upload."""
@@ -180,30 +173,6 @@ def real_requests(image: bytes) -> list[Request]:
         EchoWriteRequest(d="x" * 300),  # 4 lines each way
         ImageUploadWriteRequest(off=0, data=image[:300], len=len(image), sha=bytes(32)),
     ]
-
-
-def read_frames(port: serial.Serial, timeout_s: float = 20.0) -> tuple[bytes, bytes]:
-    """The raw frame lines of the next SMP packet on ``port`` and the packet smp decodes from
-    them; console lines between are skipped (``timeout_s`` bounds a hang, asserts no speed)."""
-    decoder = smppacket.decode()
-    next(decoder)
-    raw = bytearray()
-    pending = b""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        pending += port.read(port.in_waiting or 1)
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            line += b"\n"
-            if not line.startswith(MARKERS):
-                continue
-            raw += line
-            try:
-                decoder.send(line)
-            except StopIteration as done:
-                assert pending == b"", "one answer per request"
-                return bytes(raw), bytes(done.value)
-    raise AssertionError(f"no complete SMP packet within {timeout_s} s; got {bytes(raw)!r}")
 
 
 def test_farm_answers_are_smp_packet_encode_frames(dut: SmpBoard, signed: dict[str, Path]) -> None:
@@ -219,7 +188,7 @@ def test_farm_answers_are_smp_packet_encode_frames(dut: SmpBoard, signed: dict[s
                 request.header.command_id,
             )
             assert raw == smp_frames(answer), type(request).__name__
-            lines_seen.append([len(line) + 1 for line in raw.split(b"\n")[:-1]])
+            lines_seen.append(line_lengths(raw))
     echo = lines_seen[2]
     assert len(echo) == 4 and echo[:3] == [127, 127, 127] and echo[3] < 127
 
@@ -240,7 +209,7 @@ def test_host_frames_are_smp_packet_encode_frames(signed: dict[str, Path]) -> No
                     while len(got) < len(expected) and time.monotonic() < deadline:
                         got += os.read(master, 4096)
                     assert got == expected, (line_length, len(packet))
-                    assert max(len(x) + 1 for x in got.split(b"\n")[:-1]) <= line_length - 1
+                    assert max(line_lengths(got)) <= line_length - 1
     finally:
         for fd in (master, slave):
             os.close(fd)
