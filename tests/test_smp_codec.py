@@ -14,6 +14,7 @@ import cbor2
 import pytest
 from smp import header as smpheader
 from smp import packet as smppacket
+from smp.exceptions import SMPBadContinueDelimiter, SMPBadCRC, SMPBadStartDelimiter
 from smp.image_management import ImageUploadWriteRequest
 
 from dfuhil.formats.smp import (
@@ -177,6 +178,61 @@ def test_bad_base64_and_longer_than_announced_are_dropped() -> None:
     assert decoder.feed(b"\x06\x09" + base64.b64encode(too_long) + b"\n") == []
     assert decoder.bad_packets == 2
     assert decoder.feed(STATE_WIRE) == [SmpPacket(STATE_REQ)]
+
+
+def smp_decode(*lines: bytes) -> bytes:
+    """What ``smp.packet.decode`` makes of ``lines`` (it raises on what it refuses)."""
+    decoder = smppacket.decode()
+    next(decoder)
+    for line in lines:
+        try:
+            decoder.send(line)
+        except StopIteration as done:
+            return bytes(done.value)
+    raise AssertionError("smp.packet.decode wants more lines")
+
+
+def test_what_smp_decode_accepts_but_a_zephyr_receiver_drops_is_dropped() -> None:
+    """The package skips non-base64 characters and checks the CRC over whatever arrived; Zephyr's
+    base64_decode refuses the character and serial_util.c drops a packet longer than its length
+    field. The decoder behaves as the device does."""
+    crc = base64.b64decode(PARAMS_WIRE[2:-1])[-2:]  # the spec's worked bytes
+    line = base64.b64encode(b"\x00\x0b" + PARAMS_REQ + crc)
+    junk = b"\x06\x09" + line[:4] + b"*" + line[4:] + b"\n"
+    short_length = b"\x06\x09" + base64.b64encode(b"\x00\x04" + PARAMS_REQ + crc) + b"\n"
+    assert smp_decode(junk) == PARAMS_REQ
+    assert smp_decode(short_length) == PARAMS_REQ
+    decoder = SerialFrameDecoder()
+    assert decoder.feed(junk + short_length + STATE_WIRE) == [SmpPacket(STATE_REQ)]
+    assert decoder.bad_packets == 2
+
+
+def test_what_smp_decode_raises_on_is_text_or_a_dropped_packet() -> None:
+    """A text line, a wrong CRC and a start inside a packet make the package raise; on a
+    console they are text, a dropped packet and a new packet."""
+    bad_crc = b"\x06\x09" + base64.b64encode(b"\x00\x0b" + PARAMS_REQ + b"\x44\x24") + b"\n"
+    two_lines = encode_frames(bytes(300)).split(b"\n")
+    with pytest.raises(SMPBadStartDelimiter):
+        smp_decode(b"I: booting\n")
+    with pytest.raises(SMPBadCRC):
+        smp_decode(bad_crc)
+    with pytest.raises(SMPBadContinueDelimiter):
+        smp_decode(two_lines[0] + b"\n", ECHO_WIRE)
+    decoder = SerialFrameDecoder()
+    stream = b"I: booting\n" + bad_crc + two_lines[0] + b"\n" + ECHO_WIRE
+    items = decoder.feed(stream)
+    assert items == [ConsoleText(b"I: booting\n"), SmpPacket(ECHO_REQ)]
+    assert decoder.bad_packets == 2
+
+
+def test_encode_frames_refuses_what_smp_encode_cannot_do() -> None:
+    """Below line_length 8 ``smp.packet.encode`` never ends (no character fits a line; it ran
+    out of memory here), and past 65533 bytes its length field overflows (struct.error)."""
+    with pytest.raises(ValueError, match="min 8"):
+        encode_frames(ECHO_REQ, 7)
+    with pytest.raises(ValueError, match="16-bit frame length"):
+        encode_frames(bytes(0xFFFE))
+    assert encode_frames(bytes(0xFFFD)) == b"".join(smppacket.encode(bytes(0xFFFD), 128))
 
 
 def test_crlf_line_endings_are_tolerated() -> None:

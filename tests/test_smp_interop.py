@@ -1,25 +1,44 @@
-"""Interop: the virtual SMP app driven by the peers' own command lines.
+"""Interop: the virtual SMP app driven by the peers' own command lines, and the wire bytes.
 
 Keys and images come from imgtool's command line (``imgtool keygen``, ``imgtool sign``), the
 board is driven by ``smpmgr`` as a subprocess on the board's pty (upload, state-read,
 state-write, reset), and every result is checked against dfuhil's own view: the image parser
 (formats/mcuboot.py), the trailer decoder and the app's image state over the board's flash.
+
+The wire tests read the raw bytes off real ptys: what the virtual farm answers and what
+dfuhil's host sends are, byte for byte, ``smp.packet.encode``'s frames of the same packets.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import serial
 from simfarm import wait_until
+from smp.header import Header
+from smp.image_management import ImageStatesReadRequest, ImageUploadWriteRequest
+from smp.message import Request
+from smp.os_management import (
+    EchoWriteRequest,
+    EchoWriteResponse,
+    MCUMgrParametersReadRequest,
+    MCUMgrParametersReadResponse,
+)
 from smpfarm import GEOMETRY, HDR, SLOT_SIZE, SmpBoard, app_body, app_build, smp_board
+from smpwire import LINE, line_lengths, read_frames, smp_frames
 
 from dfuhil.formats.mcuboot import parse_image
 from dfuhil.formats.mcuboot_trailer import Magic, SwapType
+from dfuhil.formats.smp_uart import SmpUart
+from dfuhil.links.console import Console
 from dfuhil.sim.smp.img_state import ImageState
 
 BIN = Path(sys.executable).parent
@@ -141,3 +160,78 @@ def test_smpmgr_state_write_of_an_unknown_hash_changes_nothing(dut: SmpBoard) ->
     assert "HASH_NOT_FOUND" in result.stdout + result.stderr
     tail = dut.slot_bytes(SECONDARY, SECONDARY.size)
     assert tail == b"\xff" * SECONDARY.size
+
+
+# --- the wire: farm and host frame exactly as smp.packet.encode ---------------------------------
+
+
+def real_requests(image: bytes) -> list[Request]:
+    """What a host sends in a DFU: params, state, a long echo, the first chunk of an upload."""
+    return [
+        MCUMgrParametersReadRequest(),
+        ImageStatesReadRequest(),
+        EchoWriteRequest(d="x" * 300),  # 4 lines each way
+        ImageUploadWriteRequest(off=0, data=image[:300], len=len(image), sha=bytes(32)),
+    ]
+
+
+def test_farm_answers_are_smp_packet_encode_frames(dut: SmpBoard, signed: dict[str, Path]) -> None:
+    lines_seen: list[list[int]] = []
+    with serial.Serial(dut.serial, 115200, timeout=0.1) as port:
+        for request in real_requests(signed["v2"].read_bytes()):
+            port.write(smp_frames(bytes(request)))
+            raw, answer = read_frames(port)
+            header = Header.loads(answer[: Header.SIZE])
+            assert (header.sequence, header.group_id, header.command_id) == (
+                request.header.sequence,
+                request.header.group_id,
+                request.header.command_id,
+            )
+            assert raw == smp_frames(answer), type(request).__name__
+            lines_seen.append(line_lengths(raw))
+    echo = lines_seen[2]
+    assert len(echo) == 4 and echo[:3] == [127, 127, 127] and echo[3] < 127
+
+
+def test_host_frames_are_smp_packet_encode_frames(signed: dict[str, Path]) -> None:
+    packets = [bytes(r) for r in real_requests(signed["v2"].read_bytes())]
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no echo, no CR/LF translation: the bytes arrive as the host sent them
+    try:
+        with Console(os.ttyname(slave), name="host") as console:
+            # 128: the stock line; 127: smp's own default; 64: a build with 64-byte RX buffers.
+            for line_length in (LINE, 127, SmpUart(rx_buf_size=64).line_length):
+                for packet in packets:
+                    expected = smp_frames(packet, line_length)
+                    console.send_packet(packet, line_length)
+                    got = b""
+                    deadline = time.monotonic() + 10
+                    while len(got) < len(expected) and time.monotonic() < deadline:
+                        got += os.read(master, 4096)
+                    assert got == expected, (line_length, len(packet))
+                    assert max(line_lengths(got)) <= line_length - 1
+    finally:
+        for fd in (master, slave):
+            os.close(fd)
+
+
+def test_host_takes_smp_packet_encode_frames_out_of_console_text() -> None:
+    answers = [
+        bytes(EchoWriteResponse(sequence=3, r="y" * 250)),
+        bytes(MCUMgrParametersReadResponse(sequence=4, buf_size=1024, buf_count=4)),
+    ]
+    received: list[bytes] = []
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        with Console(os.ttyname(slave), name="host") as console:
+            console.attach_packets(received.append)
+            os.write(master, b"I: booting\r\n" + smp_frames(answers[0]) + b"I: between\r\n")
+            os.write(master, smp_frames(answers[1], 127) + b"I: done\r\n")
+            console.expect_exact("I: done", timeout=10)
+            assert received == answers
+            assert "I: booting" in console.text() and "I: between" in console.text()
+            assert "\x06" not in console.text() and "\x04" not in console.text()
+    finally:
+        for fd in (master, slave):
+            os.close(fd)

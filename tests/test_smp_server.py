@@ -16,6 +16,7 @@ from typing import Any
 
 import cbor2
 import pytest
+import serial
 from smp import image_management as smpimg
 from smp import os_management as smpos
 from smpclient import SMPClient
@@ -23,6 +24,7 @@ from smpclient.generics import success
 from smpclient.requests.os_management import EchoWrite
 from smpclient.transport.serial import BufferSize, SMPSerialTransport
 from smpfarm import CHIP, GEOMETRY, app_body, app_build, make_key, sign
+from smpwire import line_lengths, read_frames, smp_frames
 
 from dfuhil.formats.mcuboot import parse_image
 from dfuhil.formats.mcuboot_trailer import Flag, Magic, SwapType
@@ -473,3 +475,17 @@ def test_serve_serial_answers_frames_and_drops_packets_over_its_buffer() -> None
     with serial_server(3600) as board:
         board.power_on()
         asyncio.run(session(board.uart.path))
+
+
+def test_serve_serial_answers_in_smp_packet_encode_frames() -> None:
+    """serve_serial (MCUboot's serial recovery runs on it) frames as the smp package does."""
+    request = bytes(smpos.EchoWriteRequest(d="z" * 200))
+    with serial_server(3600) as board:
+        board.power_on()
+        with serial.Serial(board.uart.path, 115200, timeout=0.1) as port:
+            port.write(smp_frames(request))
+            raw, answer = read_frames(port)
+    assert raw == smp_frames(answer)
+    assert line_lengths(raw) == [127, 127, 47]
+    header, body = reply(answer)
+    assert (header.op, header.seq) == (Op.WRITE_RSP, request[6]) and body == {"r": "z" * 200}

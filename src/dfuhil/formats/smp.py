@@ -7,28 +7,34 @@ wire the same way. Sources (spec ../shared/specs/mcuboot-smp.md §4-§5): Zephyr
 
 Serial framing ("SMP over console"): ``B = u16be(len(P)+2) ‖ P ‖ u16be(crc16_xmodem(P))`` is
 base64-encoded and cut into lines, ``06 09`` before the first, ``04 14`` before each following
-one, each ending in ``\\n`` and decodable on its own (cuts at multiples of 4 chars).
-:class:`SerialFrameDecoder` undoes that incrementally and separates console text that sits
-between frames, so a host can show a boot log and a server never mistakes text for SMP.
+one, each ending in ``\\n`` and decodable on its own (cuts at multiples of 4 chars). The bytes
+are the ``smp`` package's own (``smp.packet.encode``/``decode``, the CRC is the standard
+library's ``binascii.crc_hqx``), so host and virtual server frame exactly as smpclient does.
+dfuhil's own part is :class:`SerialFrameDecoder`: it separates console text that sits between
+frames, so a host can show a boot log and a server never mistakes text for SMP, and adds the
+receiver checks Zephyr makes and the package does not.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
 
+from smp import header as smphdr
+from smp import image_management as smpimg
+from smp import os_management as smpos
+from smp import packet as smppacket
+from smp.exceptions import SMPDecodeError
+
 # --- header ----------------------------------------------------------------------------------
 
 
-class Op(IntEnum):
-    READ = 0
-    READ_RSP = 1
-    WRITE = 2
-    WRITE_RSP = 3
+Op = smphdr.OP
 
 
 VERSION_V1 = 0  # SMP v1 (legacy: errors as {"rc": n})
@@ -94,54 +100,10 @@ class MgmtErr(IntEnum):
     UNSUPPORTED_TOO_NEW = 13
 
 
-class OsMgmtErr(IntEnum):
-    """``OS_MGMT_ERR_*``: group 0's ``err.rc``."""
-
-    OK = 0
-    UNKNOWN = 1
-    INVALID_FORMAT = 2
-    QUERY_YIELDS_NO_ANSWER = 3
-    RTC_NOT_SET = 4
-    RTC_COMMAND_FAILED = 5
-
-
-class ImgMgmtErr(IntEnum):
-    """``IMG_MGMT_ERR_*``: group 1's ``err.rc``."""
-
-    OK = 0
-    UNKNOWN = 1
-    FLASH_CONFIG_QUERY_FAIL = 2
-    NO_IMAGE = 3
-    NO_TLVS = 4
-    INVALID_TLV = 5
-    TLV_MULTIPLE_HASHES_FOUND = 6
-    TLV_INVALID_SIZE = 7
-    HASH_NOT_FOUND = 8
-    NO_FREE_SLOT = 9
-    FLASH_OPEN_FAILED = 10
-    FLASH_READ_FAILED = 11
-    FLASH_WRITE_FAILED = 12
-    FLASH_ERASE_FAILED = 13
-    INVALID_SLOT = 14
-    NO_FREE_MEMORY = 15
-    FLASH_CONTEXT_ALREADY_SET = 16
-    FLASH_CONTEXT_NOT_SET = 17
-    FLASH_AREA_DEVICE_NULL = 18
-    INVALID_PAGE_OFFSET = 19
-    INVALID_OFFSET = 20
-    INVALID_LENGTH = 21
-    INVALID_IMAGE_HEADER = 22
-    INVALID_IMAGE_HEADER_MAGIC = 23
-    INVALID_HASH = 24
-    INVALID_FLASH_ADDRESS = 25
-    VERSION_GET_FAILED = 26
-    CURRENT_VERSION_IS_NEWER = 27
-    IMAGE_ALREADY_PENDING = 28
-    INVALID_IMAGE_VECTOR_TABLE = 29
-    INVALID_IMAGE_TOO_LARGE = 30
-    INVALID_IMAGE_DATA_OVERRUN = 31
-    IMAGE_CONFIRMATION_DENIED = 32
-    IMAGE_SETTING_TEST_TO_ACTIVE_DENIED = 33
+# Group 0's and group 1's ``err.rc`` (Zephyr's ``OS_MGMT_ERR_*``, ``IMG_MGMT_ERR_*``): the smp
+# package's tables carry Zephyr's names and values (tests/test_smp_codec.py pins a few).
+OsMgmtErr = smpos.OS_MGMT_RET_RC
+ImgMgmtErr = smpimg.IMG_MGMT_ERR
 
 
 _IMG_V1: dict[int, MgmtErr] = {
@@ -198,7 +160,14 @@ def error_name(rc: int, group: int | None = None) -> str:
 
 @dataclass(frozen=True)
 class SmpHeader:
-    """The 8-byte SMP header (big-endian): op and version share byte 0."""
+    """The 8-byte SMP header (big-endian): op and version share byte 0.
+
+    Not ``smp.header.Header``: that one refuses headers a server has to read in order to
+    answer them (version bits 2-3: UNSUPPORTED_TOO_NEW; a command id the package does not
+    know in a group it knows, such as image 6 SLOT_INFO: ENOTSUP; op bits 4-7: EINVAL), and
+    MCUboot echoes a request's version bits whatever they are. The bytes are the package's
+    for every header it can represent (tests/test_smp_codec.py).
+    """
 
     op: int
     version: int
@@ -208,7 +177,7 @@ class SmpHeader:
     seq: int
     command_id: int
 
-    SIZE: ClassVar[int] = 8
+    SIZE: ClassVar[int] = smphdr.Header.SIZE
     _STRUCT: ClassVar[struct.Struct] = struct.Struct(">BBHHBB")
 
     def pack(self) -> bytes:
@@ -247,55 +216,45 @@ def split_messages(packet: bytes) -> list[tuple[SmpHeader, bytes]]:
 
 
 # --- serial framing --------------------------------------------------------------------------
+# The wire format is the ``smp`` package's (``smp.packet.encode``/``decode``, CRC-16/XMODEM);
+# dfuhil keeps only what no library does: telling console text from frames on one UART, and
+# the receiver's checks the package's decoder lacks (see SerialFrameDecoder).
 
-FRAME_START = b"\x06\x09"
-FRAME_CONTINUE = b"\x04\x14"
+FRAME_START = smppacket.START_DELIMITER
+FRAME_CONTINUE = smppacket.CONTINUE_DELIMITER
 LINE_LENGTH = 128  # smpclient's convention: 124 base64 chars, 127-byte frames
 # The serial frame's u16 length and u16 CRC around a packet share the server's buffer.
-FRAME_OVERHEAD = 4
-MAX_FRAME = 127  # MCUMGR_SERIAL_MAX_FRAME, marker and newline included
+_CRC_SIZE = smppacket.CRC16_STRUCT.size
+FRAME_OVERHEAD = smppacket.FRAME_LENGTH_STRUCT.size + _CRC_SIZE
 # A line longer than this cannot be a frame of any sane encoder; the decoder gives up on it.
 _MAX_LINE = 1024
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = (crc << 1 ^ 0x1021) if crc & 0x8000 else crc << 1
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_CRC_TABLE = _crc_table()
+# Zephyr's base64_decode refuses a character outside the alphabet; b64decode (smp's) skips it.
+_BASE64_LINE = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
 
 def crc16_xmodem(data: bytes, crc: int = 0) -> int:
     """CRC-16/XMODEM (poly 0x1021, init 0, no reflection): Zephyr's ``crc16_itu_t(0, ...)``."""
-    for byte in data:
-        crc = (crc << 8 & 0xFF00) ^ _CRC_TABLE[(crc >> 8) ^ byte]
-    return crc
+    return binascii.crc_hqx(data, crc)
+
+
+def chars_per_line(line_length: int) -> int:
+    """Base64 characters per frame for the ``smp`` package's ``line_length``."""
+    return (line_length - smppacket.LINE_LENGTH_SUBTRACTOR) // 4 * 4
 
 
 def encode_frames(packet: bytes, line_length: int = LINE_LENGTH) -> bytes:
-    """``packet`` (SMP header + CBOR) as console frames, each at most ``line_length - 1`` bytes.
+    """``packet`` (SMP header + CBOR) as console frames: ``smp.packet.encode``'s, joined.
 
     ``line_length`` has the ``smp`` package's meaning: ``(line_length - 4) // 4 * 4`` base64
     characters per frame (128 gives 124 chars, the 127-byte frames Zephyr and smpclient use).
+    Refuses what the package would choke on: below 8 it never ends (no character fits a
+    line), above 65533 bytes its length field overflows.
     """
-    per_frame = (line_length - 4) // 4 * 4
-    if per_frame <= 0:
+    if chars_per_line(line_length) <= 0:
         raise ValueError(f"line_length {line_length} cannot carry any base64 (min 8)")
-    if len(packet) + 2 > 0xFFFF:
+    if len(packet) + _CRC_SIZE > 0xFFFF:
         raise ValueError(f"SMP packet of {len(packet)} bytes exceeds the 16-bit frame length")
-    body = struct.pack(">H", len(packet) + 2) + packet + struct.pack(">H", crc16_xmodem(packet))
-    text = base64.b64encode(body)
-    out = bytearray()
-    for start in range(0, len(text), per_frame):
-        out += FRAME_START if start == 0 else FRAME_CONTINUE
-        out += text[start : start + per_frame] + b"\n"
-    return bytes(out)
+    return b"".join(smppacket.encode(packet, line_length=line_length))
 
 
 @dataclass(frozen=True)
@@ -315,20 +274,55 @@ class ConsoleText:
 Item = SmpPacket | ConsoleText
 
 
+class _Reassembly:
+    """One packet being put together by ``smp.packet.decode``, with Zephyr's checks on top.
+
+    The package accepts lines Zephyr's ``mcumgr_serial_process_frag`` drops: characters
+    outside the base64 alphabet (skipped by ``b64decode``) and a packet longer than its length
+    field (the package checks the CRC over whatever arrived). Both are refused here.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = smppacket.decode()
+        next(self._decoder)
+        self._announced: int | None = None  # the length field, from the first line
+
+    def add(self, marker: bytes, line: bytes) -> bytes | None:
+        """The packet once ``line`` completes it; None while more lines are due.
+
+        Raises ValueError for a line or packet the receiver drops.
+        """
+        if not _BASE64_LINE.fullmatch(line):
+            raise ValueError("not base64")
+        if self._announced is None:
+            self._announced = int.from_bytes(base64.b64decode(line[:4])[:2], "big")
+        try:
+            self._decoder.send(marker + line + smppacket.END_DELIMITER)
+        except StopIteration as done:
+            packet = bytes(done.value)
+            if len(packet) + _CRC_SIZE != self._announced:
+                raise ValueError("longer than its length field") from None
+            return packet
+        except (SMPDecodeError, binascii.Error, struct.error) as exc:
+            raise ValueError(str(exc)) from exc
+        return None
+
+
 class SerialFrameDecoder:
     """Turns a console byte stream into SMP packets and the text between them.
 
     Follows Zephyr's receiver: ``06 09`` starts a packet (dropping any half-received one),
     ``04 14`` continues it (dropped when no packet is in progress), a packet is complete once
     the length field is reached; a wrong CRC, a bad base64 line or a packet longer than
-    announced is dropped silently and counted in ``bad_packets``.
+    announced is dropped silently and counted in ``bad_packets``. Lines are split out of the
+    text here; each frame line is decoded by ``smp.packet.decode`` (:class:`_Reassembly`).
     """
 
     def __init__(self) -> None:
         self._text = bytearray()  # console bytes not yet handed out
         self._line: bytearray | None = None  # inside a frame: marker seen, waiting for \n
         self._line_first = False
-        self._packet: bytearray | None = None  # decoded bytes of the packet in progress
+        self._packet: _Reassembly | None = None  # the packet in progress
         self.bad_packets = 0
         self.dropped_frames = 0
         self.packets = 0
@@ -392,33 +386,20 @@ class SerialFrameDecoder:
         if first:
             if self._packet is not None:
                 self.bad_packets += 1  # a new start abandons the half-received packet
-            self._packet = bytearray()
+            self._packet = _Reassembly()
         elif self._packet is None:
             self.dropped_frames += 1
             return None
         try:
-            self._packet += base64.b64decode(line, validate=True)
-        except (binascii.Error, ValueError):
+            packet = self._packet.add(FRAME_START if first else FRAME_CONTINUE, line)
+        except ValueError:
             self._packet = None
             self.bad_packets += 1
             return None
-        return self._complete()
-
-    def _complete(self) -> bytes | None:
-        assert self._packet is not None
-        if len(self._packet) < 2:
-            return None
-        expected = int.from_bytes(self._packet[:2], "big")
-        have = len(self._packet) - 2
-        if have < expected:
-            return None
-        body = bytes(self._packet[2:])
-        self._packet = None
-        if have > expected or expected < 2 or crc16_xmodem(body) != 0:
-            self.bad_packets += 1
-            return None
-        self.packets += 1
-        return body[:-2]
+        if packet is not None:
+            self._packet = None
+            self.packets += 1
+        return packet
 
 
 def _find_marker(data: bytes, start: int) -> int:

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from dfuhil.formats.smp import FRAME_OVERHEAD, LINE_LENGTH, chars_per_line
+
 __all__ = [
     "DELIVERIES",
     "Delivery",
@@ -29,9 +31,6 @@ __all__ = [
 
 Delivery = Literal["paced", "burst"]
 DELIVERIES: tuple[Delivery, ...] = ("paced", "burst")
-_FRAME_OVERHEAD = 4  # u16 length + u16 CRC around the packet
-_LINE_EXTRA = 3  # 2-byte marker + newline
-WIRE_LINE_LENGTH = 128  # smpclient's line length: 124 base64 characters, 127-byte lines
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class SmpUart:
     @property
     def line_length(self) -> int:
         """The ``line_length`` (smp package meaning) whose lines fit one line buffer."""
-        return min(WIRE_LINE_LENGTH, self.rx_buf_size)
+        return min(LINE_LENGTH, self.rx_buf_size)
 
     def describe(self) -> str:
         return (
@@ -61,19 +60,15 @@ class SmpUart:
         )
 
 
-def _chars_per_line(line_length: int) -> int:
-    return (line_length - 4) // 4 * 4
-
-
-def frame_lines(packet_size: int, line_length: int = WIRE_LINE_LENGTH) -> int:
+def frame_lines(packet_size: int, line_length: int = LINE_LENGTH) -> int:
     """How many console lines a packet of ``packet_size`` bytes takes on the wire."""
-    chars = 4 * math.ceil((packet_size + _FRAME_OVERHEAD) / 3)
-    return math.ceil(chars / _chars_per_line(line_length))
+    chars = 4 * math.ceil((packet_size + FRAME_OVERHEAD) / 3)
+    return math.ceil(chars / chars_per_line(line_length))
 
 
-def max_packet_for_lines(lines: int, line_length: int = WIRE_LINE_LENGTH) -> int:
+def max_packet_for_lines(lines: int, line_length: int = LINE_LENGTH) -> int:
     """The largest packet (SMP header + CBOR) that travels in ``lines`` lines."""
-    return _chars_per_line(line_length) // 4 * 3 * lines - _FRAME_OVERHEAD
+    return chars_per_line(line_length) // 4 * 3 * lines - FRAME_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -102,7 +97,7 @@ def serial_budget(uart: SmpUart, buf_size: int, buf_count: int) -> SerialBudget:
     largest messages wins (fewer headers and round trips).
     """
     line_length = uart.line_length
-    largest = max(1, buf_size - _FRAME_OVERHEAD)
+    largest = max(1, buf_size - FRAME_OVERHEAD)
     if uart.delivery == "paced":
         size = largest
         return SerialBudget(size, max(1, buf_count), line_length, frame_lines(size, line_length))
