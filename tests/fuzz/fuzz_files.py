@@ -142,7 +142,9 @@ def hex_records(draw: st.DrawFn) -> bytes:
         if kind == 0:
             data = draw(st.binary(min_size=0, max_size=24))
         elif kind in (2, 4):
-            data = draw(st.sampled_from([0, 1, 2, 0xFF, 0x0FFF, 0x1000, 0x7FFF, 0xFFFF])).to_bytes(2, "big")
+            data = draw(st.sampled_from([0, 1, 2, 0xFF, 0x0FFF, 0x1000, 0x7FFF, 0xFFFF])).to_bytes(
+                2, "big"
+            )
         elif kind in (3, 5):
             data = draw(st.binary(min_size=4, max_size=4))
         else:
@@ -301,7 +303,9 @@ def pem_files(draw: st.DrawFn) -> bytes:
         der = draw(mutated_bytes(der, [(1, 1), (3, 1), (5, 1), (6, 1)]))
         body = base64.encodebytes(der).decode()
         return f"{lines[0]}\n{body}{lines[-1]}\n".encode()
-    return draw(mutated_text(text, ("-----BEGIN EC PRIVATE KEY-----\n", "-----END PUBLIC KEY-----\n")))
+    return draw(
+        mutated_text(text, ("-----BEGIN EC PRIVATE KEY-----\n", "-----END PUBLIC KEY-----\n"))
+    )
 
 
 # --- MCUboot images --------------------------------------------------------------------------
@@ -555,10 +559,16 @@ TARGETS: dict[str, FileTarget] = {
         FileTarget("intel hex", hex_files(), run_hex_library),
         FileTarget("intel hex -> mesh bin", hex_files(), run_hex_to_bin),
         FileTarget("intel hex (cli)", hex_files(), run_hex_cli),
-        FileTarget("device page", st.deferred(lambda: mutated_bytes(device_page()[1], _entry_fields(device_page()[1]))), run_devpage_library),
+        FileTarget(
+            "device page",
+            st.deferred(lambda: mutated_bytes(device_page()[1], _entry_fields(device_page()[1]))),
+            run_devpage_library,
+        ),
         FileTarget("device page hex (cli)", st.deferred(device_page_hexes), run_devpage_cli),
         FileTarget("bootloader_config json", json_documents(BOOTLOADER_CONFIG), run_config_library),
-        FileTarget("bootloader_config json (cli)", json_documents(BOOTLOADER_CONFIG), run_config_cli),
+        FileTarget(
+            "bootloader_config json (cli)", json_documents(BOOTLOADER_CONFIG), run_config_cli
+        ),
         FileTarget("mesh dfu zip", mesh_zips(), run_meshpkg_library),
         FileTarget("mesh dfu zip (cli)", mesh_zips(), run_meshpkg_cli),
         FileTarget("mesh key", pem_files(), run_meshkey_library),

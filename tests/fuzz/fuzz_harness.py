@@ -18,6 +18,7 @@ import re
 import signal
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -99,16 +100,27 @@ def run_cli(argv: Sequence[str], *, names: tuple[str, ...], seconds: float = 10.
     """
     err, out = io.StringIO(), io.StringIO()
     try:
-        with deadline(seconds), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        with (
+            deadline(seconds),
+            contextlib.redirect_stderr(err),
+            contextlib.redirect_stdout(out),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
             code = dfuhil_main(list(argv))
     except Hang as exc:
         return Outcome("hang", f"dfuhil {' '.join(argv)}: {exc}")
     except SystemExit as exc:  # argparse: only for bad arguments, which the targets never pass
-        return Outcome("traceback", f"dfuhil {' '.join(argv)}: SystemExit {exc.code}\n{err.getvalue()}")
+        return Outcome(
+            "traceback", f"dfuhil {' '.join(argv)}: SystemExit {exc.code}\n{err.getvalue()}"
+        )
     except Exception:
         return Outcome("traceback", f"dfuhil {' '.join(argv)}:\n{traceback.format_exc()}")
     # Errors go to stderr as "dfuhil: ..."; `boards check` prints its report on stdout.
     text = err.getvalue() or out.getvalue()
+    if caught:  # a Python warning would reach the user's terminal with a source excerpt
+        shown = "\n".join(f"{w.category.__name__}: {w.message}" for w in caught)
+        return Outcome("traceback", f"dfuhil {' '.join(argv)}: printed a Python warning:\n{shown}")
     if code == 0:
         return Outcome("ok")
     lines = text.splitlines()

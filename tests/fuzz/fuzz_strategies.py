@@ -103,7 +103,9 @@ scalars = st.one_of(
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -184,7 +186,9 @@ YAML_SNIPPETS = (
 
 
 @st.composite
-def mutated_text(draw: st.DrawFn, base: str, snippets: Sequence[str] = (), max_ops: int = 3) -> bytes:
+def mutated_text(
+    draw: st.DrawFn, base: str, snippets: Sequence[str] = (), max_ops: int = 3
+) -> bytes:
     """A text file edited by a careless hand: lines lost, doubled, cut, snippets pasted in."""
     lines = base.splitlines(keepends=True)
     tail = b""

@@ -477,7 +477,9 @@ def _read_archive(archive: zipfile.ZipFile, file: str) -> MeshPackage:
     except (UnicodeDecodeError, ValueError) as exc:  # also a number of over 4300 digits
         raise InputError(Problem(file, None, MANIFEST_NAME, f"not valid JSON ({exc})")) from None
     except RecursionError:
-        raise InputError(Problem(file, None, MANIFEST_NAME, "not valid JSON (nested too deeply)")) from None
+        raise InputError(
+            Problem(file, None, MANIFEST_NAME, "not valid JSON (nested too deeply)")
+        ) from None
     body = manifest.get("manifest") if isinstance(manifest, dict) else None
     if not isinstance(body, dict):
         raise InputError(Problem(file, None, MANIFEST_NAME, 'no top-level "manifest" object'))
