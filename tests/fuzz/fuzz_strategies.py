@@ -216,7 +216,7 @@ def mutated_text(
         elif op == "char":
             line = lines[at]
             pos = draw(st.integers(0, len(line)))
-            char = draw(st.sampled_from(list(":-{}[]#&*!|>'\"%@`\t ,") + ["\u00e9", "\x00"]))
+            char = draw(st.sampled_from([*":-{}[]#&*!|>'\"%@`\t ,", "\u00e9", "\x00"]))
             lines[at] = line[:pos] + char + line[pos:]
     body = "".join(lines).encode("utf-8", errors="surrogatepass")
     if tail:
