@@ -304,7 +304,7 @@ class SmpLink:
                 self._remedy,
                 board=self._board,
             ) from None
-        return await self._negotiate()
+        return await self._guard("the MCUmgr params request", self._negotiate())
 
     async def _negotiate(self) -> ServerParams:
         manual: int | None = getattr(self._transport, "manual_size", None)
@@ -331,7 +331,7 @@ class SmpLink:
 
     def renegotiate(self) -> ServerParams:
         """Read the buffers again: after a reset another server may answer (serial recovery)."""
-        self.params = self._run(self._negotiate())
+        self.params = self._run(self._guard("the MCUmgr params request", self._negotiate()))
         return self.params
 
     @property

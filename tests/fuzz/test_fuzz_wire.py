@@ -1,0 +1,54 @@
+"""Bytes from a hostile or broken device: dfuhil's decoders and hosts end every exchange in a
+result or a named error, never a traceback, never a hang (bounded, deterministic budget).
+
+The explicit examples are device behaviours that crashed or hung the host before its fix: an
+answer whose CBOR is not a map, that does not decode, nests 5000 deep or answers another op;
+a server that answers every upload chunk with the same offset (the host sent forever).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fuzz_harness import check
+from fuzz_wire import TARGETS
+from hypothesis import HealthCheck, example, given, settings
+
+
+def _fuzz(name: str, max_examples: int, *examples: Any) -> Callable[[], None]:
+    target = TARGETS[name]
+
+    @settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(target.strategy)
+    def test(data: Any) -> None:
+        outcomes = target.runner(data)
+        for outcome in outcomes if isinstance(outcomes, list) else [outcomes]:
+            check(outcome)
+
+    for data in examples:
+        test = example(data)(test)
+    test.__doc__ = f"fuzz target {name!r}: no traceback, no hang"
+    return test
+
+
+test_smp_serial_frames = _fuzz("smp serial frames", 80)
+test_smp_answers = _fuzz(
+    "smp answers (host over pty)",
+    12,
+    [("value", b"\x01\x02")],  # a byte string, not a map: TypeError in smpclient
+    [("value", 7)],
+    [("raw", b"\xff\xff")],  # not CBOR: CBORDecodeError
+    [("deep", None)],  # nested 5000 deep
+    [("header", ("op", 0))],  # answers with a request op
+    [("header", ("version", 3))],  # a version smp's header cannot read: ValueError
+    [("stuck", 100)],  # never takes the data: the upload looped forever
+)
+test_mesh_serial_frames = _fuzz("mesh serial frames", 80)
+test_mesh_host = _fuzz("mesh serial (host over pty)", 8)
