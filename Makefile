@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp clean
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,12 @@ bench-mesh: setup firmware
 
 bench-smp: setup firmware
 	$(PY) bench/smp_upload.py
+
+# The long fuzz campaign: every parser and wire decoder for FUZZ_BUDGET seconds each (the short,
+# deterministic budget runs in `make test`, tests/fuzz/). Failing inputs land in reports/fuzz/.
+FUZZ_BUDGET ?= 60
+fuzz: setup firmware
+	$(PY) tests/fuzz/campaign.py --budget $(FUZZ_BUDGET)
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache

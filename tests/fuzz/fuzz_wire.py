@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import select
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
-from fuzz_files import WORK, FileTarget
+from fuzz_files import WORK
 from fuzz_harness import Outcome, run
 from fuzz_strategies import INTERESTING, mutated_bytes, mutated_tree, values
 from hypothesis import strategies as st
@@ -79,6 +80,12 @@ def smp_packets(draw: st.DrawFn) -> bytes:
     return packet
 
 
+def _reads(draw: st.DrawFn, stream: bytes) -> list[bytes]:
+    """``stream`` cut where reads of a serial port might cut it."""
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    return [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
+
+
 @st.composite
 def smp_streams(draw: st.DrawFn) -> list[bytes]:
     """A console byte stream: frames (some damaged), boot lines, garbage; cut into reads."""
@@ -108,9 +115,7 @@ def smp_streams(draw: st.DrawFn) -> list[bytes]:
         else:
             parts.append(draw(st.binary(max_size=64)))
     stream = b"".join(parts)
-    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    edges = [0, *cuts, len(stream)]
-    return [stream[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return _reads(draw, stream)
 
 
 def run_smp_decoder(chunks: list[bytes]) -> Outcome:
@@ -156,9 +161,7 @@ def mesh_frames(draw: st.DrawFn) -> bytes:
 @st.composite
 def mesh_streams(draw: st.DrawFn) -> list[bytes]:
     stream = b"".join(draw(st.lists(mesh_frames() | st.binary(max_size=8), min_size=1, max_size=8)))
-    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    edges = [0, *cuts, len(stream)]
-    return [stream[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return _reads(draw, stream)
 
 
 def run_mesh_decoder(chunks: list[bytes]) -> Outcome:
@@ -555,4 +558,4 @@ TARGETS: dict[str, WireTarget] = {
     )
 }
 
-__all__ = ["TARGETS", "FileTarget", "WireTarget"]
+__all__ = ["TARGETS", "WireTarget"]
