@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per target (60)")
     parser.add_argument("--seed", type=int, default=int(time.time()), help="first round's seed")
     parser.add_argument("-k", dest="select", default="", help="only targets containing this")
+    parser.add_argument("-v", dest="verbose", action="store_true", help="list the refusals")
     parser.add_argument("--out", type=Path, default=Path("reports/fuzz"), help="failing inputs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,9 @@ def main() -> int:
         print(row, flush=True)
         for key in tally.failures:
             print(f"    {key}")
+        if args.verbose:
+            for key in sorted(tally.refusals):
+                print(f"    refused: {key}")
         failed = failed or bool(tally.failures)
     print("\n" + header + "\n" + "\n".join(rows))
     if failed:

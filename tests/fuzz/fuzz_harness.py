@@ -93,10 +93,15 @@ def run(
     return Outcome("ok")
 
 
-def run_cli(argv: Sequence[str], *, names: tuple[str, ...], seconds: float = 10.0) -> Outcome:
-    """``dfuhil ARGV`` in-process: exit 0, or exit 2 with a located one-line-per-problem error.
-
-    ``names``: the first line must mention one of them (the file's name): a located refusal.
+def run_cli(
+    argv: Sequence[str],
+    *,
+    names: tuple[str, ...],
+    seconds: float = 10.0,
+    codes: tuple[int, ...] = (2,),
+) -> Outcome:
+    """``dfuhil ARGV`` in-process: exit 0, or an exit in ``codes`` (2, bad input, for files)
+    with a located error: the first line mentions one of ``names`` (the file, the port).
     """
     err, out = io.StringIO(), io.StringIO()
     try:
@@ -124,11 +129,11 @@ def run_cli(argv: Sequence[str], *, names: tuple[str, ...], seconds: float = 10.
     if code == 0:
         return Outcome("ok")
     lines = text.splitlines()
-    if code != 2 or "Traceback" in err.getvalue() + out.getvalue() or not lines:
+    if code not in codes or "Traceback" in err.getvalue() + out.getvalue() or not lines:
         return Outcome("traceback", f"dfuhil {' '.join(argv)}: exit {code}\n{text}")
     if not any(n in lines[0] for n in names):
         return Outcome(
-            "traceback", f"dfuhil {' '.join(argv)}: exit 2 without naming {names}:\n{text}"
+            "traceback", f"dfuhil {' '.join(argv)}: exit {code} without naming {names}:\n{text}"
         )
     return Outcome("refused", lines[0].removeprefix("dfuhil: "))
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import cbor2
 from fuzz_files import WORK
-from fuzz_harness import Outcome, run
+from fuzz_harness import Outcome, run, run_cli
 from fuzz_strategies import INTERESTING, mutated_bytes, mutated_tree, values
 from hypothesis import strategies as st
 
@@ -444,6 +444,19 @@ def run_smp_host(plan: list[tuple[str, Any]]) -> list[Outcome]:
     return outcomes
 
 
+def run_smp_cli(plan: list[tuple[str, Any]]) -> Outcome:
+    """``dfuhil mcuboot list --port PTY``: a broken answer exits 1 and silence 3, naming the
+    port; a refusal the device states exits 1 with its name (``... refused: EUNKNOWN (1)``)."""
+    with pty_pair() as (master, port):
+        device = Device(master, HostileSmpServer(master, plan).respond)
+        with device.running():
+            argv = ["mcuboot", "list", "--port", port, "--timeout", "0.25"]
+            outcome = run_cli(argv, names=(port, " refused: "), seconds=15, codes=(1, 3))
+        if device.crashed:
+            return Outcome("traceback", f"the fuzz device crashed: {device.crashed}")
+    return outcome
+
+
 # Mesh: a device that acks every DFU packet, answers the echo, and slips in what the plan says.
 MESH_OPS = ["ok", "ok", "frame", "garbage", "silent", "nak", "restart", "request", "twice"]
 
@@ -553,6 +566,7 @@ TARGETS: dict[str, WireTarget] = {
     for t in (
         WireTarget("smp serial frames", smp_streams(), run_smp_decoder),
         WireTarget("smp answers (host over pty)", smp_plans(), run_smp_host),
+        WireTarget("smp answers (cli)", smp_plans(), run_smp_cli),
         WireTarget("mesh serial frames", mesh_streams(), run_mesh_decoder),
         WireTarget("mesh serial (host over pty)", mesh_plans(), run_mesh_host),
     )

@@ -50,5 +50,6 @@ test_smp_answers = _fuzz(
     [("header", ("version", 3))],  # a version smp's header cannot read: ValueError
     [("stuck", 100)],  # never takes the data: the upload looped forever
 )
+test_smp_answers_cli = _fuzz("smp answers (cli)", 8, [("value", [1, 2])], [("silent", None)])
 test_mesh_serial_frames = _fuzz("mesh serial frames", 80)
 test_mesh_host = _fuzz("mesh serial (host over pty)", 8)

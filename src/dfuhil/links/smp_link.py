@@ -375,7 +375,7 @@ class SmpLink:
             ) from None
         except SMPValidationException as exc:
             raise ProductError(
-                f"{operation}: the server's answer is not valid SMP for this request "
+                f"{operation}: the answer from {self.where} is not valid SMP for this request "
                 f"({exc.msg.strip()})\n{exc.details}"
             ) from None
 
