@@ -15,12 +15,10 @@ import json
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fuzz_harness import Outcome, run, run_cli
+from fuzz_harness import FuzzTarget, Outcome, run, run_cli
 from fuzz_strategies import (
     YAML_SNIPPETS,
     Field,
@@ -52,16 +50,6 @@ from dfuhil.formats.softdevice import find_softdevice
 ROOT = Path(__file__).resolve().parents[2]
 WORK = Path(tempfile.mkdtemp(prefix="dfuhil-fuzz-"))
 atexit.register(shutil.rmtree, WORK, ignore_errors=True)
-
-# Every outcome of a file target: a FileTarget's runner takes the mutated bytes.
-Runner = Callable[[bytes], Outcome]
-
-
-@dataclass(frozen=True)
-class FileTarget:
-    name: str
-    strategy: st.SearchStrategy[bytes]
-    runner: Runner
 
 
 def _place(target: str, name: str, data: bytes) -> Path:
@@ -549,34 +537,34 @@ def run_mcuboot_cli(data: bytes) -> Outcome:
     return run_cli(["image", "show", str(path)], names=(path.name,))
 
 
-TARGETS: dict[str, FileTarget] = {
+TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
-        FileTarget("boards.yaml", yaml_documents(boards_yaml()), run_boards_library),
-        FileTarget("boards.yaml (cli)", yaml_documents(boards_yaml()), run_boards_cli),
-        FileTarget("pm_static.yml", yaml_documents(pm_static_yaml()), run_pm_static_library),
-        FileTarget("pm_static.yml (cli)", yaml_documents(pm_static_yaml()), run_pm_static_cli),
-        FileTarget("intel hex", hex_files(), run_hex_library),
-        FileTarget("intel hex -> mesh bin", hex_files(), run_hex_to_bin),
-        FileTarget("intel hex (cli)", hex_files(), run_hex_cli),
-        FileTarget(
+        FuzzTarget("boards.yaml", yaml_documents(boards_yaml()), run_boards_library),
+        FuzzTarget("boards.yaml (cli)", yaml_documents(boards_yaml()), run_boards_cli),
+        FuzzTarget("pm_static.yml", yaml_documents(pm_static_yaml()), run_pm_static_library),
+        FuzzTarget("pm_static.yml (cli)", yaml_documents(pm_static_yaml()), run_pm_static_cli),
+        FuzzTarget("intel hex", hex_files(), run_hex_library),
+        FuzzTarget("intel hex -> mesh bin", hex_files(), run_hex_to_bin),
+        FuzzTarget("intel hex (cli)", hex_files(), run_hex_cli),
+        FuzzTarget(
             "device page",
             st.deferred(lambda: mutated_bytes(device_page()[1], _entry_fields(device_page()[1]))),
             run_devpage_library,
         ),
-        FileTarget("device page hex (cli)", st.deferred(device_page_hexes), run_devpage_cli),
-        FileTarget("bootloader_config json", json_documents(BOOTLOADER_CONFIG), run_config_library),
-        FileTarget(
+        FuzzTarget("device page hex (cli)", st.deferred(device_page_hexes), run_devpage_cli),
+        FuzzTarget("bootloader_config json", json_documents(BOOTLOADER_CONFIG), run_config_library),
+        FuzzTarget(
             "bootloader_config json (cli)", json_documents(BOOTLOADER_CONFIG), run_config_cli
         ),
-        FileTarget("mesh dfu zip", mesh_zips(), run_meshpkg_library),
-        FileTarget("mesh dfu zip (cli)", mesh_zips(), run_meshpkg_cli),
-        FileTarget("mesh key", pem_files(), run_meshkey_library),
-        FileTarget("mesh key (cli)", pem_files(), run_meshkey_cli),
-        FileTarget("mcuboot key", pem_files(), run_mcuboot_key_library),
-        FileTarget("mcuboot key (cli)", pem_files(), run_mcuboot_key_cli),
-        FileTarget("mcuboot image", mcuboot_files(), run_mcuboot_library),
-        FileTarget("mcuboot slot + trailer", mcuboot_files(), run_mcuboot_slot),
-        FileTarget("mcuboot image (cli)", mcuboot_files(), run_mcuboot_cli),
+        FuzzTarget("mesh dfu zip", mesh_zips(), run_meshpkg_library),
+        FuzzTarget("mesh dfu zip (cli)", mesh_zips(), run_meshpkg_cli),
+        FuzzTarget("mesh key", pem_files(), run_meshkey_library),
+        FuzzTarget("mesh key (cli)", pem_files(), run_meshkey_cli),
+        FuzzTarget("mcuboot key", pem_files(), run_mcuboot_key_library),
+        FuzzTarget("mcuboot key (cli)", pem_files(), run_mcuboot_key_cli),
+        FuzzTarget("mcuboot image", mcuboot_files(), run_mcuboot_library),
+        FuzzTarget("mcuboot slot + trailer", mcuboot_files(), run_mcuboot_slot),
+        FuzzTarget("mcuboot image (cli)", mcuboot_files(), run_mcuboot_cli),
     )
 }

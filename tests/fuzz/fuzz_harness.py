@@ -21,7 +21,10 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from dfuhil.cli import main as dfuhil_main
 from dfuhil.errors import DfuhilError
@@ -138,8 +141,38 @@ def run_cli(
     return Outcome("refused", lines[0].removeprefix("dfuhil: "))
 
 
-def check(outcome: Outcome) -> Outcome:
+def check(outcomes: Outcome | list[Outcome]) -> None:
     """In tests: a traceback or a hang fails the example (hypothesis then shrinks it)."""
-    if outcome.kind in ("traceback", "hang"):
-        raise FuzzFailure(f"{outcome.kind}:\n{outcome.detail}")
-    return outcome
+    for outcome in outcomes if isinstance(outcomes, list) else [outcomes]:
+        if outcome.kind in ("traceback", "hang"):
+            raise FuzzFailure(f"{outcome.kind}:\n{outcome.detail}")
+
+
+@dataclass(frozen=True)
+class FuzzTarget:
+    """A named input strategy and what runs each input (one outcome, or one per operation)."""
+
+    name: str
+    strategy: st.SearchStrategy[Any]
+    runner: Callable[[Any], Outcome | list[Outcome]]
+
+
+def fuzz_test(target: FuzzTarget, max_examples: int, *examples: Any) -> Callable[[], None]:
+    """A pytest test: ``target`` for ``max_examples`` derandomized inputs, plus ``examples``
+    (inputs that once crashed or hung dfuhil, kept so the bug stays fixed)."""
+
+    @settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(target.strategy)
+    def test(data: Any) -> None:
+        check(target.runner(data))
+
+    for data in examples:
+        test = example(data)(test)
+    test.__doc__ = f"fuzz target {target.name!r}: no traceback, no hang"
+    return test

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import fuzz_files
 import fuzz_wire
+from fuzz_harness import FuzzTarget
 
-TARGETS: dict[str, Any] = {**fuzz_files.TARGETS, **fuzz_wire.TARGETS}
+TARGETS: dict[str, FuzzTarget] = {**fuzz_files.TARGETS, **fuzz_wire.TARGETS}

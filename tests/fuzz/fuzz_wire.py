@@ -27,7 +27,7 @@ from typing import Any
 
 import cbor2
 from fuzz_files import WORK
-from fuzz_harness import Outcome, run, run_cli
+from fuzz_harness import FuzzTarget, Outcome, run, run_cli
 from fuzz_strategies import INTERESTING, mutated_bytes, mutated_tree, values
 from hypothesis import strategies as st
 
@@ -554,22 +554,15 @@ def run_mesh_host(plan: list[tuple[str, bytes]]) -> list[Outcome]:
     return outcomes
 
 
-@dataclass(frozen=True)
-class WireTarget:
-    name: str
-    strategy: st.SearchStrategy[Any]
-    runner: Callable[[Any], Outcome | list[Outcome]]
-
-
-TARGETS: dict[str, WireTarget] = {
+TARGETS: dict[str, FuzzTarget] = {
     t.name: t
     for t in (
-        WireTarget("smp serial frames", smp_streams(), run_smp_decoder),
-        WireTarget("smp answers (host over pty)", smp_plans(), run_smp_host),
-        WireTarget("smp answers (cli)", smp_plans(), run_smp_cli),
-        WireTarget("mesh serial frames", mesh_streams(), run_mesh_decoder),
-        WireTarget("mesh serial (host over pty)", mesh_plans(), run_mesh_host),
+        FuzzTarget("smp serial frames", smp_streams(), run_smp_decoder),
+        FuzzTarget("smp answers (host over pty)", smp_plans(), run_smp_host),
+        FuzzTarget("smp answers (cli)", smp_plans(), run_smp_cli),
+        FuzzTarget("mesh serial frames", mesh_streams(), run_mesh_decoder),
+        FuzzTarget("mesh serial (host over pty)", mesh_plans(), run_mesh_host),
     )
 }
 
-__all__ = ["TARGETS", "WireTarget"]
+__all__ = ["TARGETS"]

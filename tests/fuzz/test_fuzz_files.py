@@ -12,6 +12,7 @@ import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fuzz_files import (
@@ -23,9 +24,8 @@ from fuzz_files import (
     mesh_package_members,
     pm_static_yaml,
 )
-from fuzz_harness import check
+from fuzz_harness import fuzz_test
 from fuzz_strategies import DEEP, HUGE_INT, YAML_SNIPPETS, json_text
-from hypothesis import HealthCheck, example, given, settings
 
 from dfuhil.errors import InputError
 from dfuhil.formats.mcuboot import IMAGE_MAGIC, ImageFormatError
@@ -36,25 +36,8 @@ SELF_ALIAS = "a: &a [1, *a]\n"
 REUSED_ANCHOR = "x:\n  a: &id001 [1]\n  b: &id001 [2]\n"
 
 
-def _fuzz(name: str, max_examples: int, *examples: bytes) -> Callable[[], None]:
-    """A test running target ``name`` for ``max_examples`` inputs plus the given examples."""
-    target = TARGETS[name]
-
-    @settings(
-        max_examples=max_examples,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(target.strategy)
-    def test(data: bytes) -> None:
-        check(target.runner(data))
-
-    for data in examples:
-        test = example(data)(test)
-    test.__doc__ = f"fuzz target {name!r}: no traceback, no hang"
-    return test
+def _fuzz(name: str, max_examples: int, *examples: Any) -> Callable[[], None]:
+    return fuzz_test(TARGETS[name], max_examples, *examples)
 
 
 def _manifest_zip(text: str) -> bytes:

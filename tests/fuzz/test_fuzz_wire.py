@@ -11,31 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fuzz_harness import check
+from fuzz_harness import fuzz_test
 from fuzz_wire import TARGETS
-from hypothesis import HealthCheck, example, given, settings
 
 
 def _fuzz(name: str, max_examples: int, *examples: Any) -> Callable[[], None]:
-    target = TARGETS[name]
-
-    @settings(
-        max_examples=max_examples,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(target.strategy)
-    def test(data: Any) -> None:
-        outcomes = target.runner(data)
-        for outcome in outcomes if isinstance(outcomes, list) else [outcomes]:
-            check(outcome)
-
-    for data in examples:
-        test = example(data)(test)
-    test.__doc__ = f"fuzz target {name!r}: no traceback, no hang"
-    return test
+    return fuzz_test(TARGETS[name], max_examples, *examples)
 
 
 test_smp_serial_frames = _fuzz("smp serial frames", 80)
