@@ -1,10 +1,10 @@
 """Hand-edited YAML (boards.yaml, pm_static.yml) parsed with limits, so no file can hang dfuhil.
 
 ruamel.yaml follows the YAML spec to the letter: brackets nested a few thousand deep take it
-many seconds before it dies of a RecursionError, an alias may refer to itself, and ten lines of
-nested aliases expand to ten million values (the "billion laughs"). None of that is a farm
-description, so such a text is refused with a ``ValueError`` the callers already turn into a
-located InputError. A redefined anchor is legal YAML: its warning is not printed.
+many seconds before it dies of a RecursionError, and ten lines of nested aliases expand to ten
+million values (the "billion laughs"). Neither is a farm description, so such a text is
+refused with a ``ValueError`` the callers already turn into a located InputError. A redefined
+anchor is legal YAML: its warning is not printed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ MAX_VALUES = 100_000  # values after alias expansion; boards.yaml for 100 boards
 
 
 class YamlLimitError(ValueError):
-    """The text is YAML, but not one dfuhil reads: too deep, too big, or self-referencing."""
+    """The text is YAML, but not one dfuhil reads: nested too deep, or too big."""
 
 
 def load_round_trip(text: str) -> Any:
@@ -39,7 +39,7 @@ def load_round_trip(text: str) -> Any:
             raise YamlLimitError(
                 f"values nested more than {MAX_NESTING} levels deep; check the indentation"
             ) from None
-    _expanded_size(data, {}, set())
+    _expanded_size(data, {})
     return data
 
 
@@ -93,21 +93,17 @@ def _skip_quoted(text: str, start: int, line: int) -> tuple[int, int]:
     return i, line
 
 
-def _expanded_size(node: Any, sizes: dict[int, int], path: set[int]) -> int:
+def _expanded_size(node: Any, sizes: dict[int, int], depth: int = 0) -> int:
     """How many values ``node`` holds with aliases expanded; shared nodes are counted once."""
     if not isinstance(node, dict | list):
         return 1
     key = id(node)
     if key in sizes:
         return sizes[key]
-    if key in path:
-        raise YamlLimitError("an alias refers to the collection it is part of (a loop)")
-    if len(path) > MAX_NESTING:
+    if depth > MAX_NESTING:
         raise YamlLimitError(f"values nested more than {MAX_NESTING} levels deep")
-    path.add(key)
     children = list(node.values()) if isinstance(node, dict) else node
-    size = 1 + sum(_expanded_size(child, sizes, path) for child in children)
-    path.discard(key)
+    size = 1 + sum(_expanded_size(child, sizes, depth + 1) for child in children)
     if size > MAX_VALUES:
         raise YamlLimitError(
             f"aliases expand to more than {MAX_VALUES} values; a farm file needs far fewer "
