@@ -314,6 +314,8 @@ class HostileSmpServer:
             return
         if op == "stuck" and "off" in answer:  # takes no data: always the same offset
             payload = cbor2.dumps({"off": arg})
+        elif op == "params" and "buf_size" in answer:
+            payload = cbor2.dumps({"buf_size": arg[0], "buf_count": arg[1]})
         elif op == "tree":
             payload = cbor2.dumps(arg(answer))
         elif op == "value" or op == "error":
@@ -390,6 +392,9 @@ def smp_plans(draw: st.DrawFn) -> list[tuple[str, Any]]:
             arg = draw(st.binary(max_size=40))
         elif op == "stuck":
             arg = draw(st.sampled_from([0, 1, 100]))
+        elif op == "params":
+            sizes = st.sampled_from([*INTERESTING, -1, 1 << 40])
+            arg = (draw(sizes), draw(sizes))
         elif op == "noise":
             arg = draw(
                 st.sampled_from([b"\x06\x09", b"garbage\n", b"\x04\x14AAAA\n", b"\x06\x09!!!!\n"])
@@ -414,7 +419,7 @@ def _frame_damage(kind: str) -> Callable[[bytes], bytes]:
     return damage
 
 
-def run_smp_host(plan: list[tuple[str, Any]]) -> list[Outcome]:
+def run_smp_host(plan: list[tuple[str, Any]], image: bytes = IMAGE) -> list[Outcome]:
     from dfuhil.links.console import Console
     from dfuhil.links.smp_link import SmpLink
 
@@ -434,7 +439,7 @@ def run_smp_host(plan: list[tuple[str, Any]]) -> list[Outcome]:
                         lambda: link.test(HASH),
                         link.confirm,
                         link.reset,
-                        lambda: link.upload(IMAGE, first_timeout_s=0.5),
+                        lambda: link.upload(image, first_timeout_s=0.5),
                     ):
                         outcomes.append(run(op, seconds=15))
             finally:

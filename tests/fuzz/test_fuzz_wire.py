@@ -3,7 +3,8 @@ result or a named error, never a traceback, never a hang (bounded, deterministic
 
 The explicit examples are device behaviours that crashed or hung the host before its fix: an
 answer whose CBOR is not a map, that does not decode, nests 5000 deep or answers another op;
-a server that answers every upload chunk with the same offset (the host sent forever).
+a server that answers every upload chunk with the same offset (the host sent forever); a
+server that claims a buffer no serial frame can fill.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fuzz_harness import fuzz_test
-from fuzz_wire import TARGETS
+from fuzz_harness import check, fuzz_test
+from fuzz_wire import TARGETS, run_smp_host
 
 
 def _fuzz(name: str, max_examples: int, *examples: Any) -> Callable[[], None]:
@@ -34,3 +35,9 @@ test_smp_answers = _fuzz(
 test_smp_answers_cli = _fuzz("smp answers (cli)", 8, [("value", [1, 2])], [("silent", None)])
 test_mesh_serial_frames = _fuzz("mesh serial frames", 80)
 test_mesh_host = _fuzz("mesh serial (host over pty)", 8)
+
+
+def test_a_server_claiming_a_4_gib_buffer_gets_messages_a_serial_frame_can_carry() -> None:
+    """MCUmgr params said buf_size 0xFFFFFFFF: a 100 KB upload became one message too long for
+    the SMP header's u16 length (struct.error) before the serial transport capped the size."""
+    check(run_smp_host([("params", (0xFFFFFFFF, 4))], image=bytes(100_000)))

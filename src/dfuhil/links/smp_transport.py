@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # smpclient's serial Auto strategy before (or without) the server's MCUmgr params: two 128-byte
 # lines of encoded budget, i.e. 169 unencoded bytes per message. Safe for every server.
 FALLBACK_MESSAGE_SIZE = 169
+# The serial frame's u16 length counts the packet and its CRC: the largest buffer worth using.
+MAX_SERIAL_BUFFER = 0xFFFF - 2 + FRAME_OVERHEAD
 
 
 def _seq(packet: bytes) -> int:
@@ -192,7 +194,10 @@ class ConsoleTransport(SMPTransport):
 
     def initialize(self, smp_server_transport_buffer_size: int) -> None:
         if self._manual_size is None:
-            self._smp_server_transport_buffer_size = smp_server_transport_buffer_size
+            # A server may claim any size; a serial frame's u16 length bounds what can travel.
+            self._smp_server_transport_buffer_size = min(
+                smp_server_transport_buffer_size, MAX_SERIAL_BUFFER
+            )
 
     @property
     def manual_size(self) -> int | None:
