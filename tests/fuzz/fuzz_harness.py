@@ -46,6 +46,7 @@ class Outcome:
         """The refusal without its numbers: 'distinct refusals' counts these."""
         first = self.detail.splitlines()[0] if self.detail else ""
         first = re.sub(r"/\S*/", "", first)  # temporary paths
+        first = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", first)  # names and values quoted from input
         first = re.sub(r"0x[0-9A-Fa-f]+|[0-9A-Fa-f]{8,}|\d+", "#", first)
         return first[:160]
 
