@@ -78,31 +78,31 @@ FAR_APART_HEX = (
 
 test_boards_yaml = _fuzz(
     "boards.yaml",
-    12,
+    8,
     (boards_yaml() + ALIAS_BOMB).encode(),
     (boards_yaml() + SELF_ALIAS).encode(),
     (boards_yaml() + "key: " + DEEP + "\n").encode(),
 )
-test_boards_yaml_cli = _fuzz("boards.yaml (cli)", 8, (boards_yaml() + REUSED_ANCHOR).encode())
+test_boards_yaml_cli = _fuzz("boards.yaml (cli)", 5, (boards_yaml() + REUSED_ANCHOR).encode())
 test_pm_static = _fuzz(
     "pm_static.yml",
     30,
     (pm_static_yaml() + "key: " + DEEP + "\n").encode(),
     (pm_static_yaml() + ALIAS_BOMB).encode(),
 )
-test_pm_static_cli = _fuzz("pm_static.yml (cli)", 8, (pm_static_yaml() + REUSED_ANCHOR).encode())
+test_pm_static_cli = _fuzz("pm_static.yml (cli)", 5, (pm_static_yaml() + REUSED_ANCHOR).encode())
 test_intel_hex = _fuzz("intel hex", 40)
 test_intel_hex_to_mesh_bin = _fuzz("intel hex -> mesh bin", 40, FAR_APART_HEX)
-test_intel_hex_cli = _fuzz("intel hex (cli)", 25, FAR_APART_HEX)
+test_intel_hex_cli = _fuzz("intel hex (cli)", 15, FAR_APART_HEX)
 test_device_page = _fuzz("device page", 60)
-test_device_page_hex_cli = _fuzz("device page hex (cli)", 25)
+test_device_page_hex_cli = _fuzz("device page hex (cli)", 15)
 test_bootloader_config = _fuzz(
     "bootloader_config json",
     50,
     json_text({"bootloader_config": {"bootloader_id": [[DEEP]]}}).encode(),
     json.dumps(BOOTLOADER_CONFIG).replace("89", HUGE_INT).encode(),
 )
-test_bootloader_config_cli = _fuzz("bootloader_config json (cli)", 25)
+test_bootloader_config_cli = _fuzz("bootloader_config json (cli)", 15)
 test_mesh_zip = _fuzz(
     "mesh dfu zip",
     50,
@@ -110,14 +110,14 @@ test_mesh_zip = _fuzz(
     _manifest_zip('{"manifest": ' + HUGE_INT + "}"),
     _zip_with_central_directory_offset_off_by(100),
 )
-test_mesh_zip_cli = _fuzz("mesh dfu zip (cli)", 25, _zip_with_central_directory_offset_off_by(100))
+test_mesh_zip_cli = _fuzz("mesh dfu zip (cli)", 15, _zip_with_central_directory_offset_off_by(100))
 test_mesh_key = _fuzz("mesh key", 40)
-test_mesh_key_cli = _fuzz("mesh key (cli)", 20)
+test_mesh_key_cli = _fuzz("mesh key (cli)", 12)
 test_mcuboot_key = _fuzz("mcuboot key", 40, DAMAGED_OID_PEM)
-test_mcuboot_key_cli = _fuzz("mcuboot key (cli)", 20, DAMAGED_OID_PEM)
+test_mcuboot_key_cli = _fuzz("mcuboot key (cli)", 12, DAMAGED_OID_PEM)
 test_mcuboot_image = _fuzz("mcuboot image", 60)
 test_mcuboot_slot = _fuzz("mcuboot slot + trailer", 60, _slot_with_protected_tlvs_past_the_end())
-test_mcuboot_image_cli = _fuzz("mcuboot image (cli)", 25)
+test_mcuboot_image_cli = _fuzz("mcuboot image (cli)", 15)
 
 
 def test_a_hex_spanning_more_than_any_flash_is_refused_before_it_is_unpacked(

@@ -20,10 +20,10 @@ def _fuzz(name: str, max_examples: int, *examples: Any) -> Callable[[], None]:
     return fuzz_test(TARGETS[name], max_examples, *examples)
 
 
-test_smp_serial_frames = _fuzz("smp serial frames", 80)
+test_smp_serial_frames = _fuzz("smp serial frames", 50)
 test_smp_answers = _fuzz(
     "smp answers (host over pty)",
-    12,
+    10,
     [("value", b"\x01\x02")],  # a byte string, not a map: TypeError in smpclient
     [("value", 7)],
     [("raw", b"\xff\xff")],  # not CBOR: CBORDecodeError
@@ -33,8 +33,8 @@ test_smp_answers = _fuzz(
     [("stuck", 100)],  # never takes the data: the upload looped forever
 )
 test_smp_answers_cli = _fuzz("smp answers (cli)", 8, [("value", [1, 2])], [("silent", None)])
-test_mesh_serial_frames = _fuzz("mesh serial frames", 80)
-test_mesh_host = _fuzz("mesh serial (host over pty)", 8)
+test_mesh_serial_frames = _fuzz("mesh serial frames", 60)
+test_mesh_host = _fuzz("mesh serial (host over pty)", 6)
 
 
 def test_a_server_claiming_a_4_gib_buffer_gets_messages_a_serial_frame_can_carry() -> None:
