@@ -532,7 +532,7 @@ def _mesh_package() -> Any:
     )
 
 
-def run_mesh_host(plan: list[tuple[str, bytes]]) -> list[Outcome]:
+def run_mesh_host(plan: list[tuple[str, bytes]], seconds: float = 30) -> list[Outcome]:
     from dfuhil.links.mesh_serial import MeshSerialLink
     from dfuhil.procedures.mesh_dfu import MeshDfuTransfer
 
@@ -547,7 +547,7 @@ def run_mesh_host(plan: list[tuple[str, bytes]]) -> list[Outcome]:
                 transfer = MeshDfuTransfer(
                     package, link, time_scale=0.002, transaction_id=TID, quiet_period=20.0
                 )
-                outcomes.append(run(transfer.run, seconds=30))
+                outcomes.append(run(transfer.run, seconds=seconds))
             finally:
                 link.close()
         log = (WORK / "mesh-host.log").read_text(encoding="utf-8", errors="replace")
