@@ -12,8 +12,8 @@ SAMPLE_FIRMWARE := firmware/virtual/.generated
 # Allure's history between runs (trends, new failures); CI points it at its cache.
 REPORT_HISTORY ?= reports/history.jsonl
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm clean \
-	report report-setup chromium
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm fuzz \
+	clean report report-setup chromium
 
 setup: $(VENV)/.installed
 
@@ -76,6 +76,12 @@ bench-smp: setup firmware
 # Farm scale: generated farms of 1..32 boards in parallel, and the shipped farm serial vs -n.
 bench-farm: setup firmware
 	$(PY) bench/farm_scale.py $(BENCH_FARM_ARGS)
+
+# The long fuzz campaign: every parser and wire decoder for FUZZ_BUDGET seconds each (the short,
+# deterministic budget runs in `make test`, tests/fuzz/). Failing inputs land in reports/fuzz/.
+FUZZ_BUDGET ?= 60
+fuzz: setup firmware
+	$(PY) tests/fuzz/campaign.py --budget $(FUZZ_BUDGET)
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache node_modules

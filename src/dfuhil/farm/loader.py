@@ -20,7 +20,6 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedBase, CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -67,6 +66,7 @@ from dfuhil.formats.mcuboot import KeyFileError, load_public_key
 from dfuhil.formats.mcuboot_build import SerialRecovery
 from dfuhil.formats.pm_static import read_pm_static
 from dfuhil.formats.smp_uart import SmpUart
+from dfuhil.formats.yamltext import load_round_trip
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -116,7 +116,7 @@ def _read_yaml(path: Path, file: str) -> CommentedMap:
     except OSError as exc:
         raise fail(f"cannot read: {exc.strerror or exc}") from None
     try:
-        data = YAML(typ="rt").load(text)
+        data = load_round_trip(text)
     except MarkedYAMLError as exc:
         raise fail(*_describe_yaml_error(exc)) from None
     except (YAMLError, ValueError) as exc:

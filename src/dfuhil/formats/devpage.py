@@ -582,6 +582,10 @@ def load_bootloader_config(path: str | Path) -> BootloaderConfig:
         document: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(Problem(file, exc.lineno, "", f"invalid JSON: {exc.msg}")) from None
+    except RecursionError:
+        raise InputError(Problem(file, None, "", "invalid JSON: nested too deeply")) from None
+    except ValueError as exc:  # a number of more than 4300 digits
+        raise InputError(Problem(file, None, "", f"invalid JSON: {exc}")) from None
     if not isinstance(document, dict) or "bootloader_config" not in document:
         raise InputError(
             Problem(

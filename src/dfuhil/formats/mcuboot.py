@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
@@ -416,6 +416,11 @@ def read_slot_image(
             f"0x{size:X} bytes"
         )
     prot = header.protect_tlv_size
+    if tlv_start + prot + TLV_INFO.size > size:
+        raise ImageFormatError(
+            f"{source}: header says the protected TLVs end at 0x{tlv_start + prot:X}, past the "
+            f"slot's 0x{size:X} bytes"
+        )
     info = read(start + tlv_start + prot, TLV_INFO.size)
     _magic, unprot = TLV_INFO.unpack(info)
     end = min(size, tlv_start + prot + max(unprot, TLV_INFO.size))
@@ -504,10 +509,10 @@ class PublicKey:
             loaded = serialization.load_pem_private_key(pem, password=None).public_key()
         except TypeError as exc:
             raise KeyFileError(f"{source}: the private key is password-protected ({exc})") from None
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):
             try:
                 loaded = serialization.load_pem_public_key(pem)
-            except ValueError:
+            except (ValueError, UnsupportedAlgorithm):  # a damaged algorithm OID, too
                 raise KeyFileError(
                     f"{source}: not a PEM private or public key (make one with "
                     "`dfuhil image keygen` or `imgtool keygen`)"

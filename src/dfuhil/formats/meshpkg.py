@@ -41,6 +41,7 @@ SEGMENT_SIZE = 16  # bytes of image per DFU DATA packet
 WORD_SIZE = 4
 UICR_START = 0x10000000
 MBR_END = 0x1000
+MAX_FLASH_SPAN = 1 << 20  # nRF52840, the largest nRF5 flash
 # nrfhex.py: a hex carrying a SoftDevice information structure at 0x4000..0x7000 (old S132
 # layout) has a 0x3000-byte MBR area. Only SoftDevice images carry that structure.
 OLD_S132_MBR_END = 0x3000
@@ -110,6 +111,16 @@ def hex_to_bin(source: str | Path | IntelHex, *, file: str | None = None) -> tup
     if low >= high:
         raise InputError(
             Problem(file, None, "", f"holds only MBR data below 0x{low:X}; nothing to transfer")
+        )
+    if high - low > MAX_FLASH_SPAN:
+        raise InputError(
+            Problem(
+                file,
+                None,
+                "",
+                f"data from 0x{low:X} to 0x{high:X} spans more than the 1 MiB of the largest "
+                "nRF5 flash; is an extended address record (type 02/04) wrong?",
+            )
         )
     image = bytearray(b"\xff" * (-(high - low) % WORD_SIZE + (high - low)))
     for start, end in ranges:
@@ -399,12 +410,30 @@ class MeshPackage:
             ) from None
 
 
-_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
+# OSError/ValueError: a local header offset that points outside the file (seek fails).
+_ZIP_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
+    ValueError,
+    struct.error,
+)
+# No member of a mesh package comes near this (the largest nRF5 flash is 1 MiB); a zip whose
+# directory announces more is damaged or a zip bomb, and is not unpacked.
+MAX_MEMBER_SIZE = 4 << 20
 
 
 def _member(archive: zipfile.ZipFile, file: str, member: str, why: str) -> bytes:
     if member not in archive.namelist():
         raise InputError(Problem(file, None, member, f"missing from the zip ({why})"))
+    size = archive.getinfo(member).file_size
+    if size > MAX_MEMBER_SIZE:
+        raise InputError(
+            Problem(file, None, member, f"{size} bytes unpacked: not a mesh DFU member")
+        )
     try:
         return archive.read(member)
     except _ZIP_READ_ERRORS as exc:
@@ -445,8 +474,12 @@ def _read_archive(archive: zipfile.ZipFile, file: str) -> MeshPackage:
     raw = _member(archive, file, MANIFEST_NAME, "every DFU package has one")
     try:
         manifest: Any = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # also a number of over 4300 digits
         raise InputError(Problem(file, None, MANIFEST_NAME, f"not valid JSON ({exc})")) from None
+    except RecursionError:
+        raise InputError(
+            Problem(file, None, MANIFEST_NAME, "not valid JSON (nested too deeply)")
+        ) from None
     body = manifest.get("manifest") if isinstance(manifest, dict) else None
     if not isinstance(body, dict):
         raise InputError(Problem(file, None, MANIFEST_NAME, 'no top-level "manifest" object'))

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from dfuhil.errors import InputError, Problem
+from dfuhil.formats.yamltext import load_round_trip
 
 FLASH_REGION = "flash_primary"
 
@@ -128,7 +128,7 @@ def read_pm_static(path: Path, *, shown: str | None = None) -> PartitionTable:
 def parse_pm_static(text: str, *, source: str = "pm_static.yml") -> PartitionTable:
     """Parse pm_static.yml text (see the module docstring); raise InputError on any problem."""
     try:
-        data = YAML(typ="rt").load(text)
+        data = load_round_trip(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

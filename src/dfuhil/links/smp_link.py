@@ -332,7 +332,7 @@ class SmpLink:
                 self._remedy,
                 board=self._board,
             ) from None
-        return await self._negotiate()
+        return await self._guard("the MCUmgr params request", self._negotiate())
 
     async def _negotiate(self) -> ServerParams:
         manual: int | None = getattr(self._transport, "manual_size", None)
@@ -373,7 +373,7 @@ class SmpLink:
 
     def renegotiate(self) -> ServerParams:
         """Read the buffers again: after a reset another server may answer (serial recovery)."""
-        self.params = self._run(self._negotiate())
+        self.params = self._run(self._guard("the MCUmgr params request", self._negotiate()))
         return self.params
 
     @property
@@ -417,7 +417,7 @@ class SmpLink:
             ) from None
         except SMPValidationException as exc:
             raise ProductError(
-                f"{operation}: the server's answer is not valid SMP for this request "
+                f"{operation}: the answer from {self.where} is not valid SMP for this request "
                 f"({exc.msg.strip()})\n{exc.details}"
             ) from None
 

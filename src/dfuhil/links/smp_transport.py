@@ -18,7 +18,9 @@ import asyncio
 import concurrent.futures
 import logging
 
+import cbor2
 from smp import header as smphdr
+from smpclient.exceptions import SMPValidationException
 from smpclient.transport import SMPTransport, SMPTransportDisconnected
 from smpclient.transport.udp import SMPUDPTransport
 
@@ -26,17 +28,67 @@ from dfuhil.formats.smp import FRAME_OVERHEAD
 from dfuhil.formats.smp_uart import SerialBudget, SmpUart, serial_budget
 from dfuhil.links.console import Console
 
-__all__ = ["FALLBACK_MESSAGE_SIZE", "ConsoleTransport", "UdpTransport", "split_address"]
+__all__ = [
+    "FALLBACK_MESSAGE_SIZE",
+    "ConsoleTransport",
+    "UdpTransport",
+    "checked_answer",
+    "split_address",
+]
 
 log = logging.getLogger(__name__)
 
 # smpclient's serial Auto strategy before (or without) the server's MCUmgr params: two 128-byte
 # lines of encoded budget, i.e. 169 unencoded bytes per message. Safe for every server.
 FALLBACK_MESSAGE_SIZE = 169
+# The serial frame's u16 length counts the packet and its CRC: the largest buffer worth using.
+MAX_SERIAL_BUFFER = 0xFFFF - 2 + FRAME_OVERHEAD
 
 
 def _seq(packet: bytes) -> int:
     return packet[6] if len(packet) >= smphdr.Header.SIZE else -1
+
+
+# Keyword names smpclient's message models take from the header, not from the CBOR map.
+_RESERVED_KEYS = frozenset({"header", "smp_data"})
+
+
+def checked_answer(request: bytes, answer: bytes) -> bytes:
+    """``answer`` if smpclient can decode it as the answer to ``request``.
+
+    smpclient checks the fields of an answer (pydantic) but lets a header it cannot read, CBOR
+    that does not decode, or a payload that is not a map escape as ValueError or TypeError, and
+    a broken or hostile device must never crash the host: those become the
+    SMPValidationException the link reports as the server's fault, saying what is wrong.
+    """
+    problem = _answer_problem(request, answer)
+    if problem is not None:
+        raise SMPValidationException(problem, f"answer: {answer[:48].hex(' ')}")
+    return answer
+
+
+def _answer_problem(request: bytes, answer: bytes) -> str | None:
+    if len(answer) < smphdr.Header.SIZE:
+        return f"{len(answer)} bytes, shorter than the 8-byte SMP header"
+    try:
+        header = smphdr.Header.loads(answer[: smphdr.Header.SIZE])
+    except (ValueError, TypeError, AssertionError) as exc:
+        return f"its header cannot be read ({exc})"
+    asked = smphdr.Header.loads(request[: smphdr.Header.SIZE])
+    if header.group_id != asked.group_id:
+        return f"it answers group {header.group_id}, the request was for group {asked.group_id}"
+    if header.op != asked.op + 1:
+        return f"op {int(header.op)} does not answer a request with op {int(asked.op)}"
+    try:
+        body = cbor2.loads(answer[smphdr.Header.SIZE :])
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
+        return f"its CBOR payload cannot be decoded ({exc})"
+    if not isinstance(body, dict) or not all(isinstance(key, str) for key in body):
+        return f"its CBOR payload is {type(body).__name__}, not a map of names"
+    reserved = sorted(_RESERVED_KEYS & body.keys())
+    if reserved:
+        return f"its CBOR map has the key {reserved[0]!r}, which no SMP answer has"
+    return None
 
 
 class _SeqDemux:
@@ -145,13 +197,16 @@ class ConsoleTransport(SMPTransport):
         future = self._demux.expect(seq)
         try:
             await self.send(data)
-            return await future
+            return checked_answer(data, await future)
         finally:
             self._demux.forget(seq, future)
 
     def initialize(self, smp_server_transport_buffer_size: int) -> None:
         if self._manual_size is None:
-            self._smp_server_transport_buffer_size = smp_server_transport_buffer_size
+            # A server may claim any size; a serial frame's u16 length bounds what can travel.
+            self._smp_server_transport_buffer_size = min(
+                smp_server_transport_buffer_size, MAX_SERIAL_BUFFER
+            )
 
     @property
     def manual_size(self) -> int | None:
@@ -211,7 +266,7 @@ class UdpTransport(SMPUDPTransport):
         while True:
             packet = bytes(await self.receive())
             if _seq(packet) == seq:
-                return packet
+                return checked_answer(data, packet)
             log.debug("dropping a stale SMP datagram (seq %d, waiting for %d)", _seq(packet), seq)
 
     @property

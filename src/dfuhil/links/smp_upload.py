@@ -37,6 +37,9 @@ __all__ = ["MAX_STALLS", "PipelinedUpload", "UploadResult", "UploadTimeout"]
 MAX_STALLS = 3
 # Zephyr's upload server needs the header's 32 bytes in the first chunk (spec §4.5).
 MIN_FIRST_DATA = 32
+# A server that answers offsets without storing the data would be fed forever: give up once the
+# bytes sent reach this many times the image (plus some messages of slack for small images).
+RESEND_LIMIT = 4
 
 
 class UploadTimeout(TimeoutError):
@@ -106,6 +109,7 @@ class PipelinedUpload:
         self.progress = progress
         self.who = who
         self.requests = 0
+        self.sent = 0  # image bytes sent, resends included
         self.resent = 0
         self.match: bool | None = None
 
@@ -124,8 +128,17 @@ class PipelinedUpload:
                 "upload chunk: the first one needs the request fields, the sha and at least "
                 f"{MIN_FIRST_DATA} bytes of image; give a larger buffer size (--buf-size)"
             )
+        data = self.data[off : off + room]
+        self.sent += len(data)
+        if self.sent > RESEND_LIMIT * len(self.data) + 16 * self.message_size:
+            raise ProductError(
+                f"image upload to {self.who}: {self.sent} bytes sent for a {len(self.data)}-byte "
+                f"image and the server wants offset {off} again: it keeps answering offsets "
+                "it already had (a server that does not store the chunks, or a line that "
+                "corrupts every one)"
+            )
         self.requests += 1
-        return ImageUploadWrite(data=self.data[off : off + room], **fields)
+        return ImageUploadWrite(data=data, **fields)
 
     def offset(self, response: Any) -> int:
         """The server's ``off``; an error answer becomes SmpRefused."""
