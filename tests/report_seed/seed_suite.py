@@ -13,6 +13,7 @@ from dfuhil.errors import InfrastructureError
 from dfuhil.farm.model import BoardSpec, Farm
 from dfuhil.procedures.leds import LedObserver
 from fixtures.boards import BoardLinks
+from fixtures.farm import multi_board_fixture
 
 
 @pytest.mark.roles("seed")
@@ -41,10 +42,16 @@ class Group:
     links: BoardLinks
 
 
+def _every_board(farm: Farm, config: pytest.Config) -> list[BoardSpec]:
+    return list(farm.boards)
+
+
+multi_board_fixture("group", _every_board)
+
+
 @pytest.fixture
 def group(farm: Farm, board_links: BoardLinks) -> Group:
-    for board in farm.boards:
-        board_links.console(board)
+    board_links.lease(farm.boards)  # all at once, consoles open, as the mesh fixture does
     return Group(tuple(farm.boards), board_links)
 
 

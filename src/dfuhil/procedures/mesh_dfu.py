@@ -546,8 +546,14 @@ class MeshDfuTransfer:
         )
 
     def _serve_requests(self) -> None:
-        """Answer queued DATA_REQs, oldest first, each paced like a frame."""
-        while self._queued:
+        """Answer the DATA_REQs queued now, oldest first, each paced like a frame.
+
+        Requests that arrive meanwhile wait for the next call: a node that asks again after
+        every frame cannot hold the host here, and the caller's loop keeps its own deadline.
+        """
+        for _ in range(len(self._queued)):
+            if not self._queued:
+                break
             segment = self._queued.pop(0)
             self._deliver(self._plan.data(self._tid, segment, response=True))
             self._served += 1
