@@ -1,0 +1,200 @@
+"""Power-cut campaigns on the virtual MCUboot: every flash operation of one upgrade boot cut,
+whole (MCUboot's simulator's way) or torn (dfuhil.sim.torn), and what the board does next.
+
+A campaign restores the flash as it was before the upgrade boot, arms a cut at operation i
+through the debug port (FaultInjector), powers on, waits for the cut, powers on again and sorts
+the outcome: **recovered** (the expected image runs and both slots hold the expected bytes),
+**wrong image** (another image runs, or the right one with the other slot not as expected: the
+way back is lost), **bricked** (MCUboot finds no bootable image) or **crashed** (the virtual
+MCUboot raised: a bug of this project, never MCUboot's). Used by tests/test_sim_torn_power.py
+(a bounded sample) and bench/power_cuts.py (every operation, several seeds, with a budget).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from mcubootrig import (
+    GEOMETRIES,
+    WAIT_S,
+    McubootRig,
+    app_image,
+    build_for,
+    fault_port,
+    mcuboot_board,
+)
+from simfarm import wait_until
+
+from dfuhil.formats.mcuboot_build import FlashGeometry, Slot
+from dfuhil.sim.faults import FaultInjector
+
+Outcome = Literal["recovered", "wrong image", "bricked", "crashed"]
+OUTCOMES: tuple[Outcome, ...] = ("recovered", "wrong image", "bricked", "crashed")
+FLASH_IN_USE = 0x20000  # MCUboot, both slots and the scratch of every campaign geometry
+NO_IMAGE = "Unable to find bootable image"
+# MCUboot v2.1.0 erases a multi-sector scratch front to back; a cut after its first page leaves
+# the scratch trailer standing and the next boot resumes from it (fixed in v2.2.0, f76fba70).
+SCRATCH_ERASE_HOLE = "MCUboot v2.1.0 swap_scratch.c:675-678 (scratch erased front to back)"
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """One upgrade boot to cut: the flash before it, and what it must end with."""
+
+    name: str
+    mode: str
+    kind: Literal["upgrade", "revert", "xip-erase"] = "upgrade"
+    permanent: bool = True
+    v2_size: int = 0x2400
+    geometry: FlashGeometry | None = None
+    known_brick: str = ""  # where a real MCUboot v2.1.0 bricks too
+
+
+CAMPAIGNS: tuple[Campaign, ...] = (
+    Campaign("swap-scratch perm", "swap-scratch", v2_size=0x3A00),
+    Campaign(
+        "swap-scratch perm, 2-sector scratch",
+        "swap-scratch",
+        v2_size=0x3A00,
+        geometry=replace(GEOMETRIES["swap-scratch"], scratch=Slot(0x18000, 0x2000)),
+        known_brick=SCRATCH_ERASE_HOLE,
+    ),
+    Campaign("swap-scratch revert", "swap-scratch", kind="revert", permanent=False),
+    Campaign("swap-move perm", "swap-move"),
+    Campaign("swap-move revert", "swap-move", kind="revert", permanent=False),
+    Campaign("overwrite-only", "overwrite-only", permanent=False),
+    Campaign("direct-xip-revert erase", "direct-xip-revert", kind="xip-erase", permanent=False),
+)
+
+
+@dataclass
+class Tally:
+    """Per campaign and cut kind: how many cuts ended how (and which, for the report)."""
+
+    tried: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    cases: list[str] = field(default_factory=list)  # every cut that did not recover
+
+    def add(self, outcome: Outcome, what: str) -> None:
+        self.tried += 1
+        self.counts[outcome] += 1
+        if outcome != "recovered":
+            self.cases.append(f"{outcome}: {what}")
+
+
+@dataclass
+class Replay:
+    rig: McubootRig
+    faults: FaultInjector
+    before: bytes
+    expect_version: str
+    expect: dict[str, bytes]  # slot name -> image it must hold
+
+    def restore(self) -> None:
+        self.faults.cut_power_now()
+        self.rig.board.flash.load(0, self.before)
+        self.faults.reset_stats()
+
+    def count(self) -> int:
+        """N: the flash operations of the whole boot, uninterrupted."""
+        self.restore()
+        self.faults.power_on()
+        running = self.rig.running()
+        assert running == self.expect_version, f"uninterrupted, {running} runs"
+        return self.faults.flash_ops()
+
+    def cut(self, i: int, torn_seed: int | None) -> tuple[Outcome, str]:
+        """Cut at operation ``i`` (torn with ``torn_seed`` if given); the outcome and why."""
+        rig = self.rig
+        self.restore()
+        self.faults.cut_power_after(i, torn_seed=torn_seed)
+        self.faults.power_on()
+        cut = wait_until(
+            lambda: rig.board.cpu.status,
+            lambda s: s.startswith("power cut") or s.startswith("running app"),
+            f"the power cut at operation {i}",
+            WAIT_S,
+        )
+        assert cut.startswith("power cut"), f"operation {i} never came: {cut}"
+        where = cut.removeprefix("power cut ")
+        if torn_seed is not None:
+            where += f"; {self.faults.last_tear()}"
+        assert rig.board.uart.wait_tx_idle(WAIT_S)
+        rig.console.skip_to_end()
+        start = len(rig.console.text())
+        self.faults.power_on()
+        status = self._settle(start)
+        if status.startswith("crashed"):
+            return "crashed", f"{where}: {rig.notes().splitlines()[-1:]}"
+        if not status.startswith("running app"):
+            return "bricked", f"{where}: {NO_IMAGE}"
+        version = status.split()[2]
+        if version != self.expect_version:
+            return "wrong image", f"{where}: v{version} runs, not v{self.expect_version}"
+        for name, image in self.expect.items():
+            slot = getattr(rig.geometry, name)
+            if rig.slot_bytes(slot, len(image)) != image:
+                return "wrong image", f"{where}: v{version} runs, {name} slot not as expected"
+        return "recovered", where
+
+    def _settle(self, start: int) -> str:
+        """Wait until an app runs, MCUboot gives up, or the plug-in crashed."""
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            status = self.rig.board.cpu.status
+            if status.startswith(("running app", "crashed")):
+                return status
+            if NO_IMAGE in self.rig.console.text()[start:]:
+                return "bricked"
+            time.sleep(0.02)
+        raise AssertionError(f"no app, no verdict after {WAIT_S} s: {self.rig.board.cpu.status}")
+
+
+@contextmanager
+def replay(campaign: Campaign, key: Any) -> Iterator[Replay]:
+    """The board set up just before the boot the campaign cuts, powered off."""
+    g = campaign.geometry or GEOMETRIES[campaign.mode]
+    assert g.secondary is not None
+    xip = campaign.kind == "xip-erase"
+    # direct-xip: a confirmed v1 (magic + image_ok), v2 linked for the secondary slot
+    v1 = app_image(g.primary, "1.0.0", key, pad=xip, confirm=xip)
+    v2 = app_image(g.secondary if xip else g.primary, "2.0.0", key, size=campaign.v2_size)
+    build = build_for(campaign.mode, key, geometry=g)
+    with mcuboot_board(build, primary=v1) as rig, fault_port(rig) as faults:
+        if xip:
+            # v2 selected in the secondary on an earlier boot, never confirmed: this boot
+            # erases it (boot_select_or_erase, loader.c:2595-2609) and boots v1.
+            rig.program(g.secondary, v2)
+            rig.write_field(g.secondary, "magic")
+            rig.write_field(g.secondary, "copy_done", 0x01)
+            faults.cut_power_now()
+            yield Replay(rig, faults, rig.board.flash.read(0, FLASH_IN_USE), "1.0.0", {})
+            return
+        rig.program(g.secondary, v2)
+        rig.set_pending(permanent=campaign.permanent)
+        if campaign.kind == "revert":
+            faults.power_on()
+            assert rig.running() == "2.0.0"
+        faults.cut_power_now()
+        before = rig.board.flash.read(0, FLASH_IN_USE)
+        swap = campaign.mode != "overwrite-only"
+        if campaign.kind == "revert":
+            yield Replay(rig, faults, before, "1.0.0", {"primary": v1, "secondary": v2})
+        else:
+            expect = {"primary": v2} | ({"secondary": v1} if swap else {})
+            yield Replay(rig, faults, before, "2.0.0", expect)
+
+
+def run_cuts(run: Replay, points: list[int], seeds: list[int | None]) -> dict[str, Tally]:
+    """Cut at each point, once per seed (None: a whole-operation cut); tallies per cut kind."""
+    tallies = {"whole": Tally(), "torn": Tally()}
+    for i in points:
+        for seed in seeds:
+            outcome, what = run.cut(i, seed)
+            tallies["whole" if seed is None else "torn"].add(outcome, f"op {i}: {what}")
+    return tallies
+
