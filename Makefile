@@ -10,7 +10,7 @@ SAMPLE_FIRMWARE := firmware/virtual/.generated
 # Allure's history between runs (trends, new failures); CI points it at its cache.
 REPORT_HISTORY ?= reports/history.jsonl
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp clean \
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-power clean \
 	report report-setup chromium
 
 setup: $(VENV)/.installed
@@ -70,6 +70,11 @@ bench-mesh: setup firmware
 
 bench-smp: setup firmware
 	$(PY) bench/smp_upload.py
+
+# Every flash operation of each MCUboot upgrade cut whole and torn; BUDGET bounds the wall time.
+POWER_BUDGET ?= 900
+bench-power: setup firmware
+	$(PY) bench/power_cuts.py --seeds 3 --budget $(POWER_BUDGET)
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache node_modules

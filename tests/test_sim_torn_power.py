@@ -1,0 +1,238 @@
+"""Torn power cuts: a cut *inside* a flash write or erase, and MCUboot v2.1.0 on the torn data.
+
+The flash model (dfuhil.sim.torn) is held to what NOR can do: a torn write only clears bits the
+write was clearing, word by word in order; a torn erase only sets bits; the result is fixed by
+the seed. The virtual MCUboot is held to what v2.1.0 reads on torn data (a torn magic is BAD,
+not GOOD; a torn copy_done is BAD and rewritten by direct-xip-revert), and a bounded sample of
+the power-cut campaigns (tests/powercut_campaign.py; the full ones are bench/power_cuts.py)
+must recover on every mode, except where MCUboot v2.1.0 itself bricks: that cut is counted as
+bricked, never as recovered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from imgtool import keys as imgtool_keys
+from mcubootrig import WAIT_S, GEOMETRIES, app_image, build_for, fault_port, mcuboot_board
+from pynrfjprog.APIError import APIError
+from simfarm import wait_until
+
+
+from powercut_campaign import CAMPAIGNS, SCRATCH_ERASE_HOLE, replay, run_cuts
+from dfuhil.errors import InputError
+from dfuhil.formats.mcuboot_trailer import (
+    Flag,
+    Magic,
+    SwapType,
+    TrailerLayout,
+    decide_swap,
+    field_write,
+    read_trailer,
+)
+from dfuhil.formats.chips import NRF52_TIMING
+from dfuhil.sim.clock import PowerLoss, VirtualClock
+from dfuhil.sim.flash import NorFlash
+from dfuhil.sim.lowlevel import VirtualLowLevelAPI
+
+PAGE = 0x1000
+
+
+@pytest.fixture(scope="module")
+def key() -> Any:
+    return imgtool_keys.ECDSA256P1.generate()
+
+
+def flash() -> NorFlash:
+    return NorFlash(
+        base=0,
+        size=4 * PAGE,
+        page_size=PAGE,
+        timing=NRF52_TIMING,
+        clock=VirtualClock(0.0001),
+    )
+
+
+def cut_during_next(f: NorFlash, seed: int | None) -> None:
+    def hook(kind: str, address: int) -> None:
+        f.fault_hook = None
+        raise PowerLoss(f"cut in {kind} at {address:#x}")
+
+    f.fault_hook = hook
+    f.tear_next_cut(seed)
+
+
+def words(data: bytes) -> list[int]:
+    return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
+
+
+# --- the flash model ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_torn_write_clears_only_bits_it_was_clearing_in_word_order(seed: int) -> None:
+    f = flash()
+    old = bytes(range(256)) * 4  # 1 KiB, some bits already programmed
+    f.write(0x100, old)
+    data = bytes((i * 37) & 0xFF for i in range(1024))
+    cut_during_next(f, seed)
+    with pytest.raises(PowerLoss):
+        f.write(0x100, data)
+    got = words(f.read(0x100, 1024))
+    full = [o & d for o, d in zip(words(old), words(data), strict=True)]
+    k = next(i for i, (g, w) in enumerate(zip(got, full, strict=True)) if g != w)
+    assert got[:k] == full[:k]  # programmed before the cut
+    assert got[k + 1 :] == words(old)[k + 1 :]  # never reached
+    o, w = words(old)[k], full[k]
+    assert got[k] & ~o == 0 and got[k] & w == w  # no bit set; only bits being cleared cleared
+    assert got[k] not in (o, w)  # torn: strictly between old and new
+    assert f.is_torn(0x100, 4) and f.last_tear is not None and f.last_tear.done == k
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_torn_erase_sets_only_bits_and_the_page_stays_torn_until_erased(seed: int) -> None:
+    f = flash()
+    programmed = bytes((i * 11) & 0xFF for i in range(PAGE))
+    f.write(PAGE, programmed)
+    f.write(2 * PAGE, programmed)
+    cut_during_next(f, seed)
+    with pytest.raises(PowerLoss):
+        f.erase_page(PAGE + 8)
+    got = f.read(PAGE, PAGE)
+    assert all(g | p == g for g, p in zip(got, programmed, strict=True))  # only 0 -> 1
+    assert got not in (programmed, b"\xff" * PAGE)
+    assert f.read(2 * PAGE, PAGE) == programmed  # the neighbour page is untouched
+    assert f.torn_pages == {PAGE}
+    f.erase_page(PAGE)
+    assert f.torn_pages == set() and f.read(PAGE, PAGE) == b"\xff" * PAGE
+
+
+def test_the_seed_fixes_the_tear_and_without_one_the_operation_never_starts() -> None:
+    results = []
+    for seed in (7, 7, 8, None):
+        f = flash()
+        f.write(0, b"\x00" * PAGE)
+        cut_during_next(f, seed)
+        with pytest.raises(PowerLoss):
+            f.erase_page(0)
+        results.append(f.read(0, PAGE))
+    assert results[0] == results[1] != results[2]
+    assert results[3] == b"\x00" * PAGE  # a whole-operation cut: not performed at all
+
+
+# --- the lever on the debug port ---------------------------------------------------------------
+
+
+def test_a_torn_cut_through_the_debug_port_tears_a_debugger_write(key: Any) -> None:
+    g = GEOMETRIES["swap-move"]
+    v1 = app_image(g.primary, "1.0.0", key)
+    with mcuboot_board(build_for("swap-move", key), primary=v1) as rig, fault_port(rig) as faults:
+        faults.cut_power_now()
+        with pytest.raises(InputError, match="torn_seed must be an int"):
+            faults.cut_power_after(1, torn_seed="x")  # type: ignore[arg-type]
+        faults.cut_power_after(1, torn_seed=3)
+        with VirtualLowLevelAPI("AUTO", endpoint=faults.endpoint) as api:
+            api.connect_to_emu_with_snr(rig.board.snr)
+            with pytest.raises(APIError, match="during flash operation 1 .*torn with seed 3"):
+                api.write(0x30000, [0x00] * 64, True)
+        got = rig.board.read(0x30000, 64)
+        assert got not in (b"\x00" * 64, b"\xff" * 64)
+        tear = faults.last_tear()
+        assert tear is not None and tear.startswith("torn write at 0x00030000 (seed 3)")
+
+
+# --- MCUboot v2.1.0 on torn data ---------------------------------------------------------------
+
+
+def torn_magic(layout: TrailerLayout) -> bytes:
+    off, block = field_write(layout, "magic", 0)
+    image = bytearray(b"\xff" * layout.slot_size)
+    image[off : off + len(block)] = block
+    image[layout.magic + 9] |= 0x30  # two bits of one byte never cleared
+    return bytes(image)
+
+
+def test_a_torn_magic_is_bad_and_a_bad_secondary_magic_blocks_a_revert() -> None:
+    """boot_magic_decode is a memcmp of all 16 bytes (bootutil_misc.h:20-26), and the revert row
+    of boot_swap_tables wants the secondary's magic UNSET (bootutil_public.c:118-125)."""
+    layout = TrailerLayout(0x4000)
+    secondary = read_trailer(lambda a, n: torn_magic(layout)[a : a + n], 0, layout)
+    assert secondary.magic == Magic.BAD
+    primary = read_trailer(lambda a, n: b"\xff" * n, 0, layout)
+    primary = type(primary)(Magic.GOOD, SwapType.NONE, 0, Flag.SET, Flag.UNSET, None)
+    erased = read_trailer(lambda a, n: b"\xff" * n, 0, layout)
+    assert decide_swap(primary, erased) == SwapType.REVERT
+    assert decide_swap(primary, secondary) == SwapType.NONE
+
+
+def test_direct_xip_revert_rewrites_a_torn_copy_done_so_the_revert_still_happens(
+    key: Any,
+) -> None:
+    """boot_select_or_erase rewrites copy_done unless it is SET (loader.c:2611-2622): a copy_done
+    torn by a cut reads BAD, is rewritten, and the unconfirmed image is still reverted."""
+    g = GEOMETRIES["direct-xip-revert"]
+    assert g.secondary is not None
+    v1 = app_image(g.primary, "1.0.0", key, pad=True, confirm=True)
+    v2 = app_image(g.secondary, "2.0.0", key)
+    with (
+        mcuboot_board(build_for("direct-xip-revert", key), primary=v1) as rig,
+        fault_port(rig) as faults,
+    ):
+        rig.program(g.secondary, v2)
+        rig.write_field(g.secondary, "magic")  # the direct-xip "test"
+        faults.cut_power_now()
+        faults.cut_power_after(1, torn_seed=4)  # the boot's first operation: copy_done
+        faults.power_on()
+        cut = wait_until(
+            lambda: rig.board.cpu.status, lambda s: s.startswith("power cut"), "the cut", WAIT_S
+        )
+        assert "during flash operation 1 (write at" in cut
+        assert rig.trailer(g.secondary).copy_done == Flag.BAD
+        faults.power_on()
+        assert rig.running() == "2.0.0"
+        assert rig.trailer(g.secondary).copy_done == Flag.SET
+        _, running = rig.boot()  # never confirmed: reverted
+        assert running == "1.0.0"
+
+
+# --- the campaigns, a bounded sample ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("campaign", CAMPAIGNS, ids=[c.name for c in CAMPAIGNS])
+def test_a_sample_of_torn_and_whole_cuts_recovers_or_is_counted_as_mcuboots_own_brick(
+    campaign: Any, key: Any
+) -> None:
+    with replay(campaign, key) as run:
+        n = run.count()
+        points = sorted({1, 2, n // 3, n // 2, 2 * n // 3, n - 1, n})
+        tallies = run_cuts(run, points, [None, 11, 12])
+    for kind, tally in tallies.items():
+        assert tally.tried == len(points) * (1 if kind == "whole" else 2)
+        assert tally.counts["crashed"] == 0, tally.cases
+        if not campaign.known_brick:
+            assert tally.counts["recovered"] == tally.tried, (kind, tally.cases)
+        else:
+            assert tally.counts["wrong image"] == 0, (kind, tally.cases)
+
+
+def test_v2_1_0s_scratch_erase_hole_bricks_on_a_torn_cut_too_and_is_counted(key: Any) -> None:
+    """The cut in the 2-sector scratch's forward erase (swap_scratch.c:675-678): whole or torn,
+    the board bricks, and the campaign counts it as bricked."""
+    campaign = next(c for c in CAMPAIGNS if c.known_brick == SCRATCH_ERASE_HOLE)
+    with replay(campaign, key) as run:
+        run.count()
+        point = hole_point(run)
+        tallies = run_cuts(run, [point], [None, 5])
+    for tally in tallies.values():
+        assert tally.counts["bricked"] == 1, tally.cases
+        assert "erase_page at 0x00019000" in tally.cases[0] or "0x00018000" in tally.cases[0]
+
+
+def hole_point(run: Any) -> int:
+    """The operation erasing the scratch's second page (its first page already erased)."""
+    for i in range(1, 200):
+        outcome, what = run.cut(i, None)
+        if outcome == "bricked":
+            return i
+    raise AssertionError("the v2.1.0 scratch-erase hole never showed")
