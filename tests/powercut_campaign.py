@@ -6,7 +6,9 @@ through the debug port (FaultInjector), powers on, waits for the cut, powers on 
 the outcome: **recovered** (the expected image runs and both slots hold the expected bytes),
 **wrong image** (another image runs, or the right one with the other slot not as expected: the
 way back is lost), **bricked** (MCUboot finds no bootable image) or **crashed** (the virtual
-MCUboot raised: a bug of this project, never MCUboot's). Used by tests/test_sim_torn_power.py
+MCUboot raised: a bug of this project, never MCUboot's). A cut that lands in one of MCUboot
+v2.1.0's own holes (dfuhil.formats.mcuboot_holes) is counted with its outcome and also as
+"known", naming the hole. Used by tests/test_sim_torn_power.py
 (a bounded sample) and bench/power_cuts.py (every operation, several seeds, with a budget).
 """
 
@@ -30,15 +32,17 @@ from mcubootrig import (
 from simfarm import wait_until
 
 from dfuhil.formats.mcuboot_build import FlashGeometry, Slot
+from dfuhil.formats.mcuboot_holes import (
+    SCRATCH_FORWARD_ERASE,
+    SWAP_MOVE_TORN_REVERT_MAGIC,
+    KnownHole,
+)
 from dfuhil.sim.faults import FaultInjector
 
 Outcome = Literal["recovered", "wrong image", "bricked", "crashed"]
 OUTCOMES: tuple[Outcome, ...] = ("recovered", "wrong image", "bricked", "crashed")
 FLASH_IN_USE = 0x20000  # MCUboot, both slots and the scratch of every campaign geometry
 NO_IMAGE = "Unable to find bootable image"
-# MCUboot v2.1.0 erases a multi-sector scratch front to back; a cut after its first page leaves
-# the scratch trailer standing and the next boot resumes from it (fixed in v2.2.0, f76fba70).
-SCRATCH_ERASE_HOLE = "MCUboot v2.1.0 swap_scratch.c:675-678 (scratch erased front to back)"
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,15 @@ class Campaign:
     permanent: bool = True
     v2_size: int = 0x2400
     geometry: FlashGeometry | None = None
-    known_brick: str = ""  # where a real MCUboot v2.1.0 bricks too
+    # MCUboot v2.1.0's own holes in this boot: the hole, and the cut locations (as the cut
+    # status prints them, "erase_page at 0x..."), at which a cut falls into it
+    known: tuple[tuple[KnownHole, tuple[str, ...]], ...] = ()
+
+    def hole(self, outcome: str, where: str) -> KnownHole | None:
+        for hole, places in self.known:
+            if hole.outcome == outcome and any(place in where for place in places):
+                return hole
+        return None
 
 
 CAMPAIGNS: tuple[Campaign, ...] = (
@@ -61,11 +73,18 @@ CAMPAIGNS: tuple[Campaign, ...] = (
         "swap-scratch",
         v2_size=0x3A00,
         geometry=replace(GEOMETRIES["swap-scratch"], scratch=Slot(0x18000, 0x2000)),
-        known_brick=SCRATCH_ERASE_HOLE,
+        # the scratch's pages (0x18000, 0x19000) erased after the first operation
+        known=((SCRATCH_FORWARD_ERASE, ("erase_page at 0x00018000", "erase_page at 0x00019000")),),
     ),
     Campaign("swap-scratch revert", "swap-scratch", kind="revert", permanent=False),
     Campaign("swap-move perm", "swap-move"),
-    Campaign("swap-move revert", "swap-move", kind="revert", permanent=False),
+    Campaign(
+        "swap-move revert",
+        "swap-move",
+        kind="revert",
+        permanent=False,
+        known=((SWAP_MOVE_TORN_REVERT_MAGIC, ("write at 0x00018FF0",)),),  # secondary's magic
+    ),
     Campaign("overwrite-only", "overwrite-only", permanent=False),
     Campaign("direct-xip-revert erase", "direct-xip-revert", kind="xip-erase", permanent=False),
 )
@@ -77,13 +96,20 @@ class Tally:
 
     tried: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    known: dict[KnownHole, int] = field(default_factory=dict)  # of those, MCUboot's own holes
     cases: list[str] = field(default_factory=list)  # every cut that did not recover
 
-    def add(self, outcome: Outcome, what: str) -> None:
+    def add(self, outcome: Outcome, what: str, hole: KnownHole | None = None) -> None:
         self.tried += 1
         self.counts[outcome] += 1
+        if hole is not None:
+            self.known[hole] = self.known.get(hole, 0) + 1
         if outcome != "recovered":
-            self.cases.append(f"{outcome}: {what}")
+            self.cases.append(f"{outcome}: {what}" + ("" if hole is None else " [known]"))
+
+    def unexplained(self) -> int:
+        """Cuts that did not recover and are no known hole of MCUboot v2.1.0."""
+        return self.tried - self.counts["recovered"] - sum(self.known.values())
 
 
 @dataclass
@@ -189,12 +215,20 @@ def replay(campaign: Campaign, key: Any) -> Iterator[Replay]:
             yield Replay(rig, faults, before, "2.0.0", expect)
 
 
-def run_cuts(run: Replay, points: list[int], seeds: list[int | None]) -> dict[str, Tally]:
+def run_cuts(
+    campaign: Campaign, run: Replay, points: list[int], seeds: list[int | None]
+) -> dict[str, Tally]:
     """Cut at each point, once per seed (None: a whole-operation cut); tallies per cut kind."""
     tallies = {"whole": Tally(), "torn": Tally()}
     for i in points:
         for seed in seeds:
-            outcome, what = run.cut(i, seed)
-            tallies["whole" if seed is None else "torn"].add(outcome, f"op {i}: {what}")
+            cut_once(campaign, run, i, seed, tallies)
     return tallies
 
+
+def cut_once(
+    campaign: Campaign, run: Replay, i: int, seed: int | None, tallies: dict[str, Tally]
+) -> None:
+    outcome, what = run.cut(i, seed)
+    hole = campaign.hole(outcome, what)
+    tallies["whole" if seed is None else "torn"].add(outcome, f"op {i}: {what}", hole)

@@ -15,13 +15,23 @@ from typing import Any
 
 import pytest
 from imgtool import keys as imgtool_keys
-from mcubootrig import WAIT_S, GEOMETRIES, app_image, build_for, fault_port, mcuboot_board
+from mcuboot_trace import SWAP_PERM, Mcuboot, swap_scratch
+from mcubootrig import (
+    GEOMETRIES,
+    MAX_SECTORS,
+    WAIT_S,
+    app_image,
+    build_for,
+    fault_port,
+    mcuboot_board,
+)
+from powercut_campaign import CAMPAIGNS, Campaign, Replay, Tally, cut_once, replay, run_cuts
 from pynrfjprog.APIError import APIError
 from simfarm import wait_until
 
-
-from powercut_campaign import CAMPAIGNS, SCRATCH_ERASE_HOLE, replay, run_cuts
 from dfuhil.errors import InputError
+from dfuhil.formats.chips import NRF52_TIMING
+from dfuhil.formats.mcuboot_holes import SCRATCH_FORWARD_ERASE, SWAP_MOVE_TORN_REVERT_MAGIC
 from dfuhil.formats.mcuboot_trailer import (
     Flag,
     Magic,
@@ -31,7 +41,6 @@ from dfuhil.formats.mcuboot_trailer import (
     field_write,
     read_trailer,
 )
-from dfuhil.formats.chips import NRF52_TIMING
 from dfuhil.sim.clock import PowerLoss, VirtualClock
 from dfuhil.sim.flash import NorFlash
 from dfuhil.sim.lowlevel import VirtualLowLevelAPI
@@ -134,7 +143,7 @@ def test_a_torn_cut_through_the_debug_port_tears_a_debugger_write(key: Any) -> N
         faults.cut_power_after(1, torn_seed=3)
         with VirtualLowLevelAPI("AUTO", endpoint=faults.endpoint) as api:
             api.connect_to_emu_with_snr(rig.board.snr)
-            with pytest.raises(APIError, match="during flash operation 1 .*torn with seed 3"):
+            with pytest.raises(APIError, match=r"during flash operation 1 .*torn with seed 3"):
                 api.write(0x30000, [0x00] * 64, True)
         got = rig.board.read(0x30000, 64)
         assert got not in (b"\x00" * 64, b"\xff" * 64)
@@ -200,39 +209,75 @@ def test_direct_xip_revert_rewrites_a_torn_copy_done_so_the_revert_still_happens
 
 
 @pytest.mark.parametrize("campaign", CAMPAIGNS, ids=[c.name for c in CAMPAIGNS])
-def test_a_sample_of_torn_and_whole_cuts_recovers_or_is_counted_as_mcuboots_own_brick(
-    campaign: Any, key: Any
+def test_a_sample_of_torn_and_whole_cuts_recovers_unless_mcuboot_itself_would_not(
+    campaign: Campaign, key: Any
 ) -> None:
     with replay(campaign, key) as run:
         n = run.count()
         points = sorted({1, 2, n // 3, n // 2, 2 * n // 3, n - 1, n})
-        tallies = run_cuts(run, points, [None, 11, 12])
+        tallies = run_cuts(campaign, run, points, [None, 11, 12])
     for kind, tally in tallies.items():
         assert tally.tried == len(points) * (1 if kind == "whole" else 2)
         assert tally.counts["crashed"] == 0, tally.cases
-        if not campaign.known_brick:
-            assert tally.counts["recovered"] == tally.tried, (kind, tally.cases)
-        else:
-            assert tally.counts["wrong image"] == 0, (kind, tally.cases)
+        assert tally.unexplained() == 0, (kind, tally.cases)
 
 
-def test_v2_1_0s_scratch_erase_hole_bricks_on_a_torn_cut_too_and_is_counted(key: Any) -> None:
-    """The cut in the 2-sector scratch's forward erase (swap_scratch.c:675-678): whole or torn,
-    the board bricks, and the campaign counts it as bricked."""
-    campaign = next(c for c in CAMPAIGNS if c.known_brick == SCRATCH_ERASE_HOLE)
+def test_v2_1_0s_forward_scratch_erase_bricks_on_whole_and_torn_cuts_and_is_counted(
+    key: Any,
+) -> None:
+    """swap_scratch.c:675-678: the 2-sector scratch erased front to back after the first
+    operation. A whole cut before its second page, or a torn cut in its first page (the
+    trailer page still intact), bricks the board; the campaign counts it as bricked, known."""
+    campaign = next(c for c in CAMPAIGNS if c.known and c.known[0][0] is SCRATCH_FORWARD_ERASE)
+    g = campaign.geometry
+    assert g is not None and g.secondary is not None and g.scratch is not None
+    m = Mcuboot(sector=0x1000, max_sectors=MAX_SECTORS)
+    v2 = app_image(g.primary, "2.0.0", key, size=campaign.v2_size)  # as replay() signs it
+    swap_scratch(m, g.primary, g.secondary, g.scratch, len(v2), SWAP_PERM, True)
+    erase = m.step_ends[2] + 1  # the first operation's last status record, then the erase
+    assert m.ops[erase - 1 : erase + 1] == [("erase", 0x18000, 0x1000), ("erase", 0x19000, 0x1000)]
+    tallies = {"whole": Tally(), "torn": Tally()}
+    with replay(campaign, key) as run:
+        cut_once(campaign, run, erase + 1, None, tallies)  # first page erased, not the second
+        for seed in (1, 2):
+            cut_once(campaign, run, erase, seed, tallies)  # the first page's erase torn
+    for tally in tallies.values():
+        assert tally.counts["bricked"] == tally.tried, tally.cases
+        assert tally.known == {SCRATCH_FORWARD_ERASE: tally.tried}
+        assert tally.unexplained() == 0
+
+
+def test_a_torn_secondary_magic_in_swap_move_fixup_revert_loses_the_revert_for_good(
+    key: Any,
+) -> None:
+    """swap_move.c:482-493 writes the secondary's magic last; torn, it reads BAD and the revert
+    row (bootutil_public.c:118-125) never matches again: the unconfirmed v2 keeps running. A
+    whole-operation cut at the same place recovers (MCUboot's simulator cannot see this)."""
+    campaign = next(
+        c for c in CAMPAIGNS if c.known and c.known[0][0] is SWAP_MOVE_TORN_REVERT_MAGIC
+    )
     with replay(campaign, key) as run:
         run.count()
-        point = hole_point(run)
-        tallies = run_cuts(run, [point], [None, 5])
-    for tally in tallies.values():
-        assert tally.counts["bricked"] == 1, tally.cases
-        assert "erase_page at 0x00019000" in tally.cases[0] or "0x00018000" in tally.cases[0]
+        magic = next(i for i in range(1, 20) if "write at 0x00018FF0" in whole_cut_site(run, i))
+        assert run.cut(magic, None)[0] == "recovered"
+        outcome, what = run.cut(magic, 7)
+        assert outcome == "wrong image" and "v2.0.0 runs, not v1.0.0" in what, what
+        assert campaign.hole(outcome, what) is SWAP_MOVE_TORN_REVERT_MAGIC
+        log, running = run.rig.boot()
+        assert running == "2.0.0"  # and on every boot after
+        assert "I: Image index: 0, Swap type: none" in log.lines()
 
 
-def hole_point(run: Any) -> int:
-    """The operation erasing the scratch's second page (its first page already erased)."""
-    for i in range(1, 200):
-        outcome, what = run.cut(i, None)
-        if outcome == "bricked":
-            return i
-    raise AssertionError("the v2.1.0 scratch-erase hole never showed")
+def whole_cut_site(run: Replay, i: int) -> str:
+    """Where operation ``i`` of the boot is (from the cut's own status line)."""
+    run.restore()
+    run.faults.cut_power_after(i)
+    run.faults.power_on()
+    return str(
+        wait_until(
+            lambda: run.rig.board.cpu.status,
+            lambda s: s.startswith("power cut"),
+            f"operation {i}",
+            WAIT_S,
+        )
+    )
