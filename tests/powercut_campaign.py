@@ -33,6 +33,7 @@ from simfarm import wait_until
 
 from dfuhil.formats.mcuboot_build import FlashGeometry, Slot
 from dfuhil.formats.mcuboot_holes import (
+    OVERWRITE_TORN_HEADER_DOWNGRADE,
     SCRATCH_FORWARD_ERASE,
     SWAP_MOVE_TORN_REVERT_MAGIC,
     KnownHole,
@@ -55,6 +56,7 @@ class Campaign:
     permanent: bool = True
     v2_size: int = 0x2400
     geometry: FlashGeometry | None = None
+    downgrade_prevention: bool = False
     # MCUboot v2.1.0's own holes in this boot: the hole, and the cut locations (as the cut
     # status prints them, "erase_page at 0x..."), at which a cut falls into it
     known: tuple[tuple[KnownHole, tuple[str, ...]], ...] = ()
@@ -86,6 +88,14 @@ CAMPAIGNS: tuple[Campaign, ...] = (
         known=((SWAP_MOVE_TORN_REVERT_MAGIC, ("write at 0x00018FF0",)),),  # secondary's magic
     ),
     Campaign("overwrite-only", "overwrite-only", permanent=False),
+    Campaign(
+        "overwrite-only, downgrade prevention",
+        "overwrite-only",
+        permanent=False,
+        downgrade_prevention=True,
+        # the primary's first sector (its header), erased first
+        known=((OVERWRITE_TORN_HEADER_DOWNGRADE, ("erase_page at 0x00010000",)),),
+    ),
     Campaign("direct-xip-revert erase", "direct-xip-revert", kind="xip-erase", permanent=False),
 )
 
@@ -189,7 +199,9 @@ def replay(campaign: Campaign, key: Any) -> Iterator[Replay]:
     # direct-xip: a confirmed v1 (magic + image_ok), v2 linked for the secondary slot
     v1 = app_image(g.primary, "1.0.0", key, pad=xip, confirm=xip)
     v2 = app_image(g.secondary if xip else g.primary, "2.0.0", key, size=campaign.v2_size)
-    build = build_for(campaign.mode, key, geometry=g)
+    build = build_for(
+        campaign.mode, key, geometry=g, downgrade_prevention=campaign.downgrade_prevention
+    )
     with mcuboot_board(build, primary=v1) as rig, fault_port(rig) as faults:
         if xip:
             # v2 selected in the secondary on an earlier boot, never confirmed: this boot

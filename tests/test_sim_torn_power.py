@@ -31,7 +31,12 @@ from simfarm import wait_until
 
 from dfuhil.errors import InputError
 from dfuhil.formats.chips import NRF52_TIMING
-from dfuhil.formats.mcuboot_holes import SCRATCH_FORWARD_ERASE, SWAP_MOVE_TORN_REVERT_MAGIC
+from dfuhil.formats.mcuboot_holes import (
+    OVERWRITE_TORN_HEADER_DOWNGRADE,
+    SCRATCH_FORWARD_ERASE,
+    SWAP_MOVE_TORN_REVERT_MAGIC,
+    explain_brick,
+)
 from dfuhil.formats.mcuboot_trailer import (
     Flag,
     Magic,
@@ -266,6 +271,30 @@ def test_a_torn_secondary_magic_in_swap_move_fixup_revert_loses_the_revert_for_g
         log, running = run.rig.boot()
         assert running == "2.0.0"  # and on every boot after
         assert "I: Image index: 0, Swap type: none" in log.lines()
+
+
+def test_overwrite_only_with_downgrade_prevention_bricks_on_a_torn_header_erase(
+    key: Any,
+) -> None:
+    """loader.c:1003-1017: the primary's header torn by a cut in its erase reads as a higher
+    version; the update is erased as a downgrade and the torn primary is invalid. A whole cut
+    there recovers. The boot log names the hole."""
+    campaign = next(c for c in CAMPAIGNS if c.downgrade_prevention)
+    with replay(campaign, key) as run:
+        run.count()
+        assert "erase_page at 0x00010000" in whole_cut_site(run, 1)
+        assert run.cut(1, None)[0] == "recovered"
+        tallies = {"whole": Tally(), "torn": Tally()}
+        for seed in range(1, 13):  # some tears leave the version below v2's, some above
+            cut_once(campaign, run, 1, seed, tallies)
+        torn = tallies["torn"]
+        assert torn.counts["bricked"] > 0 and torn.unexplained() == 0, torn.cases
+        assert torn.known == {OVERWRITE_TORN_HEADER_DOWNGRADE: torn.counts["bricked"]}
+        bricked = int(torn.cases[-1].split("(seed ")[1].split(")")[0])
+        run.cut(1, bricked)
+        log = run.rig.console.text().splitlines()
+    assert explain_brick("overwrite-only", log) is OVERWRITE_TORN_HEADER_DOWNGRADE
+    assert explain_brick("swap-move", log) is None
 
 
 def whole_cut_site(run: Replay, i: int) -> str:

@@ -44,10 +44,31 @@ SWAP_MOVE_TORN_REVERT_MAGIC = KnownHole(
     "unchanged on mcu-tools/mcuboot main at 2d4bacc3",
 )
 
+OVERWRITE_TORN_HEADER_DOWNGRADE = KnownHole(
+    "bricked",
+    "loader.c:1003-1017",
+    "overwrite-only with downgrade prevention: a cut inside the erase of the primary's first "
+    "sector leaves its header torn, magic not erased and version bytes partly erased (read "
+    "higher); the next boot takes the update for a downgrade, erases the secondary "
+    "(insufficient version in secondary slot) and the torn primary fails validation (only a "
+    "torn cut shows it; MCUboot's simulator cuts between operations)",
+    "unchanged on mcu-tools/mcuboot main at 2d4bacc3 (loader.c:617-633)",
+)
+
+INSUFFICIENT = "insufficient version in secondary slot"
+PRIMARY_INVALID = "Image in the primary slot is not valid!"
+
 
 def explain_brick(mode: str, boot_log: Iterable[str]) -> KnownHole | None:
     """The known hole a board that found no bootable image after a power cut fell into, if its
     boot log shows one."""
-    if mode == "swap-scratch" and any("Boot source: scratch" in line for line in boot_log):
+    lines = list(boot_log)
+
+    def logged(text: str) -> bool:
+        return any(text in line for line in lines)
+
+    if mode == "swap-scratch" and logged("Boot source: scratch"):
         return SCRATCH_FORWARD_ERASE
+    if mode == "overwrite-only" and logged(INSUFFICIENT) and logged(PRIMARY_INVALID):
+        return OVERWRITE_TORN_HEADER_DOWNGRADE
     return None
