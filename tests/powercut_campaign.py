@@ -52,7 +52,7 @@ class Campaign:
 
     name: str
     mode: str
-    kind: Literal["upgrade", "revert", "xip-erase"] = "upgrade"
+    kind: Literal["upgrade", "revert", "xip-select", "xip-erase"] = "upgrade"
     permanent: bool = True
     v2_size: int = 0x2400
     geometry: FlashGeometry | None = None
@@ -96,6 +96,7 @@ CAMPAIGNS: tuple[Campaign, ...] = (
         # the primary's first sector (its header), erased first
         known=((OVERWRITE_TORN_HEADER_DOWNGRADE, ("erase_page at 0x00010000",)),),
     ),
+    Campaign("direct-xip-revert select", "direct-xip-revert", kind="xip-select", permanent=False),
     Campaign("direct-xip-revert erase", "direct-xip-revert", kind="xip-erase", permanent=False),
 )
 
@@ -195,7 +196,7 @@ def replay(campaign: Campaign, key: Any) -> Iterator[Replay]:
     """The board set up just before the boot the campaign cuts, powered off."""
     g = campaign.geometry or GEOMETRIES[campaign.mode]
     assert g.secondary is not None
-    xip = campaign.kind == "xip-erase"
+    xip = campaign.kind.startswith("xip")
     # direct-xip: a confirmed v1 (magic + image_ok), v2 linked for the secondary slot
     v1 = app_image(g.primary, "1.0.0", key, pad=xip, confirm=xip)
     v2 = app_image(g.secondary if xip else g.primary, "2.0.0", key, size=campaign.v2_size)
@@ -204,13 +205,15 @@ def replay(campaign: Campaign, key: Any) -> Iterator[Replay]:
     )
     with mcuboot_board(build, primary=v1) as rig, fault_port(rig) as faults:
         if xip:
-            # v2 selected in the secondary on an earlier boot, never confirmed: this boot
-            # erases it (boot_select_or_erase, loader.c:2595-2609) and boots v1.
             rig.program(g.secondary, v2)
-            rig.write_field(g.secondary, "magic")
-            rig.write_field(g.secondary, "copy_done", 0x01)
+            rig.write_field(g.secondary, "magic")  # the direct-xip "test"
+            if campaign.kind == "xip-erase":
+                # v2 selected on an earlier boot, never confirmed: this boot erases it
+                # (boot_select_or_erase, loader.c:2595-2609) and boots v1.
+                rig.write_field(g.secondary, "copy_done", 0x01)
             faults.cut_power_now()
-            yield Replay(rig, faults, rig.board.flash.read(0, FLASH_IN_USE), "1.0.0", {})
+            version = "1.0.0" if campaign.kind == "xip-erase" else "2.0.0"
+            yield Replay(rig, faults, rig.board.flash.read(0, FLASH_IN_USE), version, {})
             return
         rig.program(g.secondary, v2)
         rig.set_pending(permanent=campaign.permanent)
