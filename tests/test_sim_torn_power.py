@@ -47,6 +47,7 @@ from dfuhil.formats.mcuboot_trailer import (
     read_trailer,
 )
 from dfuhil.sim.clock import PowerLoss, VirtualClock
+from dfuhil.sim.debugport import PortError, _power_cut
 from dfuhil.sim.flash import NorFlash
 from dfuhil.sim.lowlevel import VirtualLowLevelAPI
 
@@ -154,6 +155,19 @@ def test_a_torn_cut_through_the_debug_port_tears_a_debugger_write(key: Any) -> N
         assert got not in (b"\x00" * 64, b"\xff" * 64)
         tear = faults.last_tear()
         assert tear is not None and tear.startswith("torn write at 0x00030000 (seed 3)")
+
+
+def test_the_debug_port_refuses_a_torn_cut_now_and_a_bad_seed(key: Any) -> None:
+    g = GEOMETRIES["swap-move"]
+    v1 = app_image(g.primary, "1.0.0", key)
+    with mcuboot_board(build_for("swap-move", key), primary=v1) as rig:
+        with pytest.raises(PortError, match="a torn cut needs after_ops"):
+            _power_cut(rig.board, {"now": True, "torn": True})
+        with pytest.raises(PortError, match="seed must be an int"):
+            _power_cut(rig.board, {"after_ops": 1, "torn": True, "seed": "1"})
+        with pytest.raises(PortError, match="torn must be true or false"):
+            _power_cut(rig.board, {"after_ops": 1, "torn": 1})
+        assert rig.board.flash.fault_hook is None  # nothing armed by a refused request
 
 
 # --- MCUboot v2.1.0 on torn data ---------------------------------------------------------------

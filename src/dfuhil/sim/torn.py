@@ -38,16 +38,16 @@ class Tear:
     kind: str
     address: int
     words: int
-    done: int  # words fully programmed / erased
+    done: int  # words fully programmed / erased (that were not already)
     torn: int  # words partly programmed / erased
     seed: int
 
     def describe(self) -> str:
-        untouched = self.words - self.done - self.torn
+        unchanged = self.words - self.done - self.torn
         verb = "erased" if self.kind.startswith("erase") else "written"
         return (
             f"torn {self.kind} at 0x{self.address:08X} (seed {self.seed}): of {self.words} "
-            f"words {self.done} {verb}, {self.torn} partly, {untouched} untouched"
+            f"words {self.done} {verb}, {self.torn} partly, {unchanged} unchanged"
         )
 
 
