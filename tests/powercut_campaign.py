@@ -3,7 +3,8 @@ whole (MCUboot's simulator's way) or torn (dfuhil.sim.torn), and what the board 
 
 A campaign restores the flash as it was before the upgrade boot, arms a cut at operation i
 through the debug port (FaultInjector), powers on, waits for the cut, powers on again and sorts
-the outcome: **recovered** (the expected image runs and both slots hold the expected bytes),
+the outcome: **recovered** (the expected image runs, both slots hold the expected bytes and the
+boot after runs what it must: the same image, or v1 after an unconfirmed direct-xip select),
 **wrong image** (another image runs, or the right one with the other slot not as expected: the
 way back is lost), **bricked** (MCUboot finds no bootable image) or **crashed** (the virtual
 MCUboot raised: a bug of this project, never MCUboot's). A cut that lands in one of MCUboot
@@ -130,6 +131,7 @@ class Replay:
     before: bytes
     expect_version: str
     expect: dict[str, bytes]  # slot name -> image it must hold
+    then_version: str = ""  # what the boot after runs (default: the same image)
 
     def restore(self) -> None:
         self.faults.cut_power_now()
@@ -176,6 +178,10 @@ class Replay:
             slot = getattr(rig.geometry, name)
             if rig.slot_bytes(slot, len(image)) != image:
                 return "wrong image", f"{where}: v{version} runs, {name} slot not as expected"
+        then = self.then_version or self.expect_version
+        _, after = rig.boot()  # and the board settles there: the boot after agrees
+        if after != then:
+            return "wrong image", f"{where}: v{version} runs, then v{after}, not v{then}"
         return "recovered", where
 
     def _settle(self, start: int) -> str:
@@ -212,8 +218,11 @@ def replay(campaign: Campaign, key: Any) -> Iterator[Replay]:
                 # (boot_select_or_erase, loader.c:2595-2609) and boots v1.
                 rig.write_field(g.secondary, "copy_done", 0x01)
             faults.cut_power_now()
-            version = "1.0.0" if campaign.kind == "xip-erase" else "2.0.0"
-            yield Replay(rig, faults, rig.board.flash.read(0, FLASH_IN_USE), version, {})
+            before = rig.board.flash.read(0, FLASH_IN_USE)
+            if campaign.kind == "xip-erase":
+                yield Replay(rig, faults, before, "1.0.0", {})
+            else:  # v2 selected, never confirmed: the boot after reverts to v1
+                yield Replay(rig, faults, before, "2.0.0", {}, then_version="1.0.0")
             return
         rig.program(g.secondary, v2)
         rig.set_pending(permanent=campaign.permanent)

@@ -72,6 +72,7 @@ def flash() -> NorFlash:
 def cut_during_next(f: NorFlash, seed: int | None) -> None:
     def hook(kind: str, address: int) -> None:
         f.fault_hook = None
+        f.tear_interrupted()
         raise PowerLoss(f"cut in {kind} at {address:#x}")
 
     f.fault_hook = hook

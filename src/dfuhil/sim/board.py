@@ -234,6 +234,7 @@ class VirtualBoard:
                 if remaining > 0:
                     return
                 self.flash.fault_hook = None
+            self.flash.tear_interrupted()  # armed torn: the page is torn before the board dies
             reason = (
                 f"power cut {when} flash operation {after_ops} ({kind} at 0x{address:08X}{torn})"
             )

@@ -7,7 +7,8 @@ costs the product specification's time on the farm's virtual clock and is counte
 can report bytes erased, bytes written and modelled device time.
 
 A power cut (the fault hook raising) normally lands *before* an operation, which is then not
-performed at all. With :meth:`NorFlash.tear_next_cut` armed, the cut lands *inside* it: the
+performed at all. With :meth:`NorFlash.tear_next_cut` armed, the hook calls
+:meth:`NorFlash.tear_interrupted` before it cuts, and the cut lands *inside* the operation: the
 page is left torn as :mod:`dfuhil.sim.torn` models (partly written or partly erased words), and
 the page stays marked torn until it is erased whole.
 """
@@ -50,6 +51,7 @@ class FlashStats:
 FaultHook = Callable[[str, int], None]
 # Leaves an interrupted operation's bytes (in place) as the cut would: (words done, words torn).
 TearFn = Callable[[bytearray, random.Random], tuple[int, int]]
+_Pending = tuple[str, int, int, TearFn]
 
 
 class NorFlash:
@@ -74,6 +76,7 @@ class NorFlash:
         self.torn_pages: set[int] = set()  # pages a cut tore, until erased whole
         self.last_tear: Tear | None = None
         self._tear_seed: int | None = None
+        self._op = threading.local()  # the operation under way in each thread (for a tear)
         self._data = bytearray(b"\xff" * size)
         self._lock = threading.Lock()
 
@@ -142,20 +145,29 @@ class NorFlash:
         first = address - (address - self.base) % self.page_size
         return range(first, address + max(length, 1), self.page_size)
 
+    def tear_interrupted(self) -> Tear | None:
+        """For a fault hook about to cut the power: with a seed armed (:meth:`tear_next_cut`),
+        leave the operation under way in this thread torn, before the board goes dark (so
+        nothing sees the board off and the page not yet torn). Returns what it left."""
+        pending: _Pending | None = getattr(self._op, "pending", None)
+        seed, self._tear_seed = self._tear_seed, None
+        if pending is None or seed is None:
+            return None
+        self._tear(*pending, seed)
+        return self.last_tear
+
     def _before(self, kind: str, address: int, length: int, tear: TearFn) -> None:
         self.stats.operations += 1
         hook = self.fault_hook
         if hook is None:
             return
+        self._op.pending = (kind, address, length, tear)
         try:
-            hook(kind, address)
-        except BaseException:  # the cut: torn if armed so, else the operation never started
-            seed, self._tear_seed = self._tear_seed, None
-            if seed is not None:
-                self._tear(kind, address, length, seed, tear)
-            raise
+            hook(kind, address)  # raises for a power cut: the operation goes no further
+        finally:
+            self._op.pending = None
 
-    def _tear(self, kind: str, address: int, length: int, seed: int, tear: TearFn) -> None:
+    def _tear(self, kind: str, address: int, length: int, tear: TearFn, seed: int) -> None:
         offset = address - self.base
         rng = random.Random(f"{seed}:{kind}:{address:#x}")
         with self._lock:
