@@ -1,14 +1,15 @@
 """What a NOR page holds when the supply fails in the middle of an erase or a write (seeded).
 
 MCUboot's simulator, and the farm's whole-operation cut, interrupt *between* flash operations.
-On silicon the cut lands inside one: the NVMC programs a buffer word after word (Zephyr's
-``drivers/flash/soc_flash_nrf.c`` writes one 32-bit word per NVMC program cycle) and erases a
-page as one long operation (t_ERASEPAGE, ~85 ms on an nRF52840). Nordic's product
-specifications promise nothing about a word or page whose write or erase did not finish (the
-NVMC chapter only says a write or erase must not be interrupted; see also the nRF Connect SDK's
-partial-erase notes), and MCUboot's own design documents treat such data as possible
-(``docs/design.md``, "Swap status": a status write interrupted by a reset; Zephyr's NVS and
-ZMS document the same "torn write" case for their ATEs). The model, per cut, from the seed:
+On silicon the cut lands inside one: Zephyr's nRF flash driver (``drivers/flash/soc_flash_nrf.c``)
+programs a buffer one 32-bit word per NVMC cycle through ``nrfx_nvmc_word_write`` (Zephyr's own
+flash tests wrap that function to count the writes), and a page erase is one long operation
+(t_ERASEPAGE, 89.7 ms in dfuhil.formats.chips). Only the power-fail comparator stops the NVMC from
+starting a write at low supply (nRF52840 PS v1.7, POFWARN), and POFCON is off at reset;
+nothing finishes an operation the supply dropped under. Software that lives on NOR assumes
+such torn data: MCUboot's status scan reports "an error writing status on the last swap"
+(swap_scratch.c:124-126 at v2.1.0), and Zephyr's NVS writes data before CRC-protected metadata
+so a cut-off write is ignored. The model, per cut, from the seed:
 
 - **torn write** (``write`` of n words): the words before a seeded word ``k`` were programmed,
   the words after it were not; word ``k`` has a seeded subset of the bits it was clearing
