@@ -179,8 +179,12 @@ class Replay:
             if rig.slot_bytes(slot, len(image)) != image:
                 return "wrong image", f"{where}: v{version} runs, {name} slot not as expected"
         then = self.then_version or self.expect_version
-        _, after = rig.boot()  # and the board settles there: the boot after agrees
-        if after != then:
+        start = len(rig.console.text())
+        rig.board.cpu.reset(halt=False, reason="the boot after")  # it must settle there
+        status = self._settle(start)
+        if not status.startswith("running app"):
+            return "crashed" if status.startswith("crashed") else "bricked", f"{where}: {status}"
+        if (after := status.split()[2]) != then:
             return "wrong image", f"{where}: v{version} runs, then v{after}, not v{then}"
         return "recovered", where
 
