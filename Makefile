@@ -12,8 +12,8 @@ SAMPLE_FIRMWARE := firmware/virtual/.generated
 # Allure's history between runs (trends, new failures); CI points it at its cache.
 REPORT_HISTORY ?= reports/history.jsonl
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm fuzz \
-	clean report report-setup chromium
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm \
+	bench-power fuzz clean report report-setup chromium
 
 setup: $(VENV)/.installed
 
@@ -82,6 +82,11 @@ bench-farm: setup firmware
 FUZZ_BUDGET ?= 60
 fuzz: setup firmware
 	$(PY) tests/fuzz/campaign.py --budget $(FUZZ_BUDGET)
+
+# Every flash operation of each MCUboot upgrade cut whole and torn; BUDGET bounds the wall time.
+POWER_BUDGET ?= 900
+bench-power: setup firmware
+	$(PY) bench/power_cuts.py --seeds 3 --budget $(POWER_BUDGET)
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache node_modules

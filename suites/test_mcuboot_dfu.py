@@ -14,6 +14,7 @@ from collections.abc import Callable
 import allure
 import pytest
 
+from dfuhil.formats.mcuboot_holes import explain_brick
 from dfuhil.formats.mcuboot_trailer import MODE_NUMBERS
 from dfuhil.links.smp_link import SmpRefused
 from dfuhil.procedures.image_sign import SignParams, sign_image
@@ -278,9 +279,13 @@ def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 20.0) -> 
 
 
 @pytest.mark.modes(*SWAP_MODES, "overwrite-only")
+@pytest.mark.parametrize("cut", ["whole", "torn"])
 def test_power_cuts_during_a_swap_leave_old_or_new_never_neither(
-    mcuboot: McubootUnderTest,
+    mcuboot: McubootUnderTest, cut: str
 ) -> None:
+    """A cut before a flash operation (MCUboot's simulator's kind) or inside one (``torn``: the
+    page left partly written or erased). A board that then finds no bootable image fails as
+    bricked, naming MCUboot v2.1.0's own hole when its boot log shows one."""
     faults = mcuboot.faults()
     image = mcuboot.sign("update", NEW)
 
@@ -299,21 +304,35 @@ def test_power_cuts_during_a_swap_leave_old_or_new_never_neither(
     outcomes = []
     for point in points:
         staged()
-        faults.cut_power_after(point)
+        faults.cut_power_after(point, torn_seed=point if cut == "torn" else None)
         mcuboot.console.skip_to_end()
         mcuboot.smp.reset()
         _wait(lambda: not mcuboot.powered(), f"no power cut at flash operation {point}")
+        where = f"{cut} cut {point}/{total}: {mcuboot.cpu_status()}"
         faults.power_on()
         result = mcuboot.wait_boot()
-        assert result.booted, f"cut at {point}/{total}: the board did not boot\n{result.log}"
+        if not result.booted:
+            traces.power_cut(mcuboot.name, point, total, "bricked")
+            allure.attach("\n".join(outcomes), name=f"{mcuboot.name} power cuts", extension="txt")
+            pytest.fail(_bricked(mcuboot, where, result.log), pytrace=False)
         version = mcuboot.active().version
         traces.power_cut(mcuboot.name, point, total, f"v{version}")
-        outcomes.append(f"cut before flash operation {point}/{total}: boots v{version}")
+        outcomes.append(f"{where}: boots v{version}")
         assert version.startswith((OLD, NEW)), outcomes[-1]
         if version.startswith(OLD):  # an interrupted swap must still complete on the next boot
             boot(mcuboot)
         assert_running(mcuboot, NEW)
     allure.attach("\n".join(outcomes), name=f"{mcuboot.name} power cuts", extension="txt")
+
+
+def _bricked(mcuboot: McubootUnderTest, where: str, log: str) -> str:
+    """The verdict for a board left without a bootable image: a product failure of MCUboot."""
+    hole = explain_brick(mcuboot.mode, log.splitlines())
+    cause = hole.describe() if hole else "no known MCUboot v2.1.0 hole explains it"
+    return (
+        f"bricked: {mcuboot.name} ({mcuboot.mode}) found no bootable image after a power cut "
+        f"({where})\n{cause}\n{mcuboot.diagnose()}"
+    )
 
 
 # --- diagnosis in the report -------------------------------------------------------------------

@@ -71,3 +71,17 @@ def test_smp_upload_bench_stock_uart_part_lands_every_way_but_the_netbuf_sized_b
     assert len(failed) == 1 and failed[0].startswith("burst") and "380 B x 4" in failed[0]
     assert "RX line buffers" in failed[0] or "lost" in failed[0], failed[0]
     assert not any("WRONG BYTES" in row for row in rows), done.stdout
+
+
+def test_power_cut_bench_stops_at_its_budget_and_says_so() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "power_cuts.py"), "--seeds", "1", "--budget", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("swap-scratch")]
+    assert rows and rows[0][:4] == ["swap-scratch", "perm", "83", "whole"], done.stdout
+    assert "(budget spent)" in done.stdout

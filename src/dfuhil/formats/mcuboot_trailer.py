@@ -283,7 +283,8 @@ def read_trailer(
 
 
 def decide_swap(primary: TrailerState, secondary: TrailerState) -> SwapType:
-    """``boot_swap_type_multi``: the first matching row of ``boot_swap_tables`` (spec §2.4).
+    """``boot_swap_type_multi``: the first matching row of ``boot_swap_tables`` (spec §2.4;
+    MCUboot v2.1.0 bootutil_public.c:102-127, the revert row wants the secondary's magic UNSET).
 
     Only the trailers decide; validating the secondary image (which can turn TEST/PERM into
     NONE or FAIL) is the caller's next step.
@@ -294,6 +295,7 @@ def decide_swap(primary: TrailerState, secondary: TrailerState) -> SwapType:
         return SwapType.PERM
     if (
         primary.magic == Magic.GOOD
+        and secondary.magic == Magic.UNSET  # not BAD: a torn secondary trailer blocks a revert
         and primary.image_ok == Flag.UNSET
         and primary.copy_done == Flag.SET
     ):

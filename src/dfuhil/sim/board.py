@@ -214,13 +214,18 @@ class VirtualBoard:
 
     # --- power faults (driven from the host by dfuhil.sim.faults through the debug port) ------
 
-    def arm_power_cut(self, after_ops: int) -> None:
+    def arm_power_cut(self, after_ops: int, torn_seed: int | None = None) -> None:
         """Lose power instead of performing the ``after_ops``-th code flash write or erase from
-        now. Every NVMC operation counts, the firmware's and a debugger's alike."""
+        now. Every NVMC operation counts, the firmware's and a debugger's alike. With
+        ``torn_seed`` the power fails in the middle of that operation instead, leaving its
+        page torn (dfuhil.sim.torn)."""
         if after_ops < 1:
             raise ValueError(f"after_ops must be at least 1, not {after_ops}")
         remaining = after_ops
         lock = threading.Lock()
+        when = "before" if torn_seed is None else "during"
+        torn = "" if torn_seed is None else f", torn with seed {torn_seed}"
+        self.flash.tear_next_cut(torn_seed)
 
         def countdown(kind: str, address: int) -> None:
             nonlocal remaining
@@ -229,7 +234,10 @@ class VirtualBoard:
                 if remaining > 0:
                     return
                 self.flash.fault_hook = None
-            reason = f"power cut before flash operation {after_ops} ({kind} at 0x{address:08X})"
+            self.flash.tear_interrupted()  # armed torn: the page is torn before the board dies
+            reason = (
+                f"power cut {when} flash operation {after_ops} ({kind} at 0x{address:08X}{torn})"
+            )
             self.cut_power(reason)  # whichever thread asked: the whole board goes dark
             raise PowerLoss(reason)  # and the asker unwinds without its operation
 

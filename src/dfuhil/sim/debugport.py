@@ -112,8 +112,17 @@ def _radio(board: VirtualBoard, a: dict[str, Any]) -> Any:
 
 
 def _power_cut(board: VirtualBoard, a: dict[str, Any]) -> Any:
-    """Fault injection: cut now, or arm a cut before the Nth code flash operation from now."""
+    """Fault injection: cut now, or arm a cut before the Nth code flash operation from now;
+    with ``torn`` (and an int ``seed``), the cut lands inside that operation instead."""
+    torn = a.get("torn", False)
+    if not isinstance(torn, bool):
+        raise PortError(INVALID_PARAMETER, f"power_cut torn must be true or false, not {torn!r}")
     if a.get("now"):
+        if torn:
+            raise PortError(
+                INVALID_PARAMETER,
+                "power_cut now lands between flash operations; a torn cut needs after_ops",
+            )
         board.cut_power("power cut by the host")
         return None
     after = a.get("after_ops")
@@ -121,8 +130,17 @@ def _power_cut(board: VirtualBoard, a: dict[str, Any]) -> Any:
         raise PortError(
             INVALID_PARAMETER, f"power_cut after_ops must be an int >= 1, not {after!r}"
         )
-    board.arm_power_cut(after)
+    seed = a.get("seed", 0)
+    if torn and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise PortError(INVALID_PARAMETER, f"power_cut seed must be an int, not {seed!r}")
+    board.arm_power_cut(after, seed if torn else None)
     return None
+
+
+def _last_tear(board: VirtualBoard, _a: dict[str, Any]) -> Any:
+    """What the last torn cut left (None if none yet): for campaign reports."""
+    tear = board.flash.last_tear
+    return None if tear is None else tear.describe()
 
 
 HANDLERS: dict[str, Handler] = {
@@ -153,6 +171,7 @@ HANDLERS: dict[str, Handler] = {
     "power_cut": _power_cut,
     "power_on": lambda b, a: b.power_on(),
     "flash_ops": lambda b, a: b.flash.stats.operations,
+    "last_tear": _last_tear,
 }
 
 

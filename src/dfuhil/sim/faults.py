@@ -10,6 +10,9 @@ them, switch the board on again and check what it boots:
   NVMC operation counts, the firmware's and a debugger's alike: a probe write while a cut is
   armed can be the one that trips it (the probe then gets an error, as when a target browns
   out under a J-Link).
+- ``cut_power_after(n, torn_seed=s)``: the power fails *during* the n-th operation instead:
+  its page is left torn, partly written or partly erased as seed ``s`` picks (dfuhil.sim.torn),
+  which MCUboot's own simulator never does. ``last_tear()`` says what it left.
 - ``cut_power_now()``: the supply drops immediately.
 - ``power_on()``: like flipping the power switch back (the board boots from reset).
 - ``flash_ops()`` / ``reset_stats()``: code flash operations counted since the last reset of
@@ -61,11 +64,22 @@ class FaultInjector:
 
     # --- the levers ------------------------------------------------------------------------------
 
-    def cut_power_after(self, n: int) -> None:
-        """Cut the power instead of performing the ``n``-th flash write/erase from now."""
+    def cut_power_after(self, n: int, *, torn_seed: int | None = None) -> None:
+        """Cut the power instead of performing the ``n``-th flash write/erase from now, or,
+        with ``torn_seed``, in the middle of it."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"cut_power_after: n counts flash operations from 1, not {n!r}")
-        self._call("power_cut", after_ops=n)
+        if torn_seed is None:
+            self._call("power_cut", after_ops=n)
+            return
+        if isinstance(torn_seed, bool) or not isinstance(torn_seed, int):
+            raise InputError(f"cut_power_after: torn_seed must be an int, not {torn_seed!r}")
+        self._call("power_cut", after_ops=n, torn=True, seed=torn_seed)
+
+    def last_tear(self) -> str | None:
+        """What the last torn cut left on the page (None if no cut tore anything yet)."""
+        tear = self._call("last_tear")
+        return None if tear is None else str(tear)
 
     def cut_power_now(self) -> None:
         self._call("power_cut", now=True)

@@ -5,16 +5,27 @@ programmed flash without an erase silently corrupts, as on silicon; writes are w
 words at word-aligned addresses (the NVMC's unit); erase works on whole pages. Each operation
 costs the product specification's time on the farm's virtual clock and is counted, so benches
 can report bytes erased, bytes written and modelled device time.
+
+A power cut (the fault hook raising) normally lands *before* an operation, which is then not
+performed at all. With :meth:`NorFlash.tear_next_cut` armed, the hook calls
+:meth:`NorFlash.tear_interrupted` before it cuts, and the cut lands *inside* the operation: the
+page is left torn as :mod:`dfuhil.sim.torn` models (partly written or partly erased words), and
+the page stays marked torn until it is erased whole.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from dfuhil.formats.chips import FlashTiming
 from dfuhil.sim.clock import VirtualClock
+from dfuhil.sim.torn import Tear, tear_erase, tear_write
+
+log = logging.getLogger(__name__)
 
 WORD = 4
 
@@ -38,6 +49,9 @@ class FlashStats:
 
 # Called before each operation with (kind, address); may raise to simulate a power cut.
 FaultHook = Callable[[str, int], None]
+# Leaves an interrupted operation's bytes (in place) as the cut would: (words done, words torn).
+TearFn = Callable[[bytearray, random.Random], tuple[int, int]]
+_Pending = tuple[str, int, int, TearFn]
 
 
 class NorFlash:
@@ -59,6 +73,10 @@ class NorFlash:
         self.name = name
         self.stats = FlashStats()
         self.fault_hook: FaultHook | None = None
+        self.torn_pages: set[int] = set()  # pages a cut tore, until erased whole
+        self.last_tear: Tear | None = None
+        self._tear_seed: int | None = None
+        self._op = threading.local()  # the operation under way in each thread (for a tear)
         self._data = bytearray(b"\xff" * size)
         self._lock = threading.Lock()
 
@@ -78,7 +96,7 @@ class NorFlash:
                 f"{self.name}: NVMC writes whole words; 0x{address:08X}+{len(data)} is not aligned"
             )
         self._check_range(address, len(data))
-        self._before("write", address)
+        self._before("write", address, len(data), lambda old, rng: tear_write(old, data, rng))
         offset = address - self.base
         with self._lock:
             for i, byte in enumerate(data):
@@ -88,17 +106,19 @@ class NorFlash:
     def erase_page(self, address: int) -> None:
         page = address - (address - self.base) % self.page_size
         self._check_range(page, self.page_size)
-        self._before("erase_page", page)
         offset = page - self.base
+        self._before("erase_page", page, self.page_size, tear_erase)
         with self._lock:
             self._data[offset : offset + self.page_size] = b"\xff" * self.page_size
+            self.torn_pages.discard(page)
         self.stats.pages_erased += 1
         self._spend(self.timing.erase_page_s, erased=self.page_size)
 
     def erase_all(self) -> None:
-        self._before("erase_all", self.base)
+        self._before("erase_all", self.base, self.size, tear_erase)
         with self._lock:
             self._data[:] = b"\xff" * self.size
+            self.torn_pages.clear()
         self.stats.erase_all += 1
         self._spend(self.timing.erase_all_s, erased=self.size)
 
@@ -108,11 +128,55 @@ class NorFlash:
         offset = address - self.base
         with self._lock:
             self._data[offset : offset + len(data)] = data
+            self.torn_pages -= set(self._pages(address, len(data)))
 
-    def _before(self, kind: str, address: int) -> None:
+    # --- torn operations -------------------------------------------------------------------------
+
+    def tear_next_cut(self, seed: int | None) -> None:
+        """With a seed, the next cut the fault hook raises tears the operation it interrupts;
+        with None, the cut lands before it (the operation is not performed at all)."""
+        self._tear_seed = seed
+
+    def is_torn(self, address: int, length: int) -> bool:
+        """Whether ``[address, address + length)`` touches a page a cut left torn."""
+        return any(page in self.torn_pages for page in self._pages(address, length))
+
+    def _pages(self, address: int, length: int) -> range:
+        first = address - (address - self.base) % self.page_size
+        return range(first, address + max(length, 1), self.page_size)
+
+    def tear_interrupted(self) -> Tear | None:
+        """For a fault hook about to cut the power: with a seed armed (:meth:`tear_next_cut`),
+        leave the operation under way in this thread torn, before the board goes dark (so
+        nothing sees the board off and the page not yet torn). Returns what it left."""
+        pending: _Pending | None = getattr(self._op, "pending", None)
+        seed, self._tear_seed = self._tear_seed, None
+        if pending is None or seed is None:
+            return None
+        self._tear(*pending, seed)
+        return self.last_tear
+
+    def _before(self, kind: str, address: int, length: int, tear: TearFn) -> None:
         self.stats.operations += 1
-        if self.fault_hook is not None:
-            self.fault_hook(kind, address)
+        hook = self.fault_hook
+        if hook is None:
+            return
+        self._op.pending = (kind, address, length, tear)
+        try:
+            hook(kind, address)  # raises for a power cut: the operation goes no further
+        finally:
+            self._op.pending = None
+
+    def _tear(self, kind: str, address: int, length: int, tear: TearFn, seed: int) -> None:
+        offset = address - self.base
+        rng = random.Random(f"{seed}:{kind}:{address:#x}")
+        with self._lock:
+            region = bytearray(self._data[offset : offset + length])
+            done, torn = tear(region, rng)
+            self._data[offset : offset + length] = region
+            self.torn_pages |= set(self._pages(address, length))
+        self.last_tear = Tear(kind, address, length // WORD, done, torn, seed)
+        log.info("%s: %s", self.name, self.last_tear.describe())
 
     def _spend(self, device_s: float, *, written: int = 0, erased: int = 0) -> None:
         self.stats.bytes_written += written

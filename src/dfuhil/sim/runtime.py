@@ -189,6 +189,11 @@ class FirmwareContext:
         self.checkpoint()
         self.board.nvmc_erase_page(address)
 
+    def flash_torn(self, address: int, length: int) -> bool:
+        """Whether a power cut left a page of this range torn (not a chip register: the
+        virtual MCUboot's own write check asks it, so it allows what MCUboot does there)."""
+        return self.board.flash.is_torn(address, length)
+
     # control flow
     def jump(self, address: int) -> NoReturn:
         raise Jump(address)

@@ -4,7 +4,10 @@ Every flash operation of the virtual MCUboot goes through here and from here onl
 firmware context's NVMC calls, so a power cut injected at the Nth operation lands exactly where
 it would on the chip. Writes follow MCUboot's simulator rules (spec §7): aligned to the write
 size, a whole number of write units, and never onto a location not erased since its last write
-(a violation is a bug of this plug-in, raised as :class:`FlashMisuse`).
+(a violation is a bug of this plug-in, raised as :class:`FlashMisuse`). The one exception is
+a page a power cut left torn: MCUboot checks nothing before ``flash_area_write``, so when a
+resumed step writes onto a half-written word (a torn magic rewritten, say), NOR ANDs the
+bits in, as on the chip.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class FlashPort(Protocol):
     def flash_write(self, address: int, data: bytes) -> None: ...
 
     def flash_erase_page(self, address: int) -> None: ...
+
+    def flash_torn(self, address: int, length: int) -> bool: ...
 
 
 class FlashMisuse(RuntimeError):
@@ -63,7 +68,9 @@ class FlashArea:
         if off % self.write_size or len(data) % self.write_size:
             raise FlashMisuse(f"{self.name}: write 0x{off:X}+{len(data)} is not write-aligned")
         checked = len(data) - unerased_tail
-        if self.read(off, checked).count(ERASED) != checked:
+        if self.read(off, checked).count(ERASED) != checked and not self.port.flash_torn(
+            self.start + off, checked
+        ):
             raise FlashMisuse(f"{self.name}: write at 0x{off:X} onto flash that is not erased")
         self.port.flash_write(self.start + off, data)
 

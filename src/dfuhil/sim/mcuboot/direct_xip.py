@@ -65,6 +65,6 @@ def select_or_erase(area: FlashArea) -> bool:
     if state.magic != Magic.GOOD or (state.copy_done == Flag.SET and state.image_ok != Flag.SET):
         area.scramble()
         return False
-    if state.copy_done == Flag.UNSET:
+    if state.copy_done != Flag.SET:  # UNSET, or BAD (torn): rewritten (loader.c:2611-2622)
         area.write_field("copy_done", 0x01)
     return True
