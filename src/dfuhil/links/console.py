@@ -144,6 +144,12 @@ class Console:
         with self._cond:
             return self._port is not None and self._lost is None
 
+    @property
+    def lost(self) -> str | None:
+        """Why the open port was lost (it vanished, a read failed), or None while it works."""
+        with self._cond:
+            return self._lost
+
     # -- life cycle ------------------------------------------------------------------------
 
     def open(self) -> None:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # smpclient's serial Auto strategy before (or without) the server's MCUmgr params: two 128-byte
 # lines of encoded budget, i.e. 169 unencoded bytes per message. Safe for every server.
 FALLBACK_MESSAGE_SIZE = 169
+# How often a request waiting for its answer looks whether the port is still there.
+_LOST_POLL_S = 0.1
 
 
 def _seq(packet: bytes) -> int:
@@ -145,7 +147,14 @@ class ConsoleTransport(SMPTransport):
         future = self._demux.expect(seq)
         try:
             await self.send(data)
-            return await future
+            # A port that vanished (USB re-enumeration) answers nothing: say so at once
+            # instead of waiting out the request's timeout.
+            while not future.done():
+                await asyncio.wait({future}, timeout=_LOST_POLL_S)
+                lost = self.console.lost
+                if lost is not None and not future.done():
+                    raise SMPTransportDisconnected(f"serial port {self.console.url}: {lost}")
+            return future.result()
         finally:
             self._demux.forget(seq, future)
 

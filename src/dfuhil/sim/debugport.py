@@ -18,6 +18,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
+from dfuhil.farm.model import LineFaults
+from dfuhil.farm.schema import LineFaultsSchema
 from dfuhil.sim.board import AccessFault, VirtualBoard
 from dfuhil.sim.clock import PowerLoss
 from dfuhil.sim.flash import FlashFault
@@ -125,6 +129,32 @@ def _power_cut(board: VirtualBoard, a: dict[str, Any]) -> Any:
     return None
 
 
+def _line_faults(board: VirtualBoard, a: dict[str, Any]) -> Any:
+    """Set (``faults``: the boards.yaml keys; ``{}`` switches them off) or just read the faults
+    on the board's serial line, with what they did so far."""
+    settings = a.get("faults")
+    if settings is not None:
+        try:
+            checked = LineFaultsSchema.model_validate(settings)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise PortError(INVALID_PARAMETER, f"bad line faults: {problems}") from None
+        board.uart.faults.set(LineFaults(**checked.model_dump()))
+    return {**board.uart.faults.describe(), "serial": board.uart.path,
+            "present": board.uart.present, "vanishes": board.uart.vanishes}
+
+
+def _uart_vanish(board: VirtualBoard, a: dict[str, Any]) -> Any:
+    """The serial port vanishes now (USB re-enumeration); a new one appears after ``down_s``."""
+    down = a.get("down_s", 1.0)
+    if isinstance(down, bool) or not isinstance(down, int | float) or not 0 <= down <= 60:
+        raise PortError(INVALID_PARAMETER, f"down_s must be in [0, 60] seconds, not {down!r}")
+    board.uart.vanish(float(down))
+    return None
+
+
 HANDLERS: dict[str, Handler] = {
     "read": _read,
     "write": _write,
@@ -153,6 +183,8 @@ HANDLERS: dict[str, Handler] = {
     "power_cut": _power_cut,
     "power_on": lambda b, a: b.power_on(),
     "flash_ops": lambda b, a: b.flash.stats.operations,
+    "line_faults": _line_faults,
+    "uart_vanish": _uart_vanish,
 }
 
 
