@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,10 @@ from dfuhil.links.serial_port import open_failure, port_options, timestamp
 from dfuhil.links.smp_log import describe_packet
 
 __all__ = ["Console", "ExpectTimeout", "UnexpectedOutput", "follow"]
+
+# What a port that vanished raises: pyserial's own error, the OS's, and termios.error (not an
+# OSError: tcdrain() in flush() on a pty whose other side closed fails with it).
+PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, termios.error)
 
 # How often a waiting open() retries while a USB CDC port re-enumerates after a reset.
 _OPEN_RETRY_S = 0.1
@@ -284,7 +289,7 @@ class Console:
             except ValueError as exc:
                 last: BaseException = exc
                 break  # a malformed URL will not fix itself
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 last = exc
             waited = time.monotonic() - start
             if waited >= timeout:
@@ -304,7 +309,7 @@ class Console:
                         waiting = port.in_waiting
                         if waiting:
                             data += port.read(waiting)
-                except (serial.SerialException, OSError) as exc:
+                except PORT_ERRORS as exc:
                     if not stop.is_set():
                         self._mark_lost(f"{type(exc).__name__}: {exc}")
                     return
@@ -541,7 +546,7 @@ class Console:
             with self._write_lock:
                 port.write(data)
                 port.flush()
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             self._mark_lost(f"write failed: {type(exc).__name__}: {exc}")
             raise self._vanished_error() from None
 

@@ -88,6 +88,8 @@ class _NoTimeoutDumps(logging.Filter):
 logging.getLogger("smpclient").addFilter(_NoTimeoutDumps())
 
 DEFAULT_TIMEOUT_S = 2.5  # smpclient's default per request
+# Times a request with a lost answer is sent again (not a reset: that would reset twice).
+RESENDS = 2
 # Rounds of echoes before an upload that must all lose a request to blame the UART's buffers.
 PROBE_ROUNDS = 3
 # The first upload chunk makes the server erase the slot (a 476 KiB nRF52840 slot: ~10 s).
@@ -423,14 +425,35 @@ class SmpLink:
                 f"({exc.msg.strip()})\n{exc.details}"
             ) from None
 
-    async def _request(self, operation: str, request: Any, timeout_s: float | None = None) -> Any:
+    async def _request(
+        self, operation: str, request: Any, timeout_s: float | None = None, resend: bool = True
+    ) -> Any:
+        """One exchange; a request whose answer is lost (a noisy line) is sent again, same
+        bytes and sequence number, ``RESENDS`` times, unless sending it twice could do twice
+        what it asks (``resend=False``: a reset)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        return await self._guard(operation, self._client.request(request, timeout), timeout)
+        attempts = RESENDS + 1 if resend else 1
+        exchange = self._resending(request, timeout, attempts)
+        return await self._guard(operation, exchange, timeout * attempts)
+
+    async def _resending(self, request: Any, timeout: float, attempts: int) -> Any:
+        for attempt in range(attempts):
+            try:
+                return await self._client.request(request, timeout)
+            except TimeoutError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _checked(
-        self, operation: str, request: Any, timeout_s: float | None = None, **context: str
+        self,
+        operation: str,
+        request: Any,
+        timeout_s: float | None = None,
+        resend: bool = True,
+        **context: str,
     ) -> Any:
-        response = await self._request(operation, request, timeout_s)
+        response = await self._request(operation, request, timeout_s, resend)
         if is_refusal(response):
             raise refusal(operation, response, **context)
         return response  # {"rc": 0} too: MCUboot's way of saying yes
@@ -460,7 +483,7 @@ class SmpLink:
         ``boot_mode=1`` asks an app built for it to reboot into MCUboot's serial recovery.
         """
         request = ResetWrite(force=1 if force else None, boot_mode=boot_mode)
-        self._run(self._checked("reset", request))
+        self._run(self._checked("reset", request, resend=False))
 
     # -- IMAGE group -----------------------------------------------------------------------
 
