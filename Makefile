@@ -10,7 +10,7 @@ SAMPLE_FIRMWARE := firmware/virtual/.generated
 # Allure's history between runs (trends, new failures); CI points it at its cache.
 REPORT_HISTORY ?= reports/history.jsonl
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp clean \
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-faults clean \
 	report report-setup chromium
 
 setup: $(VENV)/.installed
@@ -70,6 +70,12 @@ bench-mesh: setup firmware
 
 bench-smp: setup firmware
 	$(PY) bench/smp_upload.py
+
+# SMP uploads under each serial-line fault kind, many seeds; FAULT_SEEDS / FAULT_BUDGET_S bound it.
+FAULT_SEEDS ?= 20
+FAULT_BUDGET_S ?= 900
+bench-faults: setup
+	$(PY) bench/line_faults.py --seeds $(FAULT_SEEDS) --budget-s $(FAULT_BUDGET_S)
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache node_modules

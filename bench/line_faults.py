@@ -44,8 +44,9 @@ from dfuhil.sim.debugport import DebugPortServer  # noqa: E402
 from dfuhil.sim.faults import FaultInjector  # noqa: E402
 
 # Rates are per byte (per bit for flips): an 8 KiB upload and its echo probe move about
-# 25 000 bytes each way, so each kind hits most runs about once or twice. Stalls are in device seconds (at the
-# campaign's time scale 0.05, 40 s is 2 wall seconds: some outlast the request timeout).
+# 25 000 bytes each way, so each kind hits most runs about once or twice. Stalls are in
+# device seconds (at the campaign's time scale 0.05, 40 s is 2 wall seconds: some outlast the
+# request timeout).
 KINDS: dict[str, LineFaults] = {
     "clean": LineFaults(),
     "bit_flips": LineFaults(bit_error_rate=5e-6),

@@ -129,7 +129,7 @@ def test_a_vanished_port_is_an_infrastructure_error_and_comes_back_under_a_new_p
             assert link.echo("before") == "before"
             lever.vanish_port(down_s=20.0)  # 1 wall second at the test's time scale
             started = time.monotonic()
-            with pytest.raises(InfrastructureError, match="vanished|lost during"):
+            with pytest.raises(InfrastructureError, match=r"vanished|lost during"):
                 link.echo("after")
             assert time.monotonic() - started < 5.0, "a lost port is said at once"
         assert console.lost

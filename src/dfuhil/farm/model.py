@@ -368,8 +368,10 @@ class LineFaults:
     def any(self) -> bool:
         """Whether any fault is switched on."""
         rates = (self.bit_error_rate, self.drop_rate, self.duplicate_rate, self.garbage_rate)
-        return any(rates) or bool(self.stall_rate or self.vanish_rate) or (
-            self.vanish_after_bytes is not None
+        return (
+            any(rates)
+            or bool(self.stall_rate or self.vanish_rate)
+            or (self.vanish_after_bytes is not None)
         )
 
     def applies_to(self, direction: str) -> bool:

@@ -587,7 +587,6 @@ class SmpLink:
             board=self._board,
         )
 
-
     async def _echo_round(self, size: int, window: int) -> int:
         """``window`` echoes of ``size`` bytes at once; how many got no answer."""
         # Echoes need no flash work: each is answered within one request timeout.

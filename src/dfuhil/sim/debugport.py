@@ -142,8 +142,12 @@ def _line_faults(board: VirtualBoard, a: dict[str, Any]) -> Any:
             )
             raise PortError(INVALID_PARAMETER, f"bad line faults: {problems}") from None
         board.uart.faults.set(LineFaults(**checked.model_dump()))
-    return {**board.uart.faults.describe(), "serial": board.uart.path,
-            "present": board.uart.present, "vanishes": board.uart.vanishes}
+    return {
+        **board.uart.faults.describe(),
+        "serial": board.uart.path,
+        "present": board.uart.present,
+        "vanishes": board.uart.vanishes,
+    }
 
 
 def _uart_vanish(board: VirtualBoard, a: dict[str, Any]) -> Any:

@@ -39,8 +39,13 @@ class LineStats:
 
     @property
     def faults(self) -> int:
-        return self.flipped + self.dropped + self.duplicated + self.garbage + self.stalls + (
-            self.vanishes
+        return (
+            self.flipped
+            + self.dropped
+            + self.duplicated
+            + self.garbage
+            + self.stalls
+            + (self.vanishes)
         )
 
 
