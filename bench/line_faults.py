@@ -56,6 +56,10 @@ KINDS: dict[str, LineFaults] = {
     "stalls": LineFaults(stall_rate=1e-4, stall_s=40.0),
     "vanish": LineFaults(vanish_rate=5e-5, vanish_s=2.0),
 }
+PARTS = {
+    "smp": "SMP image upload to the secondary slot, checked by slot read-back",
+    "mesh": "mesh DFU through the serial root, checked by device page read-back",
+}
 OUTCOMES = ("pass", "infra", "product", "false_pass", "misclassified", "unbootable")
 TIMEOUT_S = 1.0  # wall seconds per SMP request (the farm runs 20x faster than a bench)
 VERBOSE = bool(os.environ.get("LINE_FAULTS_VERBOSE"))
@@ -166,22 +170,39 @@ def campaign(
     kinds: list[str],
     seeds: int,
     *,
+    part: str = "smp",
     image_kib: int = 8,
     time_scale: float = 0.05,
     budget_s: float | None = None,
     first_seed: int = 1,
 ) -> dict[str, Tally]:
-    """Run every kind over ``seeds`` seeds (interleaved, so a budget cut keeps all kinds)."""
+    """Run every kind over ``seeds`` seeds (interleaved, so a budget cut keeps all kinds).
+
+    ``part``: ``smp`` (SMP image uploads) or ``mesh`` (mesh DFU through a serial root).
+    """
     logging.getLogger("dfuhil").setLevel(logging.CRITICAL)
     tallies = {kind: Tally() for kind in kinds}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dfuhil-lf-img-") as tmp:
-        images = make_images(Path(tmp), image_kib)
+        work = Path(tmp)
+        if part == "mesh":
+            import line_faults_mesh as mesh  # bench/line_faults_mesh.py
+
+            package = mesh.make_package(work, image_kib)
+
+            def run(faults: LineFaults) -> tuple[str, str]:
+                return mesh.one_run(package, faults, work, time_scale)
+        else:
+            images = make_images(work, image_kib)
+
+            def run(faults: LineFaults) -> tuple[str, str]:
+                return one_run(images, faults, time_scale)
+
         for seed in range(first_seed, first_seed + seeds):
             for kind in kinds:
                 if budget_s is not None and time.monotonic() - started > budget_s:
                     return tallies
-                outcome, note = one_run(images, replace(KINDS[kind], seed=seed), time_scale)
+                outcome, note = run(replace(KINDS[kind], seed=seed))
                 if outcome == "product":
                     outcome = "misclassified"  # a line fault is never the product's
                 tally = tallies[kind]
@@ -210,24 +231,30 @@ def main() -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--image-kib", type=int, default=8)
     parser.add_argument("--time-scale", type=float, default=0.05)
+    parser.add_argument("--part", choices=("smp", "mesh", "all"), default="all")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         print(f"unknown fault kind(s) {unknown}; known: {', '.join(KINDS)}", file=sys.stderr)
         return 2
-    started = time.monotonic()
-    tallies = campaign(
-        kinds,
-        args.seeds,
-        image_kib=args.image_kib,
-        time_scale=args.time_scale,
-        budget_s=args.budget_s,
-        first_seed=args.first_seed,
-    )
-    print_table(tallies)
-    print(f"wall {time.monotonic() - started:.0f} s")
-    bad = sum(t.outcomes[o] for t in tallies.values() for o in OUTCOMES[3:])
+    bad = 0
+    parts = ["smp", "mesh"] if args.part == "all" else [args.part]
+    for part in parts:
+        started = time.monotonic()
+        tallies = campaign(
+            kinds,
+            args.seeds,
+            part=part,
+            image_kib=args.image_kib,
+            time_scale=args.time_scale,
+            budget_s=args.budget_s / len(parts) if args.budget_s else None,
+            first_seed=args.first_seed,
+        )
+        print(f"== {part}: " + PARTS[part])
+        print_table(tallies)
+        print(f"wall {time.monotonic() - started:.0f} s\n")
+        bad += sum(t.outcomes[o] for t in tallies.values() for o in OUTCOMES[3:])
     return 1 if bad else 0
 
 
