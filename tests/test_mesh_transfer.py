@@ -102,6 +102,11 @@ class Script:
     # device seconds from that ack (DFU events, DATA_REQs from the mesh).
     after_last: list[tuple[float, bytes]] = field(default_factory=list)
     started_as: int | None = None  # DFU START event (role) sent with the ack of START
+    # From this DATA segment on, the device's view of the stream is garbled (a byte lost on the
+    # line): it answers each frame as a command it does not know.
+    garbled_from_segment: int | None = None
+    # This DATA segment's acks arrive this many device seconds late (a stalling USB hub).
+    late_ack: tuple[int, float] | None = None
 
 
 class Device:
@@ -188,6 +193,12 @@ class Device:
                 return
             if segment == s.restart_at_segment:
                 self._write(bytes.fromhex("04 81 02 00 04"))  # DEVICE_STARTED, application
+                return
+            if s.garbled_from_segment is not None and segment >= s.garbled_from_segment:
+                self._write(bytes.fromhex("03 84 C3 82"))  # CMD_RSP: unknown opcode 0xC3
+                return
+            if s.late_ack is not None and segment == s.late_ack[0]:
+                self._write_later(s.late_ack[1], ACK_APP)
                 return
             if s.busy_first_data > 0:
                 s.busy_first_data -= 1
@@ -385,6 +396,20 @@ def test_unanswered_start_is_reported_as_a_crash_on_start(
 ) -> None:
     with pytest.raises(ProductError, match="Crashed on start packet: no acknowledgement"):
         transfer(wire, unsigned_package, Script(start_status=None), tmp_path)
+
+
+def test_a_device_answering_commands_never_sent_is_a_garbling_line_not_a_crash(
+    wire: Wire, unsigned_package: MeshPackage, tmp_path: Path
+) -> None:
+    with pytest.raises(InfrastructureError, match=r"never sent .*the line garbles frames"):
+        transfer(wire, unsigned_package, Script(garbled_from_segment=2), tmp_path)
+
+
+def test_acks_arriving_after_the_tries_are_a_stalling_line_not_a_crash(
+    wire: Wire, unsigned_package: MeshPackage, tmp_path: Path
+) -> None:
+    with pytest.raises(InfrastructureError, match=r"acknowledged only after .*the line stalls"):
+        transfer(wire, unsigned_package, Script(late_ack=(2, 75.0)), tmp_path)
 
 
 def test_dropped_acks_are_retried_with_identical_bytes(
