@@ -151,3 +151,12 @@ def test_campaign_has_no_false_pass_no_misclassified_failure_no_unbootable_board
         assert tally.runs == 1
     assert tallies["clean"].outcomes["pass"] == 1
     assert tallies["vanish"].outcomes["infra"] + tallies["vanish"].outcomes["pass"] == 1
+
+
+def test_mesh_campaign_has_no_false_pass_no_misclassified_failure_no_unbootable_board() -> None:
+    kinds = ["drops", "stalls", "vanish"]
+    tallies = line_faults.campaign(kinds, seeds=1, part="mesh", image_kib=4, first_seed=1)
+    for kind, tally in tallies.items():
+        bad = {o: tally.outcomes[o] for o in ("false_pass", "misclassified", "unbootable")}
+        assert not any(bad.values()), f"{kind}: {bad} {tally.notes}"
+        assert tally.runs == 1
