@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import re
-import termios
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,14 +23,10 @@ import serial
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import FrameTextDecoder
 from dfuhil.formats.smp import SerialFrameDecoder, SmpPacket, encode_frames
-from dfuhil.links.serial_port import open_failure, port_options, timestamp
+from dfuhil.links.serial_port import PORT_ERRORS, open_failure, port_options, timestamp
 from dfuhil.links.smp_log import describe_packet
 
 __all__ = ["Console", "ExpectTimeout", "UnexpectedOutput", "follow"]
-
-# What a port that vanished raises: pyserial's own error, the OS's, and termios.error (not an
-# OSError: tcdrain() in flush() on a pty whose other side closed fails with it).
-PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, termios.error)
 
 # How often a waiting open() retries while a USB CDC port re-enumerates after a reset.
 _OPEN_RETRY_S = 0.1
