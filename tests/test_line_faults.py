@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from simfarm import wait_until
+from simfarm import SimBoard, boards_yaml, wait_until
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.farm.model import LineFaults
@@ -25,6 +25,7 @@ from dfuhil.links.console import Console
 from dfuhil.links.smp_link import SmpLink
 from dfuhil.sim.debugport import DebugPortServer
 from dfuhil.sim.faults import FaultInjector
+from dfuhil.sim.state import FarmProcess, load_state
 from dfuhil.sim.uart_faults import LineMangler, UartFaults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +138,36 @@ def test_a_vanished_port_is_an_infrastructure_error_and_comes_back_under_a_new_p
     assert state["vanishes"] == 1 and state["serial"] == board.serial
     with SmpLink.open_serial(board.serial, timeout_s=1.0) as smp:
         assert any(s.active for s in smp.image_list())
+
+
+def test_boards_yaml_faults_reach_the_served_board_and_the_state_file_follows_a_new_port(
+    tmp_path: Path,
+) -> None:
+    board = SimBoard("vdk", "nRF52840_xxAA", "PCA10056", 920000077)
+    text = boards_yaml([board]).replace(
+        "virtual_farm: {time_scale: ",
+        "virtual_farm: {line_faults: {vdk: {drop_rate: 0.01, seed: 4}}, time_scale: ",
+    )
+    boards_file = tmp_path / "boards.yaml"
+    boards_file.write_text(text)
+    state_file = tmp_path / "state.json"
+    with FarmProcess(boards_file, state_file) as state:
+        published = state.board("vdk")
+        with FaultInjector(published.endpoint, published.snr) as lever:
+            faults = lever.line_faults()["faults"]
+            assert (faults["drop_rate"], faults["seed"]) == (0.01, 4)
+            # A host still holds the old port, so the new one gets another name (ttyACM1).
+            stale = os.open(published.serial, os.O_RDWR | os.O_NOCTTY)
+            try:
+                lever.vanish_port(down_s=1.0)
+                moved = wait_until(
+                    lambda: load_state(state_file).board("vdk").serial,
+                    lambda path: path != published.serial,
+                    "the state file should name the re-enumerated port",
+                )
+            finally:
+                os.close(stale)
+            assert moved == lever.line_faults()["serial"]
 
 
 # --- the campaign ---------------------------------------------------------------------------------
