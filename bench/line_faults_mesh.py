@@ -17,11 +17,12 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+import mesh_dfu  # bench/mesh_dfu.py: the mesh bench's farm
+
 from dfuhil.errors import InfrastructureError
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import LineFaults
 from dfuhil.farm.rig import Rig
-from dfuhil.formats.chips import find_chip
 from dfuhil.formats.meshpkg import MeshPackage
 from dfuhil.links.mesh_serial import MeshSerialLink
 from dfuhil.procedures.mesh_dfu import MeshDfuTransfer
@@ -38,40 +39,20 @@ from dfuhil.sim.firmware.generate import (
 )
 from dfuhil.sim.state import FarmProcess
 
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware" / "virtual" / "nrf52832"
-CHIP = find_chip("nRF52832_xxAA")
-APP_START = 0x26000
+FIRMWARE = mesh_dfu.FIRMWARE
+CHIP = mesh_dfu.CHIP
+APP_START = mesh_dfu.APP_START
 BOOTLOADER = (0x78000, 0x6000)
 INSTALL_TIMEOUT_S = 120.0  # device seconds after the transfer
 
-BOARDS = """\
-version: 1
-virtual_farm:
-  time_scale: {time_scale}
-  line_faults: {{root: {faults}}}
-flash_layouts:
-  mesh:
-    chip: nRF52832_xxAA
-    regions:
-      softdevice:  {{start: 0x0,     size: 0x26000}}
-      application: {{start: 0x26000, size: 0x51000}}
-      mbr_params:  {{start: 0x77000, size: 0x1000}}
-      bootloader:  {{start: 0x78000, size: 0x6000}}
-      device_page_backup: {{start: 0x7E000, size: 0x1000}}
-      device_page: {{start: 0x7F000, size: 0x1000}}
-firmware_sets:
-  dfu:
-    chip: nRF52832_xxAA
-    softdevice:  {{file: {fw}/softdevice_s132_7.2.0.hex}}
-    bootloader:  {{file: {fw}/bootloader.hex}}
-    application: {{file: {fw}/dfu_app.hex, protocol: mesh-serial}}
-    device_page: {{file: {fw}/device_page.hex}}
-boards:
-  - {{name: root, chip: nRF52832_xxAA, board_type: PCA10040, roles: [mesh],
-      probe: {{backend: virtual, snr: 920000101}}, serial: {{port: virtual, baud: 115200}},
-      firmware: dfu, flash_layout: mesh}}
-"""
+
+def boards_text(faults: LineFaults, time_scale: float) -> str:
+    """The mesh bench's farm (bench/mesh_dfu.py), one root, with ``faults`` on its line."""
+    root = mesh_dfu.BOARD.format(name="root", snr=920000101, baud=115200)
+    text = mesh_dfu.BOARDS.format(time_scale=time_scale, loss=0.0, fw=FIRMWARE, boards=root)
+    radio = "  radio: {loss: 0.0, seed: 11}\n"
+    assert radio in text
+    return text.replace(radio, radio + f"  line_faults: {{root: {_faults_yaml(faults)}}}\n")
 
 
 def make_package(work: Path, image_kib: int) -> MeshPackage:
@@ -94,9 +75,7 @@ def one_run(
 ) -> tuple[str, str]:
     """One mesh DFU under ``faults``: (outcome, note)."""
     boards_file = work / f"boards-{faults.seed}.yaml"
-    boards_file.write_text(
-        BOARDS.format(time_scale=time_scale, faults=_faults_yaml(faults), fw=FIRMWARE)
-    )
+    boards_file.write_text(boards_text(faults, time_scale))
     farm = load_farm(boards_file)
     root = farm.board("root")
     with FarmProcess(boards_file, work / f"state-{faults.seed}.json") as state:
