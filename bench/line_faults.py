@@ -21,6 +21,7 @@ Run: `make bench-faults` or `.venv/bin/python bench/line_faults.py [--seeds 10]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -59,6 +60,7 @@ KINDS: dict[str, LineFaults] = {
 PARTS = {
     "smp": "SMP image upload to the secondary slot, checked by slot read-back",
     "mesh": "mesh DFU through the serial root, checked by device page read-back",
+    "upgrade": "`dfuhil mcuboot upgrade` (swap-move), checked by primary slot read-back + boot",
 }
 OUTCOMES = ("pass", "infra", "product", "false_pass", "misclassified", "unbootable")
 TIMEOUT_S = 1.0  # wall seconds per SMP request (the farm runs 20x faster than a bench)
@@ -178,14 +180,23 @@ def campaign(
 ) -> dict[str, Tally]:
     """Run every kind over ``seeds`` seeds (interleaved, so a budget cut keeps all kinds).
 
-    ``part``: ``smp`` (SMP image uploads) or ``mesh`` (mesh DFU through a serial root).
+    ``part``: ``smp`` (SMP image uploads), ``mesh`` (mesh DFU through a serial root) or
+    ``upgrade`` (``dfuhil mcuboot upgrade`` on the shipped swap-move board).
     """
     logging.getLogger("dfuhil").setLevel(logging.CRITICAL)
     tallies = {kind: Tally() for kind in kinds}
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="dfuhil-lf-img-") as tmp:
-        work = Path(tmp)
-        if part == "mesh":
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dfuhil-lf-img-")))
+        if part == "upgrade":
+            import line_faults_upgrade as upgrade  # bench/line_faults_upgrade.py
+
+            stack.enter_context(contextlib.chdir(work))  # the verb's reports/ go there
+            rig = stack.enter_context(upgrade.upgrade_rig(work, time_scale))
+
+            def run(faults: LineFaults) -> tuple[str, str]:
+                return upgrade.one_run(rig, faults)
+        elif part == "mesh":
             import line_faults_mesh as mesh  # bench/line_faults_mesh.py
 
             package = mesh.make_package(work, image_kib)
@@ -231,7 +242,7 @@ def main() -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--image-kib", type=int, default=8)
     parser.add_argument("--time-scale", type=float, default=0.05)
-    parser.add_argument("--part", choices=("smp", "mesh", "all"), default="all")
+    parser.add_argument("--part", choices=(*PARTS, "all"), default="all")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = [k for k in kinds if k not in KINDS]
@@ -239,7 +250,7 @@ def main() -> int:
         print(f"unknown fault kind(s) {unknown}; known: {', '.join(KINDS)}", file=sys.stderr)
         return 2
     bad = 0
-    parts = ["smp", "mesh"] if args.part == "all" else [args.part]
+    parts = list(PARTS) if args.part == "all" else [args.part]
     for part in parts:
         started = time.monotonic()
         tallies = campaign(
