@@ -112,7 +112,8 @@ def one_run(rig: UpgradeRig, faults: LineFaults) -> tuple[str, str]:
     text = out.getvalue()
     if "Traceback" in text:
         return "misclassified", "a traceback in the output"
-    note = next((line for line in reversed(text.splitlines()) if line.strip()), "")[:160]
+    said = [line for line in text.splitlines() if line.strip() and not line.startswith(" ")]
+    note = (said[-1] if said else "")[:160]
     board = rig.spec()
     assert board.mcuboot is not None
     primary = board.mcuboot.geometry(board.layout).primary
