@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from simfarm import SimBoard, boards_yaml, wait_until
 
-from dfuhil.errors import InfrastructureError
+from dfuhil.errors import InfrastructureError, InputError
 from dfuhil.farm.model import LineFaults
 from dfuhil.formats.smp_uart import SmpUart
 from dfuhil.links.console import Console
@@ -116,7 +116,9 @@ def test_debug_port_switches_faults_at_run_time_and_refuses_bad_settings(
         assert state["to_host"]["bytes_in"] == 0 or state["to_host"]["dropped"] == 0
         lever.set_line_faults(None)
         assert smp.echo("clean again") == "clean again"
-    with pytest.raises(InfrastructureError, match="drop_rate"):
+    with pytest.raises(InputError, match="drop_rate"):
+        lever.set_line_faults(LineFaults(drop_rate=3))
+    with pytest.raises(InfrastructureError, match="drop_rate"):  # what the port itself says
         lever._call("line_faults", faults={"drop_rate": 3})
 
 

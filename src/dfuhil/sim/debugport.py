@@ -18,13 +18,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
-
-from dfuhil.farm.model import LineFaults
-from dfuhil.farm.schema import LineFaultsSchema
 from dfuhil.sim.board import AccessFault, VirtualBoard
 from dfuhil.sim.clock import PowerLoss
 from dfuhil.sim.flash import FlashFault
+from dfuhil.sim.uart_faults import checked_line_faults
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +132,9 @@ def _line_faults(board: VirtualBoard, a: dict[str, Any]) -> Any:
     settings = a.get("faults")
     if settings is not None:
         try:
-            checked = LineFaultsSchema.model_validate(settings)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise PortError(INVALID_PARAMETER, f"bad line faults: {problems}") from None
-        board.uart.faults.set(LineFaults(**checked.model_dump()))
+            board.uart.faults.set(checked_line_faults(settings))
+        except ValueError as exc:
+            raise PortError(INVALID_PARAMETER, str(exc)) from None
     return {
         **board.uart.faults.describe(),
         "serial": board.uart.path,

@@ -36,6 +36,7 @@ from typing import Any
 from dfuhil.errors import InfrastructureError, InputError
 from dfuhil.farm.model import LineFaults
 from dfuhil.sim.debugport import recv_message, send_message
+from dfuhil.sim.uart_faults import checked_line_faults
 
 _REMEDY = "check that the virtual farm (`dfuhil sim serve`) is running and serves this board"
 
@@ -92,6 +93,10 @@ class FaultInjector:
     def set_line_faults(self, faults: LineFaults | None) -> dict[str, Any]:
         """Fault the board's serial line from now on (None: a clean line again)."""
         settings = asdict(faults) if faults is not None else {}
+        try:
+            checked_line_faults(settings)
+        except ValueError as exc:
+            raise InputError(f"virtual board {self.snr}: {exc}") from None
         return dict(self._call("line_faults", faults=settings))
 
     def line_faults(self) -> dict[str, Any]:

@@ -18,11 +18,35 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from dfuhil.farm.model import LineFaults
+from pydantic import ValidationError
 
-__all__ = ["Direction", "LineFaults", "LineMangler", "LineStats", "Mangled", "UartFaults"]
+from dfuhil.farm.model import LineFaults
+from dfuhil.farm.schema import LineFaultsSchema
+
+__all__ = [
+    "Direction",
+    "LineFaults",
+    "LineMangler",
+    "LineStats",
+    "Mangled",
+    "UartFaults",
+    "checked_line_faults",
+]
 
 Direction = Literal["to_board", "to_host"]
+
+
+def checked_line_faults(settings: dict[str, object]) -> LineFaults:
+    """Settings as boards.yaml spells them, checked the same way; ValueError names each bad
+    key and what is allowed."""
+    try:
+        checked = LineFaultsSchema.model_validate(settings)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"bad line faults: {problems}") from None
+    return LineFaults(**checked.model_dump())
 
 
 @dataclass
