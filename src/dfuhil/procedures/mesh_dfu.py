@@ -536,7 +536,22 @@ class MeshDfuTransfer:
             line = self._line_fault(is_ack)
             if line is not None:
                 raise line
+        elif last_status != Status.ERROR_BUSY and not self._echoes_intact():
+            raise self._garbling_line(
+                f"the device refused it with {status_name(last_status)} and then no Echo came "
+                "back intact: its answers were to frames the line garbled"
+            )
         raise self._undelivered(packet, last_status)
+
+    def _echoes_intact(self) -> bool:
+        """Whether an Echo still makes the round trip unchanged (up to MAX_TRIES tries)."""
+        for _attempt in range(MAX_TRIES):
+            self._link.send(Opcode.ECHO, ECHO_PAYLOAD)
+            deadline = time.monotonic() + self._ack_wait()
+            answer = self._await(deadline, lambda f: f.opcode == Opcode.ECHO_RSP)
+            if answer is not None and answer.payload == ECHO_PAYLOAD:
+                return True
+        return False
 
     def _line_fault(self, is_ack: Callable[[Frame], bool]) -> InfrastructureError | None:
         """After the tries: was it the line rather than the device? Listens a while longer
@@ -547,12 +562,14 @@ class MeshDfuTransfer:
         late = self._await(time.monotonic() + waited, is_ack)
         if late is None and not self._garbled:
             return None
-        seen = (
+        return self._garbling_line(
             f"the device acknowledged only after {waited:.1f} s (the line stalls)"
             if late is not None
             else f"the device answered {self._garbled} command(s) the host never sent "
             "(the line garbles frames: bytes lost, added or flipped)"
         )
+
+    def _garbling_line(self, seen: str) -> InfrastructureError:
         return InfrastructureError(
             f"{self._link.url} does not carry the mesh serial DFU: no "
             f"acknowledgement in {MAX_TRIES} tries after {self._done} of "
