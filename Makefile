@@ -13,7 +13,7 @@ SAMPLE_FIRMWARE := firmware/virtual/.generated
 REPORT_HISTORY ?= reports/history.jsonl
 
 .PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm \
-	bench-power fuzz clean report report-setup chromium
+	bench-power bench-faults fuzz clean report report-setup chromium
 
 setup: $(VENV)/.installed
 
@@ -87,6 +87,12 @@ fuzz: setup firmware
 POWER_BUDGET ?= 900
 bench-power: setup firmware
 	$(PY) bench/power_cuts.py --seeds 3 --budget $(POWER_BUDGET)
+
+# SMP uploads under each serial-line fault kind, many seeds; FAULT_SEEDS / FAULT_BUDGET_S bound it.
+FAULT_SEEDS ?= 20
+FAULT_BUDGET_S ?= 900
+bench-faults: setup firmware
+	$(PY) bench/line_faults.py --seeds $(FAULT_SEEDS) --budget-s $(FAULT_BUDGET_S)
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache node_modules

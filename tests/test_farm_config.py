@@ -18,7 +18,7 @@ import pytest
 from dfuhil.errors import InfrastructureError, InputError, Problem
 from dfuhil.farm import cli
 from dfuhil.farm.loader import load_farm
-from dfuhil.farm.model import Farm, FlashLayout, Region
+from dfuhil.farm.model import Farm, FlashLayout, LineFaults, Region
 from dfuhil.farm.rig import Rig
 from dfuhil.formats.chips import CHIPS
 from dfuhil.procedures.image_sign import generate_key
@@ -361,6 +361,38 @@ def test_radio_settings(tmp_path: Path) -> None:
     assert farm.radio.hears("dk-b", "vdk-a") and farm.radio.hears("vdk-a", "dk-b")
     assert not farm.radio.hears("vdk-a", "vdk-a")
     assert load_farm(write(tmp_path, BASE)).radio.hears("vdk-a", "dk-b")  # default: all
+
+
+def test_line_faults_per_virtual_board(tmp_path: Path) -> None:
+    faults = "  line_faults: {vdk-a: {bit_error_rate: 1.0e-5, stall_s: 2, seed: 9}}\n"
+    farm = load_farm(
+        write(tmp_path, BASE.replace("  time_scale: 0.1\n", f"  time_scale: 0.1\n{faults}"))
+    )
+    (name, line), *others = farm.line_faults
+    assert name == "vdk-a" and not others
+    assert (line.bit_error_rate, line.stall_s, line.seed, line.direction) == (1e-5, 2, 9, "both")
+    assert line.any() and not LineFaults().any()
+    assert load_farm(write(tmp_path, BASE)).line_faults == ()
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        ("dk-b: {drop_rate: 0.01}", ("virtual_farm.line_faults.dk-b", "virtual boards: vdk-a")),
+        ("vdk-a: {drop_rate: 2}", ("virtual_farm.line_faults.vdk-a.drop_rate", "0.5")),
+        ("vdk-a: {flips: 0.1}", ("virtual_farm.line_faults.vdk-a.flips",)),
+    ],
+)
+def test_line_faults_name_a_virtual_board_and_sane_rates(
+    tmp_path: Path, entry: str, words: tuple[str, ...]
+) -> None:
+    faults = f"  line_faults: {{{entry}}}\n"
+    problem = only(
+        problems_of(
+            write(tmp_path, BASE.replace("  time_scale: 0.1\n", f"  time_scale: 0.1\n{faults}"))
+        )
+    )
+    assert_problem(problem, 4, *words)
 
 
 def test_radio_neighbour_must_be_a_board(tmp_path: Path) -> None:

@@ -102,6 +102,14 @@ class Script:
     # device seconds from that ack (DFU events, DATA_REQs from the mesh).
     after_last: list[tuple[float, bytes]] = field(default_factory=list)
     started_as: int | None = None  # DFU START event (role) sent with the ack of START
+    # From this DATA segment on, the device's view of the stream is garbled (a byte lost on the
+    # line): it answers each frame as a command it does not know.
+    garbled_from_segment: int | None = None
+    # From this DATA segment on, the device refuses DATA (INVALID_DATA) and no Echo comes back:
+    # it misreads every frame since the line lost a byte.
+    desynced_from_segment: int | None = None
+    # This DATA segment's acks arrive this many device seconds late (a stalling USB hub).
+    late_ack: tuple[int, float] | None = None
 
 
 class Device:
@@ -115,6 +123,7 @@ class Device:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._answered_last = False
+        self._desynced = False
         self._last_segment = 0
         self.tid = bytes.fromhex(TID_LE)  # until a STATE says which transfer this is
         self._timers: list[threading.Timer] = []
@@ -163,7 +172,7 @@ class Device:
         s = self.script
         opcode = raw[1]
         if opcode == 0x02:
-            if s.answer_echo:
+            if s.answer_echo and not self._desynced:
                 self._write(bytes([raw[0], 0x82]) + raw[2:])
             return
         if opcode != 0x78:
@@ -188,6 +197,15 @@ class Device:
                 return
             if segment == s.restart_at_segment:
                 self._write(bytes.fromhex("04 81 02 00 04"))  # DEVICE_STARTED, application
+                return
+            if s.desynced_from_segment is not None and segment >= s.desynced_from_segment:
+                self._desynced = True
+                status = 0x87
+            elif s.garbled_from_segment is not None and segment >= s.garbled_from_segment:
+                self._write(bytes.fromhex("03 84 C3 82"))  # CMD_RSP: unknown opcode 0xC3
+                return
+            if s.late_ack is not None and segment == s.late_ack[0]:
+                self._write_later(s.late_ack[1], ACK_APP)
                 return
             if s.busy_first_data > 0:
                 s.busy_first_data -= 1
@@ -377,7 +395,9 @@ def test_refused_start_is_tried_ten_times_then_nothing_more(
     with MeshSerialLink(wire.path) as link, pytest.raises(ProductError):
         MeshDfuTransfer(unsigned_package, link, time_scale=SCALE, transaction_id=TID).run()
     device.stop()
-    assert device.received == setup_frames(START_UNSIGNED)[:3] + [START_UNSIGNED] * 10
+    # Ten tries as nrfutil, then one Echo that shows the line sound (so the refusal is the
+    # device's, not an answer to a garbled frame), then nothing more.
+    assert device.received == setup_frames(START_UNSIGNED)[:3] + [START_UNSIGNED] * 10 + [ECHO]
 
 
 def test_unanswered_start_is_reported_as_a_crash_on_start(
@@ -385,6 +405,27 @@ def test_unanswered_start_is_reported_as_a_crash_on_start(
 ) -> None:
     with pytest.raises(ProductError, match="Crashed on start packet: no acknowledgement"):
         transfer(wire, unsigned_package, Script(start_status=None), tmp_path)
+
+
+def test_a_device_answering_commands_never_sent_is_a_garbling_line_not_a_crash(
+    wire: Wire, unsigned_package: MeshPackage, tmp_path: Path
+) -> None:
+    with pytest.raises(InfrastructureError, match=r"never sent .*the line garbles frames"):
+        transfer(wire, unsigned_package, Script(garbled_from_segment=2), tmp_path)
+
+
+def test_refusals_with_no_echo_coming_back_are_a_garbling_line_not_the_product(
+    wire: Wire, unsigned_package: MeshPackage, tmp_path: Path
+) -> None:
+    with pytest.raises(InfrastructureError, match=r"ERROR_INVALID_DATA and then no Echo"):
+        transfer(wire, unsigned_package, Script(desynced_from_segment=2), tmp_path)
+
+
+def test_acks_arriving_after_the_tries_are_a_stalling_line_not_a_crash(
+    wire: Wire, unsigned_package: MeshPackage, tmp_path: Path
+) -> None:
+    with pytest.raises(InfrastructureError, match=r"acknowledged only after .*the line stalls"):
+        transfer(wire, unsigned_package, Script(late_ack=(2, 75.0)), tmp_path)
 
 
 def test_dropped_acks_are_retried_with_identical_bytes(

@@ -40,6 +40,7 @@ from dfuhil.formats.smp_uart import SmpUart
 from dfuhil.links.console import Console
 from dfuhil.links.smp_link import SmpLink, SmpRefused
 from dfuhil.links.smp_transport import FALLBACK_MESSAGE_SIZE, split_address
+from dfuhil.links.smp_upload import MAX_STALLS
 
 # The scripted server reads whole packets: no UART line buffers to overflow (paced delivery).
 WHOLE_LINES = SmpUart(delivery="paced")
@@ -59,6 +60,9 @@ class Server:
     align: int = 1
     silent: bool = False
     drop: set[int] = field(default_factory=set)  # request numbers never answered
+    # n-th upload request / n-th echo (from 1) never answered: a frame lost on a noisy line
+    drop_uploads: set[int] = field(default_factory=set)
+    drop_echoes: set[int] = field(default_factory=set)
     boot_lines: list[bytes] = field(default_factory=list)  # printed after each upload chunk
     slot: bytearray = field(default_factory=bytearray)
     upload_len: int | None = None
@@ -89,7 +93,7 @@ class Server:
         body = cbor2.loads(packet[8:]) if header.length else {}
         self.requests.append((header.group, header.command_id, body))
         number = len(self.requests)
-        if self.silent or number in self.drop:
+        if self.silent or number in self.drop or self._lost_on_the_line(header):
             return
         answer = self.answer(header, body)
         payload = cbor2.dumps(answer)
@@ -98,6 +102,13 @@ class Server:
         os.write(self.master, encode_frames(rsp.pack() + payload))
         for line in self.boot_lines:
             os.write(self.master, line)
+
+    def _lost_on_the_line(self, header: SmpHeader) -> bool:
+        kind = (header.group, header.command_id)
+        nth = sum((g, c) == kind for g, c, _ in self.requests)
+        if kind == (Group.IMAGE, ImageCmd.UPLOAD):
+            return nth in self.drop_uploads
+        return kind == (Group.OS, OsCmd.ECHO) and nth in self.drop_echoes
 
     def error(self, rc: int, group: int = Group.IMAGE) -> dict[str, Any]:
         if self.mcuboot_style:
@@ -308,6 +319,46 @@ def test_a_lost_request_is_recovered_from_the_last_confirmed_offset(scripted: Fa
     assert bytes(server.slot) == IMAGE[:6000]
     assert result.window == 1  # fell back to one request at a time
     assert result.resent_bytes > 0
+
+
+def test_a_lost_first_chunk_is_sent_again_and_the_server_resumes(scripted: Factory) -> None:
+    server, console = scripted(buf_size=256, buf_count=3)
+    server.drop_uploads = {1, 2}  # the first chunk's answer lost twice on the line
+    with SmpLink.over_console(console, timeout_s=0.5) as smp:
+        result = smp.upload(IMAGE[:3000])
+    assert bytes(server.slot) == IMAGE[:3000]
+    firsts = [b for g, c, b in server.requests if (g, c) == (Group.IMAGE, ImageCmd.UPLOAD)][:3]
+    assert [b["off"] for b in firsts] == [0, 0, 0]
+    assert firsts[0]["sha"] == firsts[2]["sha"]  # the same request: the server resumes
+    assert result.start_offset == 0
+
+
+def test_losses_spread_over_an_upload_do_not_end_it_but_losses_in_a_row_do(
+    scripted: Factory,
+) -> None:
+    server, console = scripted(buf_size=256, buf_count=1)
+    server.drop_uploads = {3, 6, 9, 12, 15}  # a noisy line: one frame in three, with progress
+    with SmpLink.over_console(console, timeout_s=0.3) as smp:
+        smp.upload(IMAGE[:6000])
+    assert bytes(server.slot) == IMAGE[:6000]
+
+    server, console = scripted(buf_size=256, buf_count=1)
+    server.drop_uploads = set(range(3, 3 + MAX_STALLS + 1))  # a dead line: no progress at all
+    with (
+        SmpLink.over_console(console, timeout_s=0.3) as smp,
+        pytest.raises(InfrastructureError, match=f"{MAX_STALLS + 1} times"),
+    ):
+        smp.upload(IMAGE[:6000])
+
+
+def test_one_echo_lost_to_noise_before_an_upload_does_not_blame_the_buffers(
+    scripted: Factory,
+) -> None:
+    server, console = scripted(buf_size=256, buf_count=3)
+    server.drop_echoes = {2}  # one echo of the first round lost on the line
+    with SmpLink.over_console(console, timeout_s=0.5, uart=WHOLE_LINES) as smp:
+        smp.upload(IMAGE[:3000])
+    assert bytes(server.slot) == IMAGE[:3000]
 
 
 def test_boot_lines_between_frames_reach_the_console_and_the_log(scripted: Factory) -> None:

@@ -34,6 +34,7 @@ from dfuhil.farm.model import (
     FlashLayout,
     ImageRef,
     LedSpec,
+    LineFaults,
     McubootSpec,
     ProbeSpec,
     RadioSpec,
@@ -49,6 +50,7 @@ from dfuhil.farm.schema import (
     FirmwareSetSchema,
     FlashLayoutSchema,
     LedSchema,
+    LineFaultsSchema,
     McubootSchema,
     ProbeSchema,
     RadioSchema,
@@ -516,8 +518,29 @@ class _Resolver:
             return None
         resolved = tuple(b for b in boards if b is not None)
         radio = self._radio(top.virtual_farm.radio, {b.name for b in resolved})
+        line_faults = self._line_faults(top.virtual_farm.line_faults, resolved)
         return Farm(
-            path=self.path, boards=resolved, time_scale=top.virtual_farm.time_scale, radio=radio
+            path=self.path,
+            boards=resolved,
+            time_scale=top.virtual_farm.time_scale,
+            radio=radio,
+            line_faults=line_faults,
+        )
+
+    def _line_faults(
+        self, schema: dict[str, LineFaultsSchema], boards: tuple[BoardSpec, ...]
+    ) -> tuple[tuple[str, LineFaults], ...]:
+        """Per-board line faults; only virtual boards have a virtual line to fault."""
+        virtual = {b.name for b in boards if b.is_virtual}
+        for name in schema:
+            if name not in virtual:
+                self.report.add(
+                    ("virtual_farm", "line_faults", name),
+                    f"no virtual board named {name!r}; line faults apply to virtual boards "
+                    f"only (virtual boards: {', '.join(sorted(virtual)) or 'none'})",
+                )
+        return tuple(
+            (name, LineFaults(**faults.model_dump())) for name, faults in sorted(schema.items())
         )
 
     def _radio(self, schema: RadioSchema, names: set[str]) -> RadioSpec:

@@ -337,6 +337,47 @@ class RadioSpec:
         return receiver in table.get(sender, ()) or sender in table.get(receiver, ())
 
 
+LineDirection = Literal["both", "to_board", "to_host"]
+LINE_DIRECTIONS: tuple[LineDirection, ...] = ("both", "to_board", "to_host")
+
+
+@dataclass(frozen=True)
+class LineFaults:
+    """Faults on one virtual board's serial line (dfuhil.sim.uart_faults applies them).
+
+    Rates are probabilities per byte on the wire (``bit_error_rate`` per bit); a garbage burst
+    is 1..``garbage_len`` random bytes; a stall holds the line for ``stall_s`` device seconds;
+    the port vanishes (USB re-enumeration) after ``vanish_after_bytes`` bytes or at
+    ``vanish_rate`` per byte, and a new port appears ``vanish_s`` device seconds later.
+    ``seed`` makes every run with the same bytes fault the same way.
+    """
+
+    bit_error_rate: float = 0.0
+    drop_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    garbage_rate: float = 0.0
+    garbage_len: int = 16
+    stall_rate: float = 0.0
+    stall_s: float = 0.5
+    vanish_rate: float = 0.0
+    vanish_after_bytes: int | None = None
+    vanish_s: float = 1.0
+    direction: LineDirection = "both"
+    seed: int = 1
+
+    def any(self) -> bool:
+        """Whether any fault is switched on."""
+        rates = (self.bit_error_rate, self.drop_rate, self.duplicate_rate, self.garbage_rate)
+        return (
+            any(rates)
+            or bool(self.stall_rate or self.vanish_rate)
+            or (self.vanish_after_bytes is not None)
+        )
+
+    def applies_to(self, direction: str) -> bool:
+        return self.direction in ("both", direction)
+
+
 @dataclass(frozen=True)
 class Farm:
     """Every board of one boards.yaml, plus the virtual farm's settings."""
@@ -345,6 +386,7 @@ class Farm:
     boards: tuple[BoardSpec, ...]
     time_scale: float
     radio: RadioSpec = RadioSpec()
+    line_faults: tuple[tuple[str, LineFaults], ...] = ()  # board name -> its line's faults
 
     def names(self) -> list[str]:
         """Board names in file order."""

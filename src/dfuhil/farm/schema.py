@@ -115,11 +115,30 @@ class RadioSchema(_Strict):
     seed: int = 1
 
 
+class LineFaultsSchema(_Strict):
+    """Faults on one virtual board's serial line (see dfuhil.farm.model.LineFaults)."""
+
+    bit_error_rate: float = Field(default=0.0, ge=0, le=0.1)
+    drop_rate: float = Field(default=0.0, ge=0, le=0.5)
+    duplicate_rate: float = Field(default=0.0, ge=0, le=0.5)
+    garbage_rate: float = Field(default=0.0, ge=0, le=0.5)
+    garbage_len: int = Field(default=16, ge=1, le=4096)
+    stall_rate: float = Field(default=0.0, ge=0, le=0.5)
+    stall_s: float = Field(default=0.5, gt=0, le=60)
+    vanish_rate: float = Field(default=0.0, ge=0, le=0.5)
+    vanish_after_bytes: int | None = Field(default=None, ge=1)
+    vanish_s: float = Field(default=1.0, ge=0, le=60)
+    direction: Literal["both", "to_board", "to_host"] = "both"
+    seed: int = 1
+
+
 class VirtualFarmSchema(_Strict):
     """Settings of the virtual farm process."""
 
     time_scale: float = Field(default=1.0, gt=0, le=10)
     radio: RadioSchema = Field(default_factory=RadioSchema)
+    # board name -> faults on its serial line (a noisy cable, a USB hub that re-enumerates)
+    line_faults: dict[str, LineFaultsSchema] = Field(default_factory=dict)
 
 
 class RegionSchema(_Strict):

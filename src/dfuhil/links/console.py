@@ -23,7 +23,7 @@ import serial
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import FrameTextDecoder
 from dfuhil.formats.smp import SerialFrameDecoder, SmpPacket, encode_frames
-from dfuhil.links.serial_port import open_failure, port_options, timestamp
+from dfuhil.links.serial_port import PORT_ERRORS, open_failure, port_options, timestamp
 from dfuhil.links.smp_log import describe_packet
 
 __all__ = ["Console", "ExpectTimeout", "UnexpectedOutput", "follow"]
@@ -143,6 +143,12 @@ class Console:
         """True while the port is held and alive (False inside ``released()``)."""
         with self._cond:
             return self._port is not None and self._lost is None
+
+    @property
+    def lost(self) -> str | None:
+        """Why the open port was lost (it vanished, a read failed), or None while it works."""
+        with self._cond:
+            return self._lost
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -278,7 +284,7 @@ class Console:
             except ValueError as exc:
                 last: BaseException = exc
                 break  # a malformed URL will not fix itself
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 last = exc
             waited = time.monotonic() - start
             if waited >= timeout:
@@ -298,7 +304,7 @@ class Console:
                         waiting = port.in_waiting
                         if waiting:
                             data += port.read(waiting)
-                except (serial.SerialException, OSError) as exc:
+                except PORT_ERRORS as exc:
                     if not stop.is_set():
                         self._mark_lost(f"{type(exc).__name__}: {exc}")
                     return
@@ -535,7 +541,7 @@ class Console:
             with self._write_lock:
                 port.write(data)
                 port.flush()
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             self._mark_lost(f"write failed: {type(exc).__name__}: {exc}")
             raise self._vanished_error() from None
 

@@ -29,16 +29,10 @@ import serial
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import Frame, FrameReader, describe_frame, frame
+from dfuhil.links.serial_port import PORT_ERRORS as _PORT_ERRORS
 from dfuhil.links.serial_port import open_failure, port_options, timestamp
 
 __all__ = ["MeshSerialLink"]
-
-try:  # tcdrain() (pyserial's flush) reports a vanished pty as termios.error, not OSError
-    import termios
-
-    _PORT_ERRORS: tuple[type[Exception], ...] = (serial.SerialException, OSError, termios.error)
-except ImportError:  # pragma: no cover - Windows
-    _PORT_ERRORS = (serial.SerialException, OSError)
 
 # nrfutil drains stale input by reading until the line is quiet for 0.1 s (its longest gap
 # between two bytes of one frame); a device that never goes quiet is cut off after the limit.

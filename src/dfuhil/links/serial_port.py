@@ -12,6 +12,15 @@ import os
 from datetime import datetime
 from typing import Any
 
+import serial
+
+try:  # tcdrain() (pyserial's flush) reports a vanished pty as termios.error, not OSError
+    import termios
+
+    PORT_ERRORS: tuple[type[Exception], ...] = (serial.SerialException, OSError, termios.error)
+except ImportError:  # pragma: no cover - Windows
+    PORT_ERRORS = (serial.SerialException, OSError)
+
 
 def timestamp() -> str:
     """Local wall-clock time, millisecond resolution, the prefix of every log line."""

@@ -88,6 +88,10 @@ class _NoTimeoutDumps(logging.Filter):
 logging.getLogger("smpclient").addFilter(_NoTimeoutDumps())
 
 DEFAULT_TIMEOUT_S = 2.5  # smpclient's default per request
+# Times a request with a lost answer is sent again (not a reset: that would reset twice).
+RESENDS = 2
+# Rounds of echoes before an upload that must all lose a request to blame the UART's buffers.
+PROBE_ROUNDS = 3
 # The first upload chunk makes the server erase the slot (a 476 KiB nRF52840 slot: ~10 s).
 FIRST_CHUNK_TIMEOUT_S = 40.0
 
@@ -421,14 +425,35 @@ class SmpLink:
                 f"({exc.msg.strip()})\n{exc.details}"
             ) from None
 
-    async def _request(self, operation: str, request: Any, timeout_s: float | None = None) -> Any:
+    async def _request(
+        self, operation: str, request: Any, timeout_s: float | None = None, resend: bool = True
+    ) -> Any:
+        """One exchange; a request whose answer is lost (a noisy line) is sent again, same
+        bytes and sequence number, ``RESENDS`` times, unless sending it twice could do twice
+        what it asks (``resend=False``: a reset)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        return await self._guard(operation, self._client.request(request, timeout), timeout)
+        attempts = RESENDS + 1 if resend else 1
+        exchange = self._resending(request, timeout, attempts)
+        return await self._guard(operation, exchange, timeout * attempts)
+
+    async def _resending(self, request: Any, timeout: float, attempts: int) -> Any:
+        for attempt in range(attempts):
+            try:
+                return await self._client.request(request, timeout)
+            except TimeoutError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _checked(
-        self, operation: str, request: Any, timeout_s: float | None = None, **context: str
+        self,
+        operation: str,
+        request: Any,
+        timeout_s: float | None = None,
+        resend: bool = True,
+        **context: str,
     ) -> Any:
-        response = await self._request(operation, request, timeout_s)
+        response = await self._request(operation, request, timeout_s, resend)
         if is_refusal(response):
             raise refusal(operation, response, **context)
         return response  # {"rc": 0} too: MCUboot's way of saying yes
@@ -458,7 +483,7 @@ class SmpLink:
         ``boot_mode=1`` asks an app built for it to reboot into MCUboot's serial recovery.
         """
         request = ResetWrite(force=1 if force else None, boot_mode=boot_mode)
-        self._run(self._checked("reset", request))
+        self._run(self._checked("reset", request, resend=False))
 
     # -- IMAGE group -----------------------------------------------------------------------
 
@@ -538,24 +563,21 @@ class SmpLink:
         transport = self._transport
         assert isinstance(transport, ConsoleTransport)
         size = transport.max_unencoded_size
-        # Echoes need no flash work: each is answered within one request timeout.
-        echoes = [self._client.request(_echo_of_size(size), self.timeout_s) for _ in range(window)]
-        results = await asyncio.gather(*echoes, return_exceptions=True)
-        lost = sum(isinstance(r, TimeoutError) for r in results)
-        broken = [
-            r for r in results if isinstance(r, BaseException) and not isinstance(r, TimeoutError)
-        ]
-        if broken:  # a lost link or a garbled answer: reported as any other exchange's
-            await self._guard("the echo before the upload", _reraise(broken[0]))
-        if not lost:
-            return  # answered (an error answer too: the request arrived whole)
-        await self._guard("a short echo", self._client.request(EchoWrite(d="?"), self.timeout_s))
+        # Too few line buffers lose lines every round; a noisy line loses one now and then.
+        # Only a loss in every round is blamed on the buffers.
+        for _round in range(PROBE_ROUNDS):
+            lost = await self._echo_round(size, window)
+            if not lost:
+                return  # answered (an error answer too: the request arrived whole)
+        await self._guard("a short echo", self._short_echo())
         budget = transport.budget
         raise InfrastructureError(
             f"{self.where} answers a short request but lost {lost} of {window} request(s) of "
             f"{size} bytes ({budget.lines_per_message} lines of up to "
-            f"{budget.line_length - 1} bytes each) sent together: the app's SMP UART dropped "
-            "lines. Likely cause: its UART RX line buffers (CONFIG_UART_MCUMGR_RX_BUF_COUNT x "
+            f"{budget.line_length - 1} bytes each) sent together, in each of {PROBE_ROUNDS} "
+            "rounds: the app's SMP UART dropped lines, or the line corrupts long requests "
+            "(a noisy cable: see the board log for garbled text). Likely cause: its UART RX line "
+            "buffers (CONFIG_UART_MCUMGR_RX_BUF_COUNT x "
             "CONFIG_UART_MCUMGR_RX_BUF_SIZE) hold fewer lines than dfuhil assumed "
             f"({transport.uart.describe()}), or its MTU (CONFIG_MCUMGR_TRANSPORT_UART_MTU) is "
             "smaller than the request",
@@ -564,6 +586,27 @@ class SmpLink:
             "build, whose 2 buffers of 128 bytes dfuhil assumes",
             board=self._board,
         )
+
+    async def _echo_round(self, size: int, window: int) -> int:
+        """``window`` echoes of ``size`` bytes at once; how many got no answer."""
+        # Echoes need no flash work: each is answered within one request timeout.
+        echoes = [self._client.request(_echo_of_size(size), self.timeout_s) for _ in range(window)]
+        results = await asyncio.gather(*echoes, return_exceptions=True)
+        broken = [
+            r for r in results if isinstance(r, BaseException) and not isinstance(r, TimeoutError)
+        ]
+        if broken:  # a lost link or a garbled answer: reported as any other exchange's
+            await self._guard("the echo before the upload", _reraise(broken[0]))
+        return sum(isinstance(r, TimeoutError) for r in results)
+
+    async def _short_echo(self) -> Any:
+        """A short echo, sent again if lost: does the server answer at all?"""
+        for _attempt in range(PROBE_ROUNDS - 1):
+            try:
+                return await self._client.request(EchoWrite(d="?"), self.timeout_s)
+            except TimeoutError:
+                continue
+        return await self._client.request(EchoWrite(d="?"), self.timeout_s)
 
 
 async def _reraise(exc: BaseException) -> None:

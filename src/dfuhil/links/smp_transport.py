@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 FALLBACK_MESSAGE_SIZE = 169
 # The serial frame's u16 length counts the packet and its CRC: the largest buffer worth using.
 MAX_SERIAL_BUFFER = 0xFFFF - 2 + FRAME_OVERHEAD
+# How often a request waiting for its answer looks whether the port is still there.
+_LOST_POLL_S = 0.1
 
 
 def _seq(packet: bytes) -> int:
@@ -197,7 +199,14 @@ class ConsoleTransport(SMPTransport):
         future = self._demux.expect(seq)
         try:
             await self.send(data)
-            return checked_answer(data, await future)
+            # A port that vanished (USB re-enumeration) answers nothing: say so at once
+            # instead of waiting out the request's timeout.
+            while not future.done():
+                await asyncio.wait({future}, timeout=_LOST_POLL_S)
+                lost = self.console.lost
+                if lost is not None and not future.done():
+                    raise SMPTransportDisconnected(f"serial port {self.console.url}: {lost}")
+            return checked_answer(data, future.result())
         finally:
             self._demux.forget(seq, future)
 

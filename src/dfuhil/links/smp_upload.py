@@ -12,7 +12,8 @@ smpclient's own ``SMPTransport.max_unencoded_size`` comment suggests. What keeps
   MCUboot, a dropped chunk) means the chunks behind it were dropped too, so the pipe drains and
   the upload continues from the server's last word, never from the host's own count;
 - a request or answer lost on the wire (a timeout) drops the window to one and asks again from
-  the last confirmed offset; the server answers with the offset it expects.
+  the last confirmed offset; the server answers with the offset it expects. The first chunk is
+  sent again unchanged. ``MAX_STALLS`` losses in a row without progress end the upload.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from dfuhil.links.smp_errors import is_refusal, refusal
 
 __all__ = ["MAX_STALLS", "PipelinedUpload", "UploadResult", "UploadTimeout"]
 
-# How often a pipelined upload may lose a request before it gives up.
+# How often in a row (no progress in between) an upload may lose a request or its answer
+# before it gives up: a noisy line that still moves the upload forward is not given up on.
 MAX_STALLS = 3
 # Zephyr's upload server needs the header's 32 bytes in the first chunk (spec §4.5).
 MIN_FIRST_DATA = 32
@@ -164,10 +166,7 @@ class PipelinedUpload:
         total = len(self.data)
         started = time.monotonic()
         first = self.chunk(0)
-        try:
-            answer = await self.client.request(first, self.first_timeout_s)
-        except TimeoutError:
-            raise UploadTimeout("the first image upload chunk", self.first_timeout_s) from None
+        answer = await self._first(first)
         acked = self.offset(answer)
         # The server took the first chunk, or it resumed an interrupted upload of this file.
         start_offset = 0 if acked == len(first.data) else acked
@@ -193,6 +192,21 @@ class PipelinedUpload:
             seconds=time.monotonic() - started,
             match=self.match,
             window=self.window,
+        )
+
+    async def _first(self, first: ImageUploadWrite) -> Any:
+        """Send the first chunk; a lost request or answer is sent again, unchanged. A server
+        that got it answers the resend from its own state: Zephyr resumes the upload with the
+        same ``sha`` (its ``off``), MCUboot restarts it; neither takes the data twice."""
+        for attempt in range(MAX_STALLS + 1):
+            if attempt:
+                self.requests += 1
+            try:
+                return await self.client.request(first, self.first_timeout_s)
+            except TimeoutError:
+                continue
+        raise UploadTimeout(
+            f"the first image upload chunk ({MAX_STALLS + 1} times)", self.first_timeout_s
         )
 
     async def _stream(self, acked: int, inflight: Inflight) -> None:
@@ -228,6 +242,8 @@ class PipelinedUpload:
                 reported = await self._drain(inflight, reported)
                 self.resent += max(0, next_off - reported)
                 next_off = reported
+            if reported > acked:
+                stalls = 0  # the line carries the upload: only losses in a row count
             acked = reported
             self.report(acked)
 

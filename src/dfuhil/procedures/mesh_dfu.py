@@ -83,7 +83,12 @@ __all__ = [
 ECHO_PAYLOAD = bytes([0xAA, 0xBB, 0xCC, 0xDD])
 ACK_WAIT_S = 0.5  # nrfutil ACK_WAIT_TIME: resend a frame that has no SUCCESS after this long
 ACK_WAIT_FLOOR_S = 0.05  # host seconds; see the module docstring
+# The opcodes the host sends: a CMD_RSP for any other answers a frame the line garbled.
+_SENT_OPCODES = frozenset({Opcode.ECHO, Opcode.RADIO_RESET, Opcode.DFU_DATA})
 MAX_TRIES = 10  # nrfutil MAX_RETRIES: sends of one frame before the link counts as lost
+# After MAX_TRIES unanswered sends, how long to listen for a late ack before calling the device
+# silent: a USB hub or bridge that stalls the line delivers the ack that long after.
+LATE_ACK_WAIT_S = 60.0
 STATE_WAIT_S = 2.0  # nrfutil SEND_START_DFU_WAIT_TIME, after each of the two STATEs
 PAGE_ERASE_MAX_S = 0.09508  # nRF52832 89.7 ms + 6 % HFINT tolerance (nrfutil)
 ERASE_PAGE_SIZE = 4096
@@ -366,6 +371,7 @@ class MeshDfuTransfer:
         self._retries = 0
         self._busy = 0
         self._served = 0
+        self._garbled = 0  # answers to commands the host never sent: the line garbles frames
         self._in_transfer = False  # DEVICE_STARTED now means the device lost the transfer
         self._restarted = False
         self._done = 0
@@ -513,17 +519,65 @@ class MeshDfuTransfer:
                 self._serial.on_ack(response)
                 status = response.status
                 if status == Status.SUCCESS:
+                    self._garbled = 0  # counted since the last frame that got through
                     if attempt:
                         # A late ack of an earlier try must not pass for the next frame's.
                         self._await(time.monotonic() + self._ack_wait(), lambda f: False)
                     self._pacing.on_ack(self._device_now())
                     return
                 last_status = status
+                if status != Status.ERROR_BUSY and self._garbled:
+                    last_status = None  # an answer to a frame the line garbled, not to ours
                 if status == Status.ERROR_BUSY:
                     self._busy += 1
                     self._pacing.on_busy(self._device_now())
                 self._await(deadline, lambda f: False)  # resend every ack period, as nrfutil
+        if last_status is None:
+            line = self._line_fault(is_ack)
+            if line is not None:
+                raise line
+        elif last_status != Status.ERROR_BUSY and not self._echoes_intact():
+            raise self._garbling_line(
+                f"the device refused it with {status_name(last_status)} and then no Echo came "
+                "back intact: its answers were to frames the line garbled"
+            )
         raise self._undelivered(packet, last_status)
+
+    def _echoes_intact(self) -> bool:
+        """Whether an Echo still makes the round trip unchanged (up to MAX_TRIES tries)."""
+        for _attempt in range(MAX_TRIES):
+            self._link.send(Opcode.ECHO, ECHO_PAYLOAD)
+            deadline = time.monotonic() + self._ack_wait()
+            answer = self._await(deadline, lambda f: f.opcode == Opcode.ECHO_RSP)
+            if answer is not None and answer.payload == ECHO_PAYLOAD:
+                return True
+        return False
+
+    def _line_fault(self, is_ack: Callable[[Frame], bool]) -> InfrastructureError | None:
+        """After the tries: was it the line rather than the device? Listens a while longer
+        (``LATE_ACK_WAIT_S``, sending nothing) for a late ack. A device that answers commands
+        the host never sent, or acks only after the tries, is alive and heard garbled or
+        delayed frames."""
+        waited = max(MAX_TRIES * self._ack_wait(), self._host(LATE_ACK_WAIT_S))
+        late = self._await(time.monotonic() + waited, is_ack)
+        if late is None and not self._garbled:
+            return None
+        return self._garbling_line(
+            f"the device acknowledged only after {waited:.1f} s (the line stalls)"
+            if late is not None
+            else f"the device answered {self._garbled} command(s) the host never sent "
+            "(the line garbles frames: bytes lost, added or flipped)"
+        )
+
+    def _garbling_line(self, seen: str) -> InfrastructureError:
+        return InfrastructureError(
+            f"{self._link.url} does not carry the mesh serial DFU: no "
+            f"acknowledgement in {MAX_TRIES} tries after {self._done} of "
+            f"{self._plan.segments} segments, and {seen}" + self._log_hint(),
+            "check the serial cable, USB hub and port (a noisy or stalling line); the board "
+            "itself answered, so run the DFU again on a sound line",
+            board=self._link.board,
+        )
 
     def _undelivered(self, packet: bytes, status: int | None) -> Exception:
         raw = bytes([Opcode.DFU_DATA]) + packet
@@ -629,7 +683,15 @@ class MeshDfuTransfer:
             if self._done == self._plan.segments:
                 self._restarted = True
         elif item.opcode == Opcode.CMD_RSP:
-            self._link.note("--- (an acknowledgement nobody waits for: ignored) ---")
+            answered = item.payload[0] if item.payload else None
+            if answered not in _SENT_OPCODES:
+                self._garbled += 1
+                self._link.note(
+                    f"--- an answer to opcode {answered!r}, which the host never sends: "
+                    "a garbled frame ---"
+                )
+            else:
+                self._link.note("--- (an acknowledgement nobody waits for: ignored) ---")
 
     def _on_packet(self, raw: bytes) -> None:
         try:

@@ -21,6 +21,7 @@ from typing import Any
 from dfuhil.sim.board import AccessFault, VirtualBoard
 from dfuhil.sim.clock import PowerLoss
 from dfuhil.sim.flash import FlashFault
+from dfuhil.sim.uart_faults import checked_line_faults
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,32 @@ def _last_tear(board: VirtualBoard, _a: dict[str, Any]) -> Any:
     return None if tear is None else tear.describe()
 
 
+def _line_faults(board: VirtualBoard, a: dict[str, Any]) -> Any:
+    """Set (``faults``: the boards.yaml keys; ``{}`` switches them off) or just read the faults
+    on the board's serial line, with what they did so far."""
+    settings = a.get("faults")
+    if settings is not None:
+        try:
+            board.uart.faults.set(checked_line_faults(settings))
+        except ValueError as exc:
+            raise PortError(INVALID_PARAMETER, str(exc)) from None
+    return {
+        **board.uart.faults.describe(),
+        "serial": board.uart.path,
+        "present": board.uart.present,
+        "vanishes": board.uart.vanishes,
+    }
+
+
+def _uart_vanish(board: VirtualBoard, a: dict[str, Any]) -> Any:
+    """The serial port vanishes now (USB re-enumeration); a new one appears after ``down_s``."""
+    down = a.get("down_s", 1.0)
+    if isinstance(down, bool) or not isinstance(down, int | float) or not 0 <= down <= 60:
+        raise PortError(INVALID_PARAMETER, f"down_s must be in [0, 60] seconds, not {down!r}")
+    board.uart.vanish(float(down))
+    return None
+
+
 HANDLERS: dict[str, Handler] = {
     "read": _read,
     "write": _write,
@@ -172,6 +199,8 @@ HANDLERS: dict[str, Handler] = {
     "power_on": lambda b, a: b.power_on(),
     "flash_ops": lambda b, a: b.flash.stats.operations,
     "last_tear": _last_tear,
+    "line_faults": _line_faults,
+    "uart_vanish": _uart_vanish,
 }
 
 

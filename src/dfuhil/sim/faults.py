@@ -19,17 +19,27 @@ them, switch the board on again and check what it boots:
   the board's statistics, the same count the cut uses.
 
 A reset in the middle of an SMP upload needs nothing here: the probe's pin reset does that.
+
+The serial line has levers of its own (dfuhil.sim.uart_faults):
+
+- ``set_line_faults(LineFaults(...))``: bit flips, dropped, duplicated and garbage bytes,
+  stalls, a vanishing port, seeded; ``set_line_faults(None)`` switches them off.
+- ``line_faults()``: the settings and what they did per direction (``to_board``, ``to_host``).
+- ``vanish_port(down_s)``: the port goes away now and a new one (new path) appears later.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+from dataclasses import asdict
 from types import TracebackType
 from typing import Any
 
 from dfuhil.errors import InfrastructureError, InputError
+from dfuhil.farm.model import LineFaults
 from dfuhil.sim.debugport import recv_message, send_message
+from dfuhil.sim.uart_faults import checked_line_faults
 
 _REMEDY = "check that the virtual farm (`dfuhil sim serve`) is running and serves this board"
 
@@ -93,6 +103,23 @@ class FaultInjector:
 
     def reset_stats(self) -> None:
         self._call("reset_stats")
+
+    def set_line_faults(self, faults: LineFaults | None) -> dict[str, Any]:
+        """Fault the board's serial line from now on (None: a clean line again)."""
+        settings = asdict(faults) if faults is not None else {}
+        try:
+            checked_line_faults(settings)
+        except ValueError as exc:
+            raise InputError(f"virtual board {self.snr}: {exc}") from None
+        return dict(self._call("line_faults", faults=settings))
+
+    def line_faults(self) -> dict[str, Any]:
+        """Settings, counters per direction, the port's current path and whether it is there."""
+        return dict(self._call("line_faults"))
+
+    def vanish_port(self, down_s: float = 1.0) -> None:
+        """The serial port goes away now; a new one appears ``down_s`` device seconds later."""
+        self._call("uart_vanish", down_s=down_s)
 
     # --- transport -------------------------------------------------------------------------------
 

@@ -63,6 +63,9 @@ class VirtualFarm:
                 _board_logger(spec.name, log_dir),
                 radio=self.radio.port(spec.name),
             )
+        for name, faults in farm.line_faults:
+            if name in self.boards:
+                self.boards[name].uart.faults.set(faults)
         # Unix socket paths are limited to ~100 bytes: keep the socket in a short temp dir.
         self._sockdir = tempfile.mkdtemp(prefix="dfuhil-")
         self.debug_port = DebugPortServer(
@@ -123,6 +126,17 @@ def serve(
     virtual = VirtualFarm(farm, time_scale=time_scale, log_dir=log_dir)
     virtual.start()
     state = virtual.state(state_file, farm.path)
+    lock = threading.Lock()
+
+    def republish(_path: str) -> None:
+        """A port re-enumerated under a new path: the state file names the new one, so a host
+        that lost the old port finds the board's port again."""
+        with lock:
+            if not stop.is_set():
+                virtual.state(state_file, farm.path).write()
+
+    for board in virtual.boards.values():
+        board.uart.on_reenumerate = republish
     try:
         state.write()
         if ready is not None:

@@ -10,6 +10,11 @@ J-Link VCOM, an FTDI cable): bytes trickle in at the baud rate and the receive i
 few at a time. ``"burst"`` is USB CDC-ACM on the chip itself (or a USB-serial bridge that
 forwards whole USB packets): what the host wrote arrives at USB speed in one piece, and firmware
 that asks (``bursts``) handles it in one run of its receive callback (dfuhil.sim.smp.uart_lines).
+
+``faults`` (dfuhil.sim.uart_faults) is the line between the pty and the UART pins: bits flipped,
+bytes dropped, duplicated or added, stalls, in both directions; and the port vanishing
+(:meth:`PtyUart.vanish`, USB re-enumeration): the pty closes, so the host's open port fails,
+and a new pty with a new path appears a moment later (``on_reenumerate`` tells the farm).
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import threading
 import time
 import tty
 from collections import deque
+from collections.abc import Callable
 
 from dfuhil.formats.smp_uart import DELIVERIES, Delivery
 from dfuhil.sim.clock import ResetSignal, VirtualClock
+from dfuhil.sim.uart_faults import Mangled, UartFaults
 
 BITS_PER_BYTE = 10  # start + 8 data + stop
 USB_BYTE_S = 1e-6  # USB full-speed bulk moves about 1 MB/s
@@ -44,10 +51,11 @@ class PtyUart:
         self.baud = baud
         self.name = name
         self.delivery = delivery
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self.path = os.ttyname(self._slave)
+        self.faults = UartFaults()
+        self.on_reenumerate: Callable[[str], None] | None = None
+        self.vanishes = 0
+        self._port_lock = threading.Lock()
+        self._master, self._slave, self.path = self._open_pty()
         self._rx: deque[int] = deque()
         self._rx_cond = threading.Condition()
         self._tx: deque[bytes] = deque()
@@ -61,6 +69,51 @@ class PtyUart:
         ]
         for t in self._threads:
             t.start()
+
+    @staticmethod
+    def _open_pty() -> tuple[int, int, str]:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        return master, slave, os.ttyname(slave)
+
+    @property
+    def present(self) -> bool:
+        """False while the port is gone (between a vanish and the new port)."""
+        return self._master >= 0
+
+    def vanish(self, down_s: float) -> None:
+        """The port goes away (USB re-enumeration); a new one appears ``down_s`` device
+        seconds later, with a new path. Bytes in flight are lost."""
+        with self._port_lock:
+            if self._master < 0:
+                return
+            old = (self._master, self._slave)
+            self._master = self._slave = -1
+            self.vanishes += 1
+        for fd in old:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        timer = threading.Timer(self.clock.wall(down_s), self._reappear)
+        timer.daemon = True
+        timer.start()
+
+    def _reappear(self) -> None:
+        if self._stop.is_set():
+            return
+        master, slave, path = self._open_pty()
+        with self._port_lock:
+            self._master, self._slave, self.path = master, slave, path
+        if self.on_reenumerate is not None:
+            self.on_reenumerate(path)
+
+    def _mangle(self, mangled: Mangled) -> bytes:
+        """Apply a stall and a vanish the line chose; the bytes that still get through."""
+        if mangled.stall_s:
+            self.clock.sleep(mangled.stall_s)
+        if mangled.vanish:
+            self.vanish(self.faults.faults.vanish_s)
+        return mangled.data
 
     @property
     def byte_time(self) -> float:
@@ -112,17 +165,26 @@ class PtyUart:
 
     def _rx_loop(self) -> None:
         while not self._stop.is_set():
-            ready, _, _ = select.select([self._master], [], [], 0.1)
-            if not ready:
+            master = self._master
+            if master < 0:  # the port is gone until it re-enumerates
+                time.sleep(0.02)
                 continue
             try:
-                chunk = os.read(self._master, 4096)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EIO):
+                ready, _, _ = select.select([master], [], [], 0.1)
+                if not ready:
+                    continue
+                chunk = os.read(master, 4096)
+            except (OSError, ValueError) as exc:
+                # EBADF: the port vanished under the read; EIO: no host has it open.
+                if getattr(exc, "errno", errno.EBADF) in (errno.EAGAIN, errno.EIO, errno.EBADF):
+                    time.sleep(0.01)
                     continue
                 raise
             # The bytes arrive at the line rate, not all at once.
             self.clock.sleep(len(chunk) * self.byte_time)
+            chunk = self._mangle(self.faults.to_board.apply(chunk))
+            if not chunk:
+                continue
             with self._rx_cond:
                 self._rx.extend(chunk)
                 self._rx_cond.notify_all()
@@ -139,11 +201,15 @@ class PtyUart:
             for start in range(0, len(data), 64):
                 chunk = data[start : start + 64]
                 self.clock.sleep(len(chunk) * self.byte_time)
+                chunk = self._mangle(self.faults.to_host.apply(chunk))
+                master = self._master
                 try:
-                    os.write(self._master, chunk)
-                except BlockingIOError:
-                    # Nobody reads the port and the pty buffer is full: the bytes are lost, as
-                    # on a real UART with no listener.
+                    if master < 0:
+                        raise BlockingIOError
+                    os.write(master, chunk)
+                except (BlockingIOError, OSError):
+                    # Nobody reads the port and the pty buffer is full, or the port is gone:
+                    # the bytes are lost, as on a real UART with no listener.
                     self.dropped_tx += len(chunk)
             with self._tx_cond:
                 self._tx_busy = bool(self._tx)
@@ -167,6 +233,10 @@ class PtyUart:
             self._tx_cond.notify_all()
         for t in self._threads:
             t.join(timeout=2)
-        for fd in (self._master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._port_lock:
+            fds = (self._master, self._slave)
+            self._master = self._slave = -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
