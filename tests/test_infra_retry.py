@@ -21,7 +21,8 @@ from provisionfarm import REPO
 from ruamel.yaml import YAML
 from test_parallel import PROVISIONING, Run, farm, finish
 
-from dfuhil.errors import InfrastructureError
+from dfuhil.errors import InfrastructureError, ProductError
+from dfuhil.report.taxonomy import INFRASTRUCTURE, PRODUCT, infrastructure_cause, kind_of
 from fixtures.retry import Pool
 
 FAULTY = "vdk52840-swap-move"  # a text console: its banner test reads the port
@@ -140,3 +141,22 @@ def test_bad_retry_options_are_usage_errors(tmp_path: Path, value: str) -> None:
     )
     assert out.returncode == 4, out.stdout + out.stderr
     assert "infra_retries" in out.stderr or "give 0 or more" in out.stderr
+
+
+def caused(outer: type[BaseException]) -> BaseException:
+    try:
+        try:
+            raise InfrastructureError("probe 682000001 gone", "replug it", board="a")
+        except InfrastructureError as rig:
+            raise outer("what the test saw") from rig
+    except BaseException as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+def test_an_error_caused_by_the_rig_is_the_rigs_but_a_product_failure_never_is() -> None:
+    assert kind_of(caused(RuntimeError)) == INFRASTRUCTURE
+    assert infrastructure_cause(caused(RuntimeError)) is not None
+    assert kind_of(caused(AssertionError)) == PRODUCT  # an assertion about the board: product
+    assert infrastructure_cause(caused(ProductError)) is None
+    assert infrastructure_cause(RuntimeError("[infrastructure] looks like it")) is None
