@@ -116,6 +116,9 @@ def test_a_board_that_keeps_failing_is_quarantined_and_the_other_carries_on(
     assert skipped and f"board {FAULTY} quarantined after 1 infrastructure failures" in skipped[0]
     assert "serial port" in skipped[0]
     assert f"QUARANTINED: board {FAULTY} quarantined" in run_.output
+    [skip] = [r for r in allure_results(run_, "test_second") if r["status"] == "skipped"]
+    labels = {(label["name"], label["value"]) for label in skip["labels"]}
+    assert {("quarantined", FAULTY), ("board", FAULTY)} <= labels
 
 
 def test_quarantine_counts_failures_per_board_and_blames_the_named_board() -> None:
