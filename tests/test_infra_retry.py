@@ -163,3 +163,14 @@ def test_an_error_caused_by_the_rig_is_the_rigs_but_a_product_failure_never_is()
     assert kind_of(caused(AssertionError)) == PRODUCT  # an assertion about the board: product
     assert infrastructure_cause(caused(ProductError)) is None
     assert infrastructure_cause(RuntimeError("[infrastructure] looks like it")) is None
+
+
+def test_retrying_the_runs_last_test_keeps_the_runs_farm(tmp_path: Path) -> None:
+    boards = farm(tmp_path / "boards.yaml", FAULTY, OTHER)
+    run_ = run(tmp_path, boards, f"{OTHER}:1", "-k", BANNER)  # OTHER's test is the last one
+    assert run_.returncode == 0, run_.output
+    assert f"retried: {OTHER}: 1 attempt(s)" in run_.output
+    # One farm for the run: a farm started again for the retry would have begun the boards'
+    # logs afresh, without the provisioning of the board tested first.
+    log = (run_.reports / "sim" / f"{FAULTY}.sim.log").read_text()
+    assert "reset (system reset by debugger)" in log, log
