@@ -8,4 +8,5 @@ pytest_plugins = [
     "fixtures.mesh",
     "fixtures.mcuboot",
     "fixtures.report",
+    "fixtures.retry",
 ]

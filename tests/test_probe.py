@@ -46,6 +46,7 @@ def test_real_pynrfjprog_without_the_jlink_library_is_an_infrastructure_error() 
     message = str(error)
     assert error.board == "lab-dk1"
     assert "board lab-dk1" in message
+    assert "J-Link 683000001: cannot" in message  # which probe, not only which board
     assert "JLINKARM_DLL_COULD_NOT_BE_OPENED (-101)" in message
     assert "SEGGER's J-Link Software and Documentation Pack" in error.remedy
     assert "install" in error.remedy

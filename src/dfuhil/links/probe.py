@@ -256,7 +256,11 @@ class Probe:
         detail = f"{exc.error_enum.name} ({code})" + (f": {exc.err_msg}" if exc.err_msg else "")
         remedy = _remedy_for(code)
         if remedy is not None:
-            return InfrastructureError(f"cannot {doing}: {detail}", remedy, board=self.board)
+            t = self.target  # which probe: the board's name alone does not say which J-Link
+            where = f"J-Link {t.snr}" + (f" at {t.ip}" if t.ip else "")
+            return InfrastructureError(
+                f"{where}: cannot {doing}: {detail}", remedy, board=self.board
+            )
         if code == -160:
             return ProductError(f"board {self.board}: verify failed while trying to {doing}")
         return ProbeError(f"board {self.board}: cannot {doing}: {detail}")

@@ -28,6 +28,8 @@ class BoardRow:
     infrastructure: int = 0
     seconds: float = 0.0
     last_boot: str = ""
+    retried: int = 0  # attempts run again after an infrastructure fault (fixtures.retry)
+    quarantined: str = ""  # why the board was taken out of the run, if it was
 
     def count(self, outcome: str, kind: str | None) -> None:
         if outcome == "passed":
@@ -76,4 +78,14 @@ def render(rows: list[BoardRow], width: int = 120) -> str:
 
     rule = "-" * min(width, sum(widths) + 2 * len(widths) + room)
     body = [line(list(COLUMNS)), rule, *(line(c) for c in cells)]
+    body += [
+        f"retried: {r.board}: {r.retried} attempt(s) after an infrastructure fault"
+        for r in sorted(rows, key=lambda r: r.board)
+        if r.retried
+    ]
+    body += [
+        f"QUARANTINED: {r.quarantined}"
+        for r in sorted(rows, key=lambda r: r.board)
+        if r.quarantined
+    ]
     return "dfuhil: boards in this run\n" + "\n".join(body) + "\n"

@@ -25,9 +25,27 @@ CATEGORY_NAMES = {
 FLAKY_NAME = "Flaky or retried"
 
 
+def infrastructure_cause(exc: BaseException) -> InfrastructureError | None:
+    """The InfrastructureError that ``exc`` is, or that caused it (``raise ... from``, or raised
+    while handling it); None for a product or input failure, whatever caused those."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, InfrastructureError):
+            return current
+        if isinstance(current, InputError | ProductError | AssertionError):
+            return None  # the product's or the input's fault, even if the rig failed after
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    return None
+
+
 def kind_of(exc: BaseException) -> str:
-    """Who has to act on ``exc``, by its class: the taxonomy first, then pytest's failures."""
-    if isinstance(exc, InfrastructureError):
+    """Who has to act on ``exc``, by its class: the taxonomy first (an error caused by the rig is
+    the rig's), then pytest's failures."""
+    if infrastructure_cause(exc) is not None:
         return INFRASTRUCTURE
     if isinstance(exc, InputError):
         return INPUT
