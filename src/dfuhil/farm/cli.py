@@ -93,9 +93,12 @@ def board_json(board: BoardSpec) -> dict[str, Any]:
         "roles": list(board.roles),
         "probe": {
             "backend": board.probe.backend,
+            "chosen": board.probe.chosen,
             "snr": board.probe.snr,
             "ip": board.probe.ip,
+            "remote": board.probe.remote,
             "speed_khz": board.probe.speed_khz,
+            "allow_recover": board.probe.allow_recover,
         },
         "serial": {
             "port": board.serial.port,

@@ -24,7 +24,7 @@ LOCK_DIR = Path(os.environ.get("DFUHIL_LOCK_DIR", Path(tempfile.gettempdir()) / 
 class BoardLease:
     def __init__(self, board: BoardSpec, *, scope: int | None = None, timeout_s: float = 600):
         """``scope`` separates virtual boards of different farm processes (same SNR, no clash)."""
-        key = f"{board.probe.backend}-{board.probe.snr}" + (f"-farm{scope}" if scope else "")
+        key = f"{board.probe.kind}-{board.probe.snr}" + (f"-farm{scope}" if scope else "")
         self.board = board
         self.path = LOCK_DIR / f"{key}.lock"
         self.timeout_s = timeout_s
