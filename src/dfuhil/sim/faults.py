@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from dfuhil.errors import InfrastructureError, InputError
-from dfuhil.sim.debugport import recv_message, send_message
+from dfuhil.sim.wire import recv_message, send_message
 
 _REMEDY = "check that the virtual farm (`dfuhil sim serve`) is running and serves this board"
 
