@@ -122,7 +122,7 @@ class Output:
     def task(self, name: str, description: str, snr: str | None) -> Iterator[dict[str, Any]]:
         """task_begin ... task_end around one operation; the yielded dict becomes ``data``."""
         self.task_id += 1
-        task = {"id": str(self.task_id), "description": description, "name": name}
+        task: dict[str, Any] = {"id": str(self.task_id), "description": description, "name": name}
         if snr is not None:
             task["data"] = {"serialNumber": snr}
         self.emit("task_begin", {"task": task})
