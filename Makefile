@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BOARDS ?= boards.yaml
+# How virtual boards' probes are driven: pynrfjprog's API (default) or nrfutil (the virtual
+# farm's own `nrfutil` executable, first on PATH): make regression PROBE=nrfutil
+PROBE  ?=
 PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
@@ -26,7 +29,7 @@ $(SAMPLE_FIRMWARE): $(VENV)/.installed $(shell find src/dfuhil/sim/firmware -nam
 	touch $@
 
 regression: setup firmware
-	$(PY) -m pytest suites --boards $(BOARDS)
+	DFUHIL_PROBE=$(PROBE) $(PY) -m pytest suites --boards $(BOARDS)
 
 lint: setup
 	$(VENV)/bin/ruff check src fixtures suites tests bench conftest.py
