@@ -84,6 +84,11 @@ class Rig:
             return NrfutilProbe(target, self.nrfutil)
         return Probe(target, jlink_factory)
 
+    def nrfutil_starts(self) -> int:
+        """nrfutil processes this rig has started so far (its cost; bench/provision.py)."""
+        virtual = self._virtual_nrfutil.starts if self._virtual_nrfutil is not None else 0
+        return self.nrfutil.starts + virtual
+
     def virtual_nrfutil(self, sim: SimState) -> NrfutilCommand:
         """The virtual farm's ``nrfutil``, first on PATH and bound to this farm's state file."""
         if self._virtual_nrfutil is None:

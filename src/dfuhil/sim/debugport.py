@@ -37,8 +37,24 @@ log = logging.getLogger(__name__)
 Handler = Callable[[VirtualBoard, dict[str, Any]], Any]
 
 
+# Bytes a debugger read through the port, per board since its last reset_stats: what a probe
+# backend costs in SWD traffic (bench/provision.py compares backends by it).
+_bytes_read: dict[str, int] = {}
+
+
 def _read(board: VirtualBoard, a: dict[str, Any]) -> Any:
-    return encode_bytes(board.read(int(a["address"]), int(a["length"])))
+    data = board.read(int(a["address"]), int(a["length"]))
+    _bytes_read[board.name] = _bytes_read.get(board.name, 0) + len(data)
+    return encode_bytes(data)
+
+
+def _stats(board: VirtualBoard, _a: dict[str, Any]) -> Any:
+    return {**board.stats(), "swd_bytes_read": _bytes_read.get(board.name, 0)}
+
+
+def _reset_stats(board: VirtualBoard, _a: dict[str, Any]) -> Any:
+    _bytes_read.pop(board.name, None)
+    board.reset_stats()
 
 
 def _write(board: VirtualBoard, a: dict[str, Any]) -> Any:
@@ -103,8 +119,8 @@ HANDLERS: dict[str, Handler] = {
         "smp_udp": b.udp.address,
     },
     "status": lambda b, a: b.status(),
-    "stats": lambda b, a: b.stats(),
-    "reset_stats": lambda b, a: b.reset_stats(),
+    "stats": _stats,
+    "reset_stats": _reset_stats,
     "radio": _radio,
     "power_cut": _power_cut,
     "power_on": lambda b, a: b.power_on(),
