@@ -1,5 +1,7 @@
 """``dfuhil boards check|list``: look at a farm file before a night of runs depends on it.
 
+(``boards discover`` lives in discover_cli.py.)
+
 ``check`` is what CI and a lab engineer run after editing boards.yaml: every problem, one per
 line, in the ``FILE:LINE: field: message`` form editors jump to. ``list`` shows what the file
 resolves to (defaults filled in, virtual serial numbers assigned), as a table or as JSON for
@@ -34,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--json", action="store_true", help="print a JSON list of objects")
     _file_argument(listing)
     listing.set_defaults(func=list_command)
+    from dfuhil.farm import discover_cli
+
+    discover_cli.register(verbs, DEFAULT_FILE)
 
 
 def _file_argument(parser: argparse.ArgumentParser) -> None:
