@@ -1,6 +1,6 @@
 """``dfuhil boards check|list``: look at a farm file before a night of runs depends on it.
 
-(``boards discover`` lives in discover_cli.py.)
+(``boards discover`` lives in discover_cli.py, ``import-hwmap``/``export-hwmap`` in hwmap_cli.py.)
 
 ``check`` is what CI and a lab engineer run after editing boards.yaml: every problem, one per
 line, in the ``FILE:LINE: field: message`` form editors jump to. ``list`` shows what the file
@@ -25,7 +25,7 @@ COLUMNS = ("name", "chip", "board type", "roles", "probe", "serial port")
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``boards check [FILE]`` and ``boards list [--json] [FILE]``."""
-    boards = subparsers.add_parser("boards", help="check or list the boards of a farm file")
+    boards = subparsers.add_parser("boards", help="check, list or discover the boards of a farm file; twister hardware maps")
     verbs = boards.add_subparsers(dest="boards_command", metavar="VERB", required=True)
     check = verbs.add_parser(
         "check", help="report every problem of the file (and missing firmware files)"
@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from dfuhil.farm import discover_cli
 
     discover_cli.register(verbs, DEFAULT_FILE)
+    from dfuhil.farm import hwmap_cli
+
+    hwmap_cli.register(verbs, DEFAULT_FILE)
 
 
 def _file_argument(parser: argparse.ArgumentParser) -> None:
