@@ -6,7 +6,9 @@ VENV   ?= .venv
 BOARDS ?= boards.yaml
 # How virtual boards' probes are driven: pynrfjprog's API (default) or nrfutil (the virtual
 # farm's own `nrfutil` executable, first on PATH): make regression PROBE=nrfutil
+# nrfutil starts one process per register read, so LED sampling needs the farm in real time.
 PROBE  ?=
+PROBE_ARGS := $(if $(filter nrfutil,$(PROBE)),--sim-time-scale 1)
 PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
@@ -29,7 +31,7 @@ $(SAMPLE_FIRMWARE): $(VENV)/.installed $(shell find src/dfuhil/sim/firmware -nam
 	touch $@
 
 regression: setup firmware
-	DFUHIL_PROBE=$(PROBE) $(PY) -m pytest suites --boards $(BOARDS)
+	DFUHIL_PROBE=$(PROBE) $(PY) -m pytest suites --boards $(BOARDS) $(PROBE_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src fixtures suites tests bench conftest.py

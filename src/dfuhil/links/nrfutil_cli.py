@@ -44,18 +44,14 @@ class NrfutilCommand:
     def _environ(self) -> dict[str, str]:
         return {**os.environ, **self.env}
 
-    def run(self, args: Sequence[str], *, board: str | None = None) -> NrfutilOutput:
-        """One ``nrfutil --json device ARGS`` run; raises unless every task succeeded."""
-        cmd = [self.executable, "--json", "device", *args]
-        shown = " ".join(cmd)
+    def _spawn(
+        self, cmd: list[str], board: str | None, timeout_s: float
+    ) -> subprocess.CompletedProcess[bytes]:
+        """One process start; a missing executable or a hang is the rig's problem."""
         self.starts += 1
         try:
-            proc = subprocess.run(
-                cmd,
-                capture_output=True,
-                env=self._environ(),
-                timeout=self.timeout_s,
-                check=False,
+            return subprocess.run(
+                cmd, capture_output=True, env=self._environ(), timeout=timeout_s, check=False
             )
         except FileNotFoundError:
             raise InfrastructureError(
@@ -63,10 +59,16 @@ class NrfutilCommand:
             ) from None
         except subprocess.TimeoutExpired:
             raise InfrastructureError(
-                f"`{shown}` did not finish within {self.timeout_s:.0f} s",
+                f"`{' '.join(cmd)}` did not finish within {timeout_s:.0f} s",
                 "power-cycle the J-Link and the board; check no other program holds the probe",
                 board=board,
             ) from None
+
+    def run(self, args: Sequence[str], *, board: str | None = None) -> NrfutilOutput:
+        """One ``nrfutil --json device ARGS`` run; raises unless every task succeeded."""
+        cmd = [self.executable, "--json", "device", *args]
+        shown = " ".join(cmd)
+        proc = self._spawn(cmd, board, self.timeout_s)
         output = parse_output(proc.stdout.decode(errors="replace"), shown)
         failed = output.failed
         if failed is not None:
@@ -86,17 +88,7 @@ class NrfutilCommand:
         if self.version is not None:
             return self.version
         cmd = [self.executable, "--json", "device", "--version"]
-        self.starts += 1
-        try:
-            proc = subprocess.run(
-                cmd, capture_output=True, env=self._environ(), timeout=60, check=False
-            )
-        except FileNotFoundError:
-            raise InfrastructureError(
-                f"`{self.executable}` is not installed (not on PATH)", INSTALL
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise InfrastructureError("`nrfutil device --version` hung", INSTALL) from None
+        proc = self._spawn(cmd, None, 60.0)
         if proc.returncode != 0:
             said = (proc.stderr or proc.stdout).decode(errors="replace").strip()[-300:]
             said = said or f"exit {proc.returncode}"
