@@ -296,3 +296,24 @@ def test_output_that_is_not_json_lines_is_infrastructure(tmp_path: Path) -> None
     with NrfutilProbe(target, command) as probe, pytest.raises(InfrastructureError) as info:
         probe.read(0, 4)
     assert "line 2" in str(info.value) and "Segmentation fault" in str(info.value)
+
+
+# --- read-ahead never serves a stale copy ------------------------------------------------------
+
+
+def test_read_ahead_rereads_what_was_written_and_never_caches_ram(lab: Lab) -> None:
+    ram = 0x20000000
+    with lab.probe("guarded") as probe, lab.check("guarded") as check:
+        check.halt()  # the firmware must not touch RAM while the test does
+        with probe.read_ahead([(0x1000, 0x2000)]):
+            assert len(probe.read(ram, 4096)) == 4096
+            check.write_u32(ram, 0x12345678)
+            assert probe.read_u32(ram) == 0x12345678
+            check.write_flash(0x2000, b"\x00\x11\x22\x33")  # behind the cache's back
+            probe.erase_page(0x1000)
+            probe.write_flash(0x1000, b"\xa5\x5a\xa5\x5a")
+            assert probe.read(0x1000, 8) == b"\xa5\x5a\xa5\x5a" + b"\xff" * 4
+        assert probe.read(0x2000, 4) == b"\x00\x11\x22\x33"  # the scope's copy died with it
+        check.erase_page(0x1000)
+        check.erase_page(0x2000)
+        check.go()

@@ -243,8 +243,11 @@ class NrfutilProbe(Probe):
             self._queue.clear()
 
     def _fill(self, address: int, content: bytes) -> None:
+        """Keep whole pages of code flash and UICR (RAM and registers change under a reader)."""
         assert self._cache is not None
         for page in self._pages(address, len(content)):
+            if page != UICR_BASE and page >= self.chip.flash_size:
+                continue
             start, size = self._page_span(page)
             if start >= address and start + size <= address + len(content):
                 self._cache[page] = content[start - address : start - address + size]
