@@ -24,8 +24,10 @@ COLUMNS = ("name", "chip", "board type", "roles", "probe", "serial port")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``boards check [FILE]`` and ``boards list [--json] [FILE]``."""
-    boards = subparsers.add_parser("boards", help="check, list or discover the boards of a farm file; twister hardware maps")
+    """Add ``boards check|list|discover|import-hwmap|export-hwmap``."""
+    boards = subparsers.add_parser(
+        "boards", help="check, list or discover the boards of a farm file; twister hardware maps"
+    )
     verbs = boards.add_subparsers(dest="boards_command", metavar="VERB", required=True)
     check = verbs.add_parser(
         "check", help="report every problem of the file (and missing firmware files)"
