@@ -125,3 +125,27 @@ def test_without_any_probe_tool_every_board_is_missing(tmp_path: Path) -> None:
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
     assert run.returncode == 1
     assert "note: nrfutil: not on PATH" in run.stdout and "missing: board dk" in run.stdout
+
+
+def test_a_virtual_farm_is_reconciled_by_what_its_boards_answer(
+    farm: SimState, tmp_path: Path
+) -> None:
+    a = farm.board("a")
+    text = LAYOUT.replace(
+        "l51:",
+        "l40: {chip: nRF52840_xxAA, regions: {app: {start: 0x27000, size: 0xD0000}}}\n  l51:",
+    ) + (
+        f"  - {{name: a, chip: nRF52840_xxAA, probe: {{backend: virtual, snr: {a.snr}}}, "
+        "flash_layout: l40}\n"
+        "  - {name: z, chip: nRF52832_xxAA, probe: {backend: virtual, snr: 900000099}, "
+        "flash_layout: l52}\n"
+    )
+    (tmp_path / "boards.yaml").write_text(text)
+    cmd = [sys.executable, "-m", "dfuhil", "boards", "discover", str(tmp_path / "boards.yaml")]
+    cmd += ["--tools", "virtual", "--sim-state", str(farm.path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "wrong-chip: board a: boards.yaml says nRF52840_xxAA" in run.stdout
+    assert "NRF52832_xxAA" in run.stdout
+    assert "missing: board z: its probe is not attached; start the virtual farm" in run.stdout
+    assert run.stdout.count("undescribed:") == 3

@@ -112,18 +112,25 @@ def from_pynrfjprog() -> tuple[list[Attached], str | None]:
     return found, None
 
 
-def from_virtual(state: SimState, farm: Farm) -> list[Attached]:
-    """The boards a running virtual farm serves, with the chip it was started with."""
-    chips = {b.name: b.chip for b in farm.boards}
-    return [
-        Attached(
-            b.snr,
-            "virtual",
-            (b.serial,),
-            chips[b.name].device_version if b.name in chips else None,
-        )
-        for b in state.boards.values()
-    ]
+def from_virtual(state: SimState) -> list[Attached]:
+    """The boards a running virtual farm serves, each asked for its chip over the debug port."""
+    from pynrfjprog.APIError import APIError
+
+    from dfuhil.sim.lowlevel import VirtualLowLevelAPI
+
+    found = []
+    for board in state.boards.values():
+        api = VirtualLowLevelAPI("AUTO", endpoint=board.endpoint)
+        try:
+            api.open()
+            api.connect_to_emu_with_snr(board.snr)
+            version: str | None = api.read_device_version()
+        except APIError:
+            version = None
+        finally:
+            api.close()
+        found.append(Attached(board.snr, "virtual", (board.serial,), version))
+    return found
 
 
 # --- reconciliation ----------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def attached_probes(
             notes.append(f"pynrfjprog: {note}")
     if "virtual" in tools and farm.virtual_boards():
         try:
-            found += from_virtual(load_state(sim_state), farm)
+            found += from_virtual(load_state(sim_state))
         except DfuhilError as exc:
             notes.append(f"virtual: {str(exc).splitlines()[0]}")
     return found, notes
