@@ -317,3 +317,34 @@ def test_read_ahead_rereads_what_was_written_and_never_caches_ram(lab: Lab) -> N
         check.erase_page(0x1000)
         check.erase_page(0x2000)
         check.go()
+
+
+# --- LED reads through nrfutil: one process per register read, so the farm runs in real time ---
+
+
+def test_blinky_led_is_seen_blinking_through_nrfutil(tmp_path: Path) -> None:
+    from dfuhil.procedures.leds import LedObserver
+    from dfuhil.sim.state import FarmProcess
+    from tests.provisionfarm import FIRMWARE
+
+    sd = sample_set(CHIP)["softdevice"]
+    sets = {"blinky": FirmwareSpec(CHIP, {"softdevice": sd}, banner="blinky 1.0.0 started")}
+    sets["blinky"].files["application"] = FIRMWARE / "nrf52832" / "blinky.hex"
+    path, farm = write_boards(tmp_path / "boards.yaml", sets, [BoardEntry("blink", "blinky")])
+    with FarmProcess(path, tmp_path / "state.json", time_scale=1.0) as state:
+        rig = Rig(farm, state, virtual_tool="nrfutil")
+        board = farm.board("blink")
+        with rig.probe(board) as probe:
+            Provisioner(ProvisioningPlan.for_board(board), probe).run()
+            observer = LedObserver(
+                probe.read_u32,
+                CHIP,
+                board.leds.pins,
+                board.leds.active_low,
+                probe.time_scale,
+                read=probe.read,  # OUT..DIR in one nrfutil run per sample
+            )
+            first, *others = observer.sample(window_s=3.0)
+    # Which LED blinks, not how fast: the rate nrfutil can sample at depends on the machine.
+    assert first.state == "blinking", first
+    assert [r.state for r in others] == ["off"] * len(others)
