@@ -669,7 +669,7 @@ def install_shim(state_file: Path) -> Path:
         f'exec {shlex.quote(sys.executable)} -m dfuhil.sim.nrfutil "$@"\n'
     )
     if not shim.exists() or shim.read_text() != text:
-        tmp = shim.with_name(".nrfutil.tmp")
+        tmp = shim.with_name(f".nrfutil.{os.getpid()}.tmp")  # parallel workers write it too
         tmp.write_text(text)
         tmp.chmod(0o755)
         os.replace(tmp, shim)
