@@ -6,6 +6,11 @@ VENV   ?= .venv
 BOARDS ?= boards.yaml
 # Parallel workers for `make regression` (pytest-xdist, scheduled board by board); 0 = serial.
 JOBS   ?= 4
+# How virtual boards' probes are driven: pynrfjprog's API (default) or nrfutil (the virtual
+# farm's own `nrfutil` executable, first on PATH): make regression PROBE=nrfutil
+# nrfutil starts one process per register read, so LED sampling needs the farm in real time.
+PROBE  ?=
+PROBE_ARGS := $(if $(filter nrfutil,$(PROBE)),--sim-time-scale 1)
 PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
@@ -32,7 +37,7 @@ $(SAMPLE_FIRMWARE): $(VENV)/.installed $(shell find src/dfuhil/sim/firmware -nam
 
 # The suites' verdict is the exit status; the report is built after them and never changes it.
 regression: setup firmware
-	@status=0; $(PY) -m pytest suites --boards $(BOARDS) -n $(JOBS) || status=$$?; \
+	@status=0; DFUHIL_PROBE=$(PROBE) $(PY) -m pytest suites --boards $(BOARDS) -n $(JOBS) $(PROBE_ARGS) || status=$$?; \
 	$(MAKE) --no-print-directory report || echo "regression: the HTML report was not built (see the line above); the results are in reports/allure-results"; \
 	exit $$status
 

@@ -11,6 +11,14 @@ timings), plus the wall time at time_scale 1.0 (which also includes SWD reads, n
   (e) dfuhil with only the application's version header changed (one page differs)
 
 Goal: (c) writes nothing; (d)/(e) cost at most the changed application pages.
+
+A second table drives the same board with each probe backend, pynrfjprog's API (in process)
+and ``nrfutil device`` (a subprocess a call; here the virtual farm's own nrfutil, first on
+PATH), per way (first provisioning of an erased board, nothing changed, app rebuilt): process
+starts, bytes read over SWD, bytes written, modelled device time, wall time. Goal: nothing
+changed through nrfutil costs at most 2 process starts per board (plus one `nrfutil device
+--version` per run, shown apart).
+
 Run: `make bench` or `.venv/bin/python bench/provision.py`.
 """
 
@@ -28,6 +36,7 @@ from dfuhil.farm.model import BoardSpec, ImageRef
 from dfuhil.farm.rig import Rig
 from dfuhil.formats.chips import find_chip
 from dfuhil.formats.image import FlashImage
+from dfuhil.links.nrfutil_probe import NrfutilProbe
 from dfuhil.links.probe import Probe
 from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
 from dfuhil.sim.descriptor import Behaviour
@@ -166,8 +175,76 @@ def main() -> int:
                         dfuhil_way,
                     )
                 )
+            backends = [
+                backend_row(way, tool, Rig(farm, state, virtual_tool=tool), board)
+                for tool in ("pynrfjprog", "nrfutil")
+                for way, board in (
+                    ("erase", base),
+                    ("first provisioning", base),
+                    ("nothing changed", base),
+                    ("app rebuilt", variants["rebuilt"]),
+                )
+            ]
     report(rows)
+    report_backends([row for row in backends if row.way != "erase"])
     return 0
+
+
+@dataclass
+class BackendFigures:
+    way: str
+    tool: str
+    starts: int  # process starts for this board (nrfutil's version check counted apart)
+    version_checks: int
+    bytes_read: int
+    bytes_written: int
+    device_time_s: float
+    wall_s: float
+
+
+def backend_row(way: str, tool: str, rig: Rig, board: BoardSpec) -> BackendFigures:
+    """One way through one backend: a fresh probe session, as a nightly run opens one."""
+    probe = rig.probe(board)
+    checks_before = rig.nrfutil_starts()
+    started = time.monotonic()
+    with probe:
+        checks = rig.nrfutil_starts() - checks_before
+        stats = probe.extension("sim_stats")
+        reset_stats = probe.extension("sim_reset_stats")
+        assert stats is not None and reset_stats is not None
+        reset_stats()
+        before = rig.nrfutil_starts()
+        if way == "erase":
+            probe.erase_all()
+        else:
+            dfuhil_way(board, probe)
+        starts = rig.nrfutil_starts() - before
+        s = stats()  # the farm's counters, read over its debug port: no nrfutil start
+    wall = time.monotonic() - started
+    assert isinstance(probe, NrfutilProbe) == (tool == "nrfutil")
+    return BackendFigures(
+        way,
+        tool,
+        starts,
+        checks,
+        int(s["swd_bytes_read"]),
+        int(s["bytes_written"]),
+        float(s["device_time_s"]),
+        wall,
+    )
+
+
+def report_backends(rows: list[BackendFigures]) -> None:
+    print()
+    print(
+        f"{'backend way':30} {'tool':10} {'starts':>6} {'+version':>8} {'read':>9} "
+        f"{'written':>9} {'device s':>9} {'wall s':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r.way:30} {r.tool:10} {r.starts:>6} {r.version_checks:>8} {r.bytes_read:>9} "
+            f"{r.bytes_written:>9} {r.device_time_s:>9.3f} {r.wall_s:>7.2f}"
+        )
 
 
 def _with_app(base: BoardSpec, app: Path) -> BoardSpec:

@@ -37,6 +37,16 @@ def test_provision_bench_reprovisioning_writes_nothing_and_app_change_costs_app_
     assert 0 < written["(d)"] <= app_bytes and erased["(d)"] <= app_bytes
     assert 0 < written["(e)"] <= 4096 and erased["(e)"] <= 4096, "one changed page, one rewrite"
     assert erased["(a)"] >= 512 * 1024, "the naive way erases the whole chip"
+    # The backend table: nothing changed through nrfutil costs at most 2 process starts.
+    backend = {
+        (line[:30].strip(), line.split()[-7]): line.split()[-6:]
+        for line in done.stdout.splitlines()
+        if line.startswith(("first provisioning", "nothing changed", "app rebuilt"))
+    }
+    assert len(backend) == 6, done.stdout
+    starts, _version, _read, written = (int(v) for v in backend["nothing changed", "nrfutil"][:4])
+    assert starts <= 2 and written == 0, done.stdout
+    assert int(backend["nothing changed", "pynrfjprog"][0]) == 0  # an in-process library
 
 
 def test_smp_upload_bench_runs_every_way_with_the_same_chunking() -> None:

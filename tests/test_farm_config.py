@@ -709,9 +709,12 @@ def test_list_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert [b["name"] for b in boards] == ["vdk-a", "dk-b"]
     assert boards[0]["probe"] == {
         "backend": "virtual",
+        "chosen": "board",
         "snr": 900000001,
         "ip": None,
+        "remote": None,
         "speed_khz": 2000,
+        "allow_recover": False,
     }
     assert boards[0]["firmware"]["images"]["softdevice"]["file"] == str(tmp_path / "fw/sd.hex")
     assert boards[1]["serial"] == {

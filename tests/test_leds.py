@@ -221,3 +221,19 @@ def test_describe_and_bad_pins() -> None:
     )
     with pytest.raises(ValueError, match="no GPIO pin 40"):
         LedObserver(RegisterBank().read_u32, NRF52832, [40])
+
+
+def test_block_read_fetches_out_and_dir_of_a_port_in_one_call() -> None:
+    bank = dk_bank([17, 18])
+    bank.set_bit(GPIO_P0_BASE + OUT, 18, False)
+    calls: list[tuple[int, int]] = []
+
+    def read(address: int, length: int) -> bytes:
+        calls.append((address, length))
+        words = (bank.read_u32(address + offset) for offset in range(0, length, 4))
+        return b"".join(w.to_bytes(4, "little") for w in words)
+
+    observer = LedObserver(bank.read_u32, NRF52832, [17, 18], read=read)
+    assert observer.snapshot() == LedObserver(bank.read_u32, NRF52832, [17, 18]).snapshot()
+    assert observer.snapshot() == [False, True]
+    assert calls == [(GPIO_P0_BASE + OUT, DIR - OUT + 4)] * 2

@@ -97,7 +97,12 @@ def run_leds(args: argparse.Namespace) -> int:
     rig, board = open_rig(args)
     with rig.probe(board) as probe:
         observer = LedObserver(
-            probe.read_u32, board.chip, board.leds.pins, board.leds.active_low, probe.time_scale
+            probe.read_u32,
+            board.chip,
+            board.leds.pins,
+            board.leds.active_low,
+            probe.time_scale,
+            read=probe.read,
         )
         while True:
             print(f"{board.name}: {describe(observer.sample(window_s=args.window))}", flush=True)

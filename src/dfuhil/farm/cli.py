@@ -1,5 +1,7 @@
 """``dfuhil boards check|list``: look at a farm file before a night of runs depends on it.
 
+(``boards discover`` lives in discover_cli.py, ``import-hwmap``/``export-hwmap`` in hwmap_cli.py.)
+
 ``check`` is what CI and a lab engineer run after editing boards.yaml: every problem, one per
 line, in the ``FILE:LINE: field: message`` form editors jump to. ``list`` shows what the file
 resolves to (defaults filled in, virtual serial numbers assigned), as a table or as JSON for
@@ -22,8 +24,10 @@ COLUMNS = ("name", "chip", "board type", "roles", "probe", "serial port")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``boards check [FILE]`` and ``boards list [--json] [FILE]``."""
-    boards = subparsers.add_parser("boards", help="check or list the boards of a farm file")
+    """Add ``boards check|list|discover|import-hwmap|export-hwmap``."""
+    boards = subparsers.add_parser(
+        "boards", help="check, list or discover the boards of a farm file; twister hardware maps"
+    )
     verbs = boards.add_subparsers(dest="boards_command", metavar="VERB", required=True)
     check = verbs.add_parser(
         "check", help="report every problem of the file (and missing firmware files)"
@@ -34,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--json", action="store_true", help="print a JSON list of objects")
     _file_argument(listing)
     listing.set_defaults(func=list_command)
+    from dfuhil.farm import discover_cli
+
+    discover_cli.register(verbs, DEFAULT_FILE)
+    from dfuhil.farm import hwmap_cli
+
+    hwmap_cli.register(verbs, DEFAULT_FILE)
 
 
 def _file_argument(parser: argparse.ArgumentParser) -> None:
@@ -93,9 +103,12 @@ def board_json(board: BoardSpec) -> dict[str, Any]:
         "roles": list(board.roles),
         "probe": {
             "backend": board.probe.backend,
+            "chosen": board.probe.chosen,
             "snr": board.probe.snr,
             "ip": board.probe.ip,
+            "remote": board.probe.remote,
             "speed_khz": board.probe.speed_khz,
+            "allow_recover": board.probe.allow_recover,
         },
         "serial": {
             "port": board.serial.port,

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def lease_key(board: BoardSpec, scope: int | None = None) -> str:
-    """The lock name: the probe, plus the farm process of a virtual board (same SNR, no clash)."""
-    return f"{board.probe.backend}-{board.probe.snr}" + (f"-farm{scope}" if scope else "")
+    """The lock name: the J-Link (whichever tool drives it: two workers using nrfutil and
+    pynrfjprog must not share one), plus the farm process of a virtual board (same SNR)."""
+    return f"{board.probe.kind}-{board.probe.snr}" + (f"-farm{scope}" if scope else "")
 
 
 class BoardLease:

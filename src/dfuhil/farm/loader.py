@@ -12,11 +12,12 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
@@ -852,34 +853,61 @@ class _Resolver:
         return board_type
 
     def _probe(self, index: int, schema: ProbeSchema, loc: Loc) -> ProbeSpec | None:
-        if schema.backend == "jlink":
+        if schema.backend != "virtual":
+            backend, chosen = self._backend(schema)
             if schema.snr is None:
+                lister = "nrfutil device list" if backend == "nrfutil" else "nrfjprog --ids"
                 self.report.add(
                     (*loc, "snr"),
-                    "a jlink probe needs snr: the J-Link serial number "
-                    "(on the probe's label, or `nrfjprog --ids`)",
+                    f"a {backend} probe needs snr: the J-Link serial number "
+                    f"(on the probe's label, or `{lister}`)",
                 )
                 return None
-            return ProbeSpec("jlink", schema.snr, schema.ip, schema.speed_khz)
-        if schema.ip is not None:
-            self.report.add(
-                (*loc, "ip"),
-                "a virtual probe has no network address; remove ip (or use backend: jlink)",
+            host, port = schema.ip, None
+            if schema.remote is not None:
+                host, _, text = schema.remote.rpartition(":")
+                host, port = (host, int(text)) if host else (schema.remote, None)
+            return ProbeSpec(
+                backend,
+                schema.snr,
+                host,
+                schema.speed_khz,
+                port=port,
+                allow_recover=schema.allow_recover,
+                chosen=chosen,
             )
-            return None
+        for key in ("ip", "remote"):
+            if getattr(schema, key) is not None:
+                self.report.add(
+                    (*loc, key),
+                    f"a virtual probe has no network address; remove {key} (or use backend: "
+                    "nrfutil)",
+                )
+                return None
         snr = schema.snr if schema.snr is not None else VIRTUAL_SNR_BASE + index + 1
-        return ProbeSpec("virtual", snr, None, schema.speed_khz)
+        return ProbeSpec("virtual", snr, None, schema.speed_khz, allow_recover=schema.allow_recover)
+
+    def _backend(
+        self, schema: ProbeSchema
+    ) -> tuple[Literal["nrfutil", "pynrfjprog", "jlink"], Literal["board", "farm", "auto"]]:
+        """The board's own backend, else the farm's probe_backend (``auto``: nrfutil on PATH)."""
+        if schema.backend is not None and schema.backend != "virtual":
+            return schema.backend, "board"
+        default = self.parsed.top.probe_backend if self.parsed.top is not None else "auto"
+        if default != "auto":
+            return default, "farm"
+        return ("nrfutil" if shutil.which("nrfutil") else "pynrfjprog"), "auto"
 
     def _serial(self, board: _BoardParts, loc: Loc) -> SerialSpec | None:
         schema = board.serial
         if "serial" in board.failed or board.probe is None:
             return None
-        jlink = board.probe.backend == "jlink"
+        jlink = board.probe.backend != "virtual"
         if schema is None:
             if jlink:
                 self.report.add(
                     loc,
-                    "a jlink board needs serial: {port: /dev/serial/by-id/..., baud: 115200} "
+                    "a J-Link board needs serial: {port: /dev/serial/by-id/..., baud: 115200} "
                     "(the J-Link VCOM or the UART adapter wired to the board)",
                 )
                 return None
@@ -887,7 +915,7 @@ class _Resolver:
         if jlink and schema.port == VIRTUAL_PORT:
             self.report.add(
                 (*loc, "port"),
-                "port 'virtual' only exists on the virtual farm; give this jlink board its "
+                "port 'virtual' only exists on the virtual farm; give this J-Link board its "
                 "device path (ls /dev/serial/by-id/) or an rfc2217:// URL",
             )
             return None

@@ -256,18 +256,49 @@ class FirmwareSet:
         return [image for image in ordered if image is not None]
 
 
+JLINK_REMOTE_PORT = 19020  # SEGGER J-Link Remote Server's default port
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
-    """How to reach the board's SWD port."""
+    """How to reach the board's SWD port.
 
-    backend: Literal["jlink", "virtual"]
+    ``backend`` is the tool that drives a real J-Link (``nrfutil``, ``pynrfjprog``, or
+    ``jlink``, pynrfjprog's former name here) or ``virtual``; ``chosen`` says where it came
+    from (``board``, ``farm``: the farm's probe_backend, ``auto``: nrfutil found on PATH or not).
+    ``ip``/``port`` are the J-Link Remote Server, if the probe sits behind one.
+    """
+
+    backend: Literal["nrfutil", "pynrfjprog", "jlink", "virtual"]
     snr: int
     ip: str | None
     speed_khz: int
+    port: int | None = None
+    allow_recover: bool = False
+    chosen: Literal["board", "farm", "auto"] = "board"
+
+    @property
+    def tool(self) -> Literal["nrfutil", "pynrfjprog", "virtual"]:
+        """The backend, with the former spelling ``jlink`` read as pynrfjprog."""
+        return "pynrfjprog" if self.backend == "jlink" else self.backend
+
+    @property
+    def kind(self) -> Literal["jlink", "virtual"]:
+        """What the probe is, whatever drives it (one J-Link is one lease under any tool)."""
+        return "virtual" if self.backend == "virtual" else "jlink"
+
+    @property
+    def remote(self) -> str | None:
+        """``HOST:PORT`` of the J-Link Remote Server, or None for a local probe."""
+        if self.ip is None:
+            return None
+        return f"{self.ip}:{self.port or JLINK_REMOTE_PORT}"
 
     def __str__(self) -> str:
         where = f" @{self.ip}" if self.ip else ""
-        return f"{self.backend} {self.snr}{where}"
+        where += f":{self.port}" if self.ip and self.port else ""
+        how = f" ({self.chosen})" if self.chosen != "board" else ""
+        return f"{self.backend}{how} {self.snr}{where}"
 
 
 @dataclass(frozen=True)

@@ -285,13 +285,43 @@ class FirmwareSetSchema(_Strict):
     mcuboot: McubootSchema | None = None  # the bootloader is MCUboot: its build settings
 
 
-class ProbeSchema(_Strict):
-    """The debug probe: a J-Link (optionally networked) or a virtual farm probe."""
+# How a real J-Link is driven: nRF Util's `nrfutil device` (today's tool), or pynrfjprog (archived
+# by Nordic; "jlink" is its former spelling here). "virtual" is a board of the virtual farm.
+ProbeBackend = Literal["nrfutil", "pynrfjprog", "jlink", "virtual"]
+# The farm-wide default for boards that name no backend; "auto" is nrfutil when its executable
+# is on PATH, else pynrfjprog.
+DefaultBackend = Literal["auto", "nrfutil", "pynrfjprog"]
 
-    backend: Literal["jlink", "virtual"]
+
+def _check_remote(value: str | None) -> str | None:
+    """``HOST:PORT`` (or ``HOST``) of a SEGGER J-Link Remote Server."""
+    if value is None:
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, "19020"
+    if is_valid_host(host) and port.isdigit() and 1 <= int(port) <= 65535:
+        return value
+    raise ValueError(
+        f"{value!r} is not a J-Link Remote Server address; write HOST:PORT (e.g. 192.0.2.7:19020)"
+    )
+
+
+class ProbeSchema(_Strict):
+    """The debug probe: a J-Link (local, or behind a J-Link Remote Server) or a virtual probe.
+
+    ``backend`` omitted: the farm's ``probe_backend``. ``remote`` is the J-Link Remote Server
+    (``nrfutil --remote-jlink``, pynrfjprog ``connect_to_emu_with_ip``); ``ip`` is its older
+    spelling (host only, default port). ``allow_recover`` lets dfuhil mass-erase a protected
+    chip (never implicit: a false APPROTECT detection would wipe a board).
+    """
+
+    backend: ProbeBackend | None = None
     snr: int | None = Field(default=None, ge=1, le=2**32 - 1)
     ip: str | None = None
+    remote: str | None = None
     speed_khz: int = Field(default=2000, ge=1, le=50000)
+    allow_recover: bool = False
 
     @field_validator("ip")
     @classmethod
@@ -299,6 +329,17 @@ class ProbeSchema(_Strict):
         if value is not None and not is_valid_host(value):
             raise ValueError(f"{value!r} is neither an IPv4 address nor a host name")
         return value
+
+    @field_validator("remote")
+    @classmethod
+    def _remote_form(cls, value: str | None) -> str | None:
+        return _check_remote(value)
+
+    @model_validator(mode="after")
+    def _one_address(self) -> ProbeSchema:
+        if self.ip is not None and self.remote is not None:
+            raise ValueError("give either remote (HOST:PORT) or ip (its older form), not both")
+        return self
 
 
 class SerialSchema(_Strict):
@@ -397,6 +438,7 @@ class FarmSchema(_Strict):
     """The whole file. The loader validates the sections' items one by one (see loader.py)."""
 
     version: int
+    probe_backend: DefaultBackend = "auto"
     virtual_farm: VirtualFarmSchema = Field(default_factory=VirtualFarmSchema)
     flash_layouts: dict[str, FlashLayoutSchema] = Field(default_factory=dict)
     firmware_sets: dict[str, FirmwareSetSchema] = Field(default_factory=dict)

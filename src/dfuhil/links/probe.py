@@ -10,7 +10,7 @@ pynrfjprog's error codes into the taxonomy a nightly report needs: rig problems 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -96,6 +96,15 @@ class ProbeTarget:
     snr: int
     ip: str | None = None
     speed_khz: int = 2000
+    port: int | None = None  # J-Link Remote Server port (None: its default)
+    allow_recover: bool = False  # boards.yaml lets dfuhil mass-erase a protected chip
+
+    @property
+    def remote(self) -> str | None:
+        """``HOST:PORT`` of the J-Link Remote Server, or None for a local probe."""
+        if self.ip is None:
+            return None
+        return f"{self.ip}:{self.port}" if self.port else self.ip
 
 
 class Probe:
@@ -147,10 +156,18 @@ class Probe:
                 with self._errors(f"connect to J-Link {t.snr}"):
                     api.connect_to_emu_with_snr(t.snr, t.speed_khz)
             else:
-                with self._errors(f"connect to J-Link {t.snr} at {t.ip}"):
-                    api.connect_to_emu_with_ip(
-                        hostname=t.ip, serial_number=t.snr, jlink_speed_khz=t.speed_khz
-                    )
+                with self._errors(f"connect to J-Link {t.snr} at {t.remote}"):
+                    if t.port:
+                        api.connect_to_emu_with_ip(
+                            hostname=t.ip,
+                            port=t.port,
+                            serial_number=t.snr,
+                            jlink_speed_khz=t.speed_khz,
+                        )
+                    else:
+                        api.connect_to_emu_with_ip(
+                            hostname=t.ip, serial_number=t.snr, jlink_speed_khz=t.speed_khz
+                        )
             with self._errors("connect to the device"):
                 api.connect_to_device()
                 version = api.read_device_version()
@@ -236,6 +253,13 @@ class Probe:
     def go(self) -> None:
         with self._errors("run"):
             self.api.go()
+
+    @contextmanager
+    def read_ahead(self, ranges: Sequence[tuple[int, int]]) -> Iterator[None]:
+        """A hint that ``ranges`` (address, length) will be read soon and that calls until the
+        end of the block may be batched. pynrfjprog reads cheaply where it stands: nothing to do.
+        """
+        yield
 
     def extension(self, name: str) -> Callable[..., Any] | None:
         """A backend-specific extra (the virtual farm's ``sim_*`` calls), if this backend has it."""

@@ -43,12 +43,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from dfuhil.sim.nrfutil import install_shim
     from dfuhil.sim.server import serve
 
     farm = load_farm(args.boards)
     if not farm.virtual_boards():
         print(f"{args.boards}: no board has `probe: {{backend: virtual}}`; nothing to serve")
         return 2
+    # The farm's own `nrfutil device` for its boards: put this folder first on PATH.
+    install_shim(args.state_file)
     return serve(
         farm,
         args.state_file,

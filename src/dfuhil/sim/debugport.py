@@ -7,13 +7,10 @@ J-Link DLL enumerates every probe on a host. The client is ``dfuhil.sim.lowlevel
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import logging
 import os
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,68 +19,43 @@ from dfuhil.sim.board import AccessFault, VirtualBoard
 from dfuhil.sim.clock import PowerLoss
 from dfuhil.sim.flash import FlashFault
 from dfuhil.sim.uart_faults import checked_line_faults
+from dfuhil.sim.wire import (
+    EMULATOR_NOT_CONNECTED,
+    INVALID_OPERATION,
+    INVALID_PARAMETER,
+    JLINKARM_DLL_ERROR,
+    NVMC_ERROR,
+    PortError,
+    decode_bytes,
+    encode_bytes,
+    recv_message,
+    send_message,
+)
 
 log = logging.getLogger(__name__)
-
-LENGTH = struct.Struct(">I")
-MAX_MESSAGE = 64 * 1024 * 1024
-
-# pynrfjprog error codes the virtual port answers with (pynrfjprog.APIError.NrfjprogdllErr).
-INVALID_OPERATION = -2
-INVALID_PARAMETER = -3
-EMULATOR_NOT_CONNECTED = -10
-NVMC_ERROR = -20
-JLINKARM_DLL_ERROR = -102
-
-
-class PortError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def encode_bytes(data: bytes) -> dict[str, str]:
-    return {"b64": base64.b64encode(data).decode()}
-
-
-def decode_bytes(value: dict[str, str]) -> bytes:
-    return base64.b64decode(value["b64"])
-
-
-def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
-    payload = json.dumps(message, separators=(",", ":")).encode()
-    sock.sendall(LENGTH.pack(len(payload)) + payload)
-
-
-def recv_message(sock: socket.socket) -> dict[str, Any] | None:
-    head = _recv_exact(sock, LENGTH.size)
-    if head is None:
-        return None
-    (length,) = LENGTH.unpack(head)
-    if length > MAX_MESSAGE:
-        raise PortError(INVALID_PARAMETER, f"debug port message of {length} bytes is too large")
-    body = _recv_exact(sock, length)
-    if body is None:
-        return None
-    message: dict[str, Any] = json.loads(body)
-    return message
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    chunks = bytearray()
-    while len(chunks) < n:
-        chunk = sock.recv(n - len(chunks))
-        if not chunk:
-            return None
-        chunks += chunk
-    return bytes(chunks)
 
 
 Handler = Callable[[VirtualBoard, dict[str, Any]], Any]
 
 
+# Bytes a debugger read through the port, per board since its last reset_stats: what a probe
+# backend costs in SWD traffic (bench/provision.py compares backends by it).
+_bytes_read: dict[str, int] = {}
+
+
 def _read(board: VirtualBoard, a: dict[str, Any]) -> Any:
-    return encode_bytes(board.read(int(a["address"]), int(a["length"])))
+    data = board.read(int(a["address"]), int(a["length"]))
+    _bytes_read[board.name] = _bytes_read.get(board.name, 0) + len(data)
+    return encode_bytes(data)
+
+
+def _stats(board: VirtualBoard, _a: dict[str, Any]) -> Any:
+    return {**board.stats(), "swd_bytes_read": _bytes_read.get(board.name, 0)}
+
+
+def _reset_stats(board: VirtualBoard, _a: dict[str, Any]) -> Any:
+    _bytes_read.pop(board.name, None)
+    board.reset_stats()
 
 
 def _write(board: VirtualBoard, a: dict[str, Any]) -> Any:
@@ -192,8 +164,8 @@ HANDLERS: dict[str, Handler] = {
         "smp_udp": b.udp.address,
     },
     "status": lambda b, a: b.status(),
-    "stats": lambda b, a: b.stats(),
-    "reset_stats": lambda b, a: b.reset_stats(),
+    "stats": _stats,
+    "reset_stats": _reset_stats,
     "radio": _radio,
     "power_cut": _power_cut,
     "power_on": lambda b, a: b.power_on(),

@@ -38,8 +38,8 @@ from typing import Any
 
 from dfuhil.errors import InfrastructureError, InputError
 from dfuhil.farm.model import LineFaults
-from dfuhil.sim.debugport import recv_message, send_message
 from dfuhil.sim.uart_faults import checked_line_faults
+from dfuhil.sim.wire import recv_message, send_message
 
 _REMEDY = "check that the virtual farm (`dfuhil sim serve`) is running and serves this board"
 

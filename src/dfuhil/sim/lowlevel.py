@@ -17,7 +17,7 @@ from pynrfjprog import Parameters
 from pynrfjprog.APIError import APIError, NrfjprogdllErr
 from pynrfjprog.LowLevel import ConfigFile
 
-from dfuhil.sim.debugport import decode_bytes, encode_bytes, recv_message, send_message
+from dfuhil.sim.wire import decode_bytes, encode_bytes, recv_message, send_message
 
 _U32 = 0xFFFFFFFF
 DEFAULT_SPEED_KHZ = 2000
