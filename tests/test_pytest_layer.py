@@ -250,3 +250,15 @@ def test_role_no_board_has_skips_with_the_reason(tmp_path: Path) -> None:
     assert set(cases) == {f"{test}[no-matching-board]" for test in SUITE_TESTS}
     assert all(case.find("skipped") is not None for case in cases.values())
     assert "matches roles ['gateway']" in run.result.stdout
+
+
+def test_a_second_run_in_the_same_folder_reports_only_its_own_results(tmp_path: Path) -> None:
+    """Allure results of last night's run must not show in tonight's report as tonight's."""
+    boards = two_boards(tmp_path / "boards.yaml", second_roles=("provisioning",))
+    first = run_suite(tmp_path, boards, "--role", "mesh-root")
+    assert first.result.returncode == 0, first.output
+    second = run_suite(tmp_path, boards, "--role", "gateway")
+    assert second.result.returncode == 0, second.output
+    results = [json.loads(p.read_text()) for p in (tmp_path / "allure").glob("*-result.json")]
+    assert len(results) == len(second.testcases()), [r["name"] for r in results]
+    assert all(r["status"] == "skipped" for r in results), [r["name"] for r in results]
