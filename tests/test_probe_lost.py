@@ -11,14 +11,19 @@ leave the interrupted board byte for byte the same (code flash and UICR) and boo
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from farmgen import pytest_command
 from provisionfarm import (
     BOOT_TIMEOUT_S,
     DFU_BOOTED,
     NRF52832,
+    REPO,
     BoardEntry,
     FirmwareSpec,
     running_farm,
@@ -26,6 +31,8 @@ from provisionfarm import (
     snapshot,
     write_boards,
 )
+from test_infra_retry import BANNER, FAULTY, OTHER
+from test_parallel import PROVISIONING, Run, farm, finish
 from test_provision import Lab
 
 from dfuhil.errors import InfrastructureError
@@ -136,3 +143,58 @@ def test_the_operation_in_flight_is_done_or_not_as_the_seed_says(lab: Lab, seed:
     _outcomes.add(outcome)
     if seed == 5:
         assert _outcomes == {"done", "not done"}, "pick seeds that land on both outcomes"
+
+
+# --- through pytest: retried once, quarantined when it keeps happening ------------------------
+
+
+def suite_run(workdir: Path, boards: Path, fault: str, *args: str) -> Run:
+    """``pytest suites/test_provisioning.py`` with tests/probe_fault.py losing FAULTY's J-Link."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "DFUHIL_TEST_PROBE_FAULT": fault}
+    process = subprocess.Popen(
+        pytest_command(workdir, boards, PROVISIONING, "-p", "probe_fault", *args),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return finish(process, workdir)
+
+
+def test_provisioning_with_a_probe_lost_once_is_retried_and_passes(tmp_path: Path) -> None:
+    boards = farm(tmp_path / "boards.yaml", FAULTY, OTHER)
+    run = suite_run(tmp_path, boards, f"{FAULTY}:1", "-k", BANNER)
+    assert run.returncode == 0, run.output
+    props = {name: p for name, p, _ in run.cases()}
+    retried = props[f"{BANNER}[{FAULTY}]"]["infra_retry"]
+    assert f"attempt 1: [infrastructure] board {FAULTY}: J-Link " in retried, retried
+    assert "USB link lost" in retried, retried
+    assert "infra_retry" not in props[f"{BANNER}[{OTHER}]"]
+    assert f"retried: {FAULTY}: 1 attempt(s) after an infrastructure fault" in run.output
+
+
+def test_a_probe_lost_every_time_quarantines_the_board_and_the_other_carries_on(
+    tmp_path: Path,
+) -> None:
+    boards = farm(tmp_path / "boards.yaml", FAULTY, OTHER)
+    run = suite_run(
+        tmp_path,
+        boards,
+        f"{FAULTY}:99",
+        "-k",
+        f"{BANNER} or second_provisioning",
+        "--quarantine-after",
+        "1",
+        "-n",
+        "2",
+    )
+    assert run.returncode == 1, run.output
+    cases = {name: (props, failed) for name, props, failed in run.cases()}
+    props, failed = cases[f"{BANNER}[{FAULTY}]"]
+    assert failed and props["failure"] == "infrastructure" and "infra_retry" in props
+    others = [(name, failed) for name, (_, failed) in cases.items() if OTHER in name]
+    assert len(others) == 2 and not [name for name, failed in others if failed], others
+    assert f"QUARANTINED: board {FAULTY} quarantined" in run.output
+    assert "J-Link" in run.output.split("QUARANTINED", 1)[1]
