@@ -34,6 +34,8 @@ The J-Link's own USB link has one (a probe unplugged in the middle of programmin
   still finished it. The host gets the DLL's error, then the probe is gone (not enumerated,
   every request refused) until ``replug_probe()``. ``lose_probe_now()`` drops it at once;
   ``probe_link()`` says what the lever did (lost, losses, flash operations, last in flight).
+
+- ``halt_cpu()``: the board stops answering (its core halted, as a hung firmware would).
 """
 
 from __future__ import annotations
@@ -146,6 +148,10 @@ class FaultInjector:
 
     def probe_link(self) -> dict[str, Any]:
         return dict(self._call("probe_loss"))
+
+    def halt_cpu(self) -> None:
+        """The board stops answering: its core halts (firmware stopped, UART silent)."""
+        self._call("halt")
 
     # --- transport -------------------------------------------------------------------------------
 
