@@ -18,7 +18,7 @@ SAMPLE_FIRMWARE := firmware/virtual/.generated
 REPORT_HISTORY ?= reports/history.jsonl
 
 .PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm \
-	bench-power bench-faults fuzz clean report report-setup chromium
+	bench-power bench-faults bench-infra fuzz clean report report-setup chromium
 
 setup: $(VENV)/.installed
 
@@ -98,6 +98,10 @@ FAULT_SEEDS ?= 20
 FAULT_BUDGET_S ?= 900
 bench-faults: setup firmware
 	$(PY) bench/line_faults.py --seeds $(FAULT_SEEDS) --budget-s $(FAULT_BUDGET_S)
+
+# Per infrastructure fault kind, on 2 generated boards: detected, retried, quarantined, others ok.
+bench-infra: setup firmware
+	$(PY) bench/infra_faults.py
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache node_modules

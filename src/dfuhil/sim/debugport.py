@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dfuhil.sim.board import AccessFault, VirtualBoard
@@ -176,6 +178,60 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+# What goes through the J-Link (a lost probe answers none of it); the rest is the farm's own.
+PROBE_METHODS = frozenset(
+    {"read", "write", "erase_all", "erase_page", "erase_uicr", "sys_reset", "debug_reset"}
+    | {"hard_reset", "pin_reset", "halt", "go", "is_halted", "device"}
+)
+PROBE_FLASH_METHODS = frozenset({"write", "erase_all", "erase_page", "erase_uicr"})
+
+
+@dataclass
+class ProbeLink:
+    """One virtual J-Link's USB link: armed to drop after N more flash operations, or lost.
+
+    The operation that trips the loss was in flight when the cable went: a seeded coin says
+    whether the target finished it (the NVMC completes a started word write or page erase on
+    its own) or never got it. Either way the host sees the DLL's error, then no probe at all.
+    """
+
+    snr: int
+    lose_after: int | None = None
+    seed: int = 0
+    lost: bool = False
+    losses: int = 0
+    flash_ops: int = 0  # flash operations asked through this probe since the farm started
+    last_in_flight: str | None = None  # "done" or "not done", for the test's own account
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "lose_after": self.lose_after,
+            "lost": self.lost,
+            "losses": self.losses,
+            "flash_ops": self.flash_ops,
+            "last_in_flight": self.last_in_flight,
+        }
+
+
+def _probe_loss(link: ProbeLink, a: dict[str, Any]) -> dict[str, Any]:
+    """Arm (``after_ops``, ``seed``), unplug now (``now``) or replug (``back``) a probe."""
+    if a.get("back"):
+        link.lost, link.lose_after = False, None
+    elif a.get("now"):
+        link.lost, link.lose_after = True, None
+        link.losses += 1
+    elif "after_ops" in a:
+        after, seed = a["after_ops"], a.get("seed", 0)
+        if isinstance(after, bool) or not isinstance(after, int) or after < 1:
+            raise PortError(
+                INVALID_PARAMETER, f"probe_loss after_ops must be an int >= 1, not {after!r}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise PortError(INVALID_PARAMETER, f"probe_loss seed must be an int, not {seed!r}")
+        link.lose_after, link.seed = after, seed
+    return link.describe()
+
+
 class DebugPortServer:
     """Serves the boards of one virtual farm on a Unix socket."""
 
@@ -189,6 +245,8 @@ class DebugPortServer:
         self._sock.bind(path)
         self._sock.listen(16)
         self._stop = threading.Event()
+        self._links = {snr: ProbeLink(snr) for snr in boards}
+        self._links_lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept_loop, name="debugport", daemon=True)
 
     @property
@@ -233,18 +291,25 @@ class DebugPortServer:
         args: dict[str, Any] = request.get("args", {})
         try:
             if method == "enum":
-                return {"ok": sorted(self.boards)}
+                return {"ok": sorted(s for s in self.boards if not self._links[s].lost)}
             if method == "time_scale":
                 return {"ok": self.time_scale}
             handler = HANDLERS.get(method)
-            if handler is None:
+            if handler is None and method != "probe_loss":
                 raise PortError(INVALID_OPERATION, f"debug port has no method '{method}'")
-            board = self.boards.get(int(request.get("snr", -1)))
+            snr = int(request.get("snr", -1))
+            board = self.boards.get(snr)
             if board is None:
                 raise PortError(
                     EMULATOR_NOT_CONNECTED,
                     f"no virtual probe with serial number {request.get('snr')}",
                 )
+            if handler is None:  # probe_loss: the lever on the J-Link, not on the board
+                with self._links_lock:
+                    return {"ok": _probe_loss(self._links[snr], args)}
+            if method in PROBE_METHODS:
+                serve = handler
+                self._through_probe(snr, method, lambda: serve(board, args))
             try:
                 return {"ok": handler(board, args)}
             except PowerLoss as loss:  # a debugger's flash operation hit an armed power cut
@@ -259,3 +324,32 @@ class DebugPortServer:
         except Exception as exc:  # never kill the farm for one bad request
             log.exception("debug port request %s failed", method)
             return {"err": JLINKARM_DLL_ERROR, "msg": f"{type(exc).__name__}: {exc}"}
+
+    def _through_probe(self, snr: int, method: str, perform: Callable[[], Any]) -> None:
+        """Refuse a request the probe cannot carry; trip an armed loss on its flash operation
+        (performing the operation in flight or not, as the seeded coin says)."""
+        with self._links_lock:
+            link = self._links[snr]
+            if link.lost:
+                raise PortError(
+                    EMULATOR_NOT_CONNECTED, f"J-Link {snr} is not connected (USB link lost)"
+                )
+            if method not in PROBE_FLASH_METHODS:
+                return
+            link.flash_ops += 1
+            if link.lose_after is None:
+                return
+            link.lose_after -= 1
+            if link.lose_after > 0:
+                return
+            done = random.Random(f"{link.seed}/{link.losses}").random() < 0.5
+            link.lose_after, link.lost = None, True
+            link.losses += 1
+            link.last_in_flight = "done" if done else "not done"
+        if done:
+            with contextlib.suppress(Exception):  # the host never hears how it ended
+                perform()
+        raise PortError(
+            JLINKARM_DLL_ERROR,
+            f"J-Link {snr}: USB link lost during {method} (probe unplugged or hub reset)",
+        )

@@ -26,6 +26,16 @@ The serial line has levers of its own (dfuhil.sim.uart_faults):
   stalls, a vanishing port, seeded; ``set_line_faults(None)`` switches them off.
 - ``line_faults()``: the settings and what they did per direction (``to_board``, ``to_host``).
 - ``vanish_port(down_s)``: the port goes away now and a new one (new path) appears later.
+
+The J-Link's own USB link has one (a probe unplugged in the middle of programming):
+
+- ``lose_probe_after(n, seed=s)``: the n-th flash write or erase asked *through the probe*
+  from now is the one in flight when the link drops; seed ``s`` decides whether the target
+  still finished it. The host gets the DLL's error, then the probe is gone (not enumerated,
+  every request refused) until ``replug_probe()``. ``lose_probe_now()`` drops it at once;
+  ``probe_link()`` says what the lever did (lost, losses, flash operations, last in flight).
+
+- ``halt_cpu()``: the board stops answering (its core halted, as a hung firmware would).
 """
 
 from __future__ import annotations
@@ -120,6 +130,28 @@ class FaultInjector:
     def vanish_port(self, down_s: float = 1.0) -> None:
         """The serial port goes away now; a new one appears ``down_s`` device seconds later."""
         self._call("uart_vanish", down_s=down_s)
+
+    def lose_probe_after(self, n: int, *, seed: int = 0) -> dict[str, Any]:
+        """Drop the probe's USB link during the ``n``-th probe flash operation from now."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"lose_probe_after: n counts flash operations from 1, not {n!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InputError(f"lose_probe_after: seed must be an int, not {seed!r}")
+        return dict(self._call("probe_loss", after_ops=n, seed=seed))
+
+    def lose_probe_now(self) -> dict[str, Any]:
+        return dict(self._call("probe_loss", now=True))
+
+    def replug_probe(self) -> dict[str, Any]:
+        """The probe is back (and any armed loss disarmed)."""
+        return dict(self._call("probe_loss", back=True))
+
+    def probe_link(self) -> dict[str, Any]:
+        return dict(self._call("probe_loss"))
+
+    def halt_cpu(self) -> None:
+        """The board stops answering: its core halts (firmware stopped, UART silent)."""
+        self._call("halt")
 
     # --- transport -------------------------------------------------------------------------------
 
