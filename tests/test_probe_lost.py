@@ -147,12 +147,16 @@ def test_the_operation_in_flight_is_done_or_not_as_the_seed_says(lab: Lab) -> No
 # --- through pytest: retried once, quarantined when it keeps happening ------------------------
 
 
-def suite_run(workdir: Path, boards: Path, fault: str, *args: str) -> Run:
-    """``pytest suites/test_provisioning.py`` with tests/probe_fault.py losing FAULTY's J-Link."""
+def suite_run(
+    workdir: Path, boards: Path, fault: str, *args: str, plugin: str = "probe_fault"
+) -> Run:
+    """``pytest suites/test_provisioning.py`` with a test-only fault plugin: tests/probe_fault.py
+    losing FAULTY's J-Link, or tests/board_fault.py halting its core (``plugin="board_fault"``)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "DFUHIL_TEST_PROBE_FAULT": fault}
+    variable = "DFUHIL_TEST_PROBE_FAULT" if plugin == "probe_fault" else "DFUHIL_TEST_BOARD_FAULT"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), variable: fault}
     process = subprocess.Popen(
-        pytest_command(workdir, boards, PROVISIONING, "-p", "probe_fault", *args),
+        pytest_command(workdir, boards, PROVISIONING, "-p", plugin, *args),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -197,3 +201,15 @@ def test_a_probe_lost_every_time_quarantines_the_board_and_the_other_carries_on(
     assert len(others) == 2 and not [name for name, failed in others if failed], others
     assert f"QUARANTINED: board {FAULTY} quarantined" in run.output
     assert "J-Link" in run.output.split("QUARANTINED", 1)[1]
+
+
+def test_a_board_halted_by_a_debugger_is_infrastructure_and_retried(tmp_path: Path) -> None:
+    """The console's timeout asks the probe: a halted core could not print, so the silence is
+    the rig's (retried), not the firmware's (which would be a product failure, never retried)."""
+    boards = farm(tmp_path / "boards.yaml", FAULTY, OTHER)
+    run = suite_run(tmp_path, boards, f"{FAULTY}:1:halt", "-k", BANNER, plugin="board_fault")
+    assert run.returncode == 0, run.output
+    props = {name: p for name, p, _ in run.cases()}
+    retried = props[f"{BANNER}[{FAULTY}]"]["infra_retry"]
+    assert f"attempt 1: [infrastructure] board {FAULTY}: console" in retried, retried
+    assert "its core is halted" in retried, retried

@@ -114,6 +114,9 @@ class Console:
         self._packet_sink: PacketSink | None = None
         self._pending_cr = False
         self._lost: str | None = None
+        # Asked when an expect() times out: why the board could not have printed (the rig's
+        # fault, e.g. a halted core), or None. The pytest layer sets it from the board's probe.
+        self.rig_check: Callable[[], str | None] | None = None
 
         self._log: TextIO | None = None
         self._log_partial = ""
@@ -458,8 +461,22 @@ class Console:
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise ExpectTimeout(self._timeout_message(wanted.pattern, timeout))
+                    break
                 self._cond.wait(remaining)
+        timed_out = ExpectTimeout(self._timeout_message(wanted.pattern, timeout))
+        silenced = self.rig_check() if self.rig_check is not None else None
+        if silenced is not None:
+            # The board could not have printed it: the rig stopped it (a halted core, a probe
+            # that no longer answers). An infrastructure fault, not the firmware's silence.
+            raise InfrastructureError(
+                f"console {self.name}: no match for '{wanted.pattern}' within {timeout:.1f} s: "
+                f"{silenced}",
+                "find what stopped the board (another debugger session, a halted core, a lost "
+                "probe or supply), reset it (`dfuhil provision --board NAME --steps reset`), "
+                "then run again",
+                board=self.name,
+            ) from timed_out
+        raise timed_out
 
     def expect_exact(self, text: str, timeout: float = 10.0) -> str:
         """Wait for a literal string (no regex escaping needed); returns it."""

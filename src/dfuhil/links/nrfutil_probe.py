@@ -344,6 +344,10 @@ class NrfutilProbe(Probe):
     def go(self) -> None:
         self._core({"type": "go"})
 
+    def core_halted(self) -> bool | None:
+        """``nrfutil device`` has no query for the core's run state: cannot tell."""
+        return None
+
     def _core(self, op: dict[str, Any]) -> None:
         self._submit(op)
         self._drop_cache()

@@ -254,6 +254,15 @@ class Probe:
         with self._errors("run"):
             self.api.go()
 
+    def core_halted(self) -> bool | None:
+        """Whether a debugger holds the core halted (pynrfjprog's ``is_halted``); None where
+        the backend cannot tell. A halted core prints nothing: the rig's doing, not the app's."""
+        is_halted = getattr(self.api, "is_halted", None)
+        if is_halted is None:
+            return None
+        with self._errors("read the core state"):
+            return bool(is_halted())
+
     @contextmanager
     def read_ahead(self, ranges: Sequence[tuple[int, int]]) -> Iterator[None]:
         """A hint that ``ranges`` (address, length) will be read soon and that calls until the
