@@ -31,7 +31,7 @@ from provisionfarm import (
     snapshot,
     write_boards,
 )
-from test_infra_retry import BANNER, FAULTY, OTHER
+from test_infra_retry import BANNER, FAULTY, OTHER, assert_quarantined_while_the_other_passes
 from test_parallel import PROVISIONING, Run, farm, finish
 from test_provision import Lab
 
@@ -193,13 +193,7 @@ def test_a_probe_lost_every_time_quarantines_the_board_and_the_other_carries_on(
         "-n",
         "2",
     )
-    assert run.returncode == 1, run.output
-    cases = {name: (props, failed) for name, props, failed in run.cases()}
-    props, failed = cases[f"{BANNER}[{FAULTY}]"]
-    assert failed and props["failure"] == "infrastructure" and "infra_retry" in props
-    others = [(name, failed) for name, (_, failed) in cases.items() if OTHER in name]
-    assert len(others) == 2 and not [name for name, failed in others if failed], others
-    assert f"QUARANTINED: board {FAULTY} quarantined" in run.output
+    assert_quarantined_while_the_other_passes(run)
     assert "J-Link" in run.output.split("QUARANTINED", 1)[1]
 
 
