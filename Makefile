@@ -11,6 +11,9 @@ JOBS   ?= 4
 # nrfutil starts one process per register read, so LED sampling needs the farm in real time.
 PROBE  ?=
 PROBE_ARGS := $(if $(filter nrfutil,$(PROBE)),--sim-time-scale 1)
+# The framework's own tests, a file per worker: they wait on paced virtual UARTs and clocks far
+# more than they compute, so two workers on two cores halve the wall time (0 = one process).
+TEST_JOBS ?= 2
 PY     := $(VENV)/bin/python
 DFUHIL := $(VENV)/bin/dfuhil
 SAMPLE_FIRMWARE := firmware/virtual/.generated
@@ -65,7 +68,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 test: setup firmware report-setup chromium lint typecheck
-	$(PY) -m pytest tests -p no:randomly --junitxml=reports/tests-junit.xml --alluredir=reports/tests-allure-results
+	$(PY) -m pytest tests -p no:randomly -n $(TEST_JOBS) --dist loadfile --junitxml=reports/tests-junit.xml --alluredir=reports/tests-allure-results
 
 bench: setup firmware
 	$(PY) bench/provision.py
