@@ -106,8 +106,9 @@ class Browser:
         )
         return result.get("result", {}).get("value")
 
-    def wait_for(self, expression: str, timeout_s: float = 30.0) -> Any:
-        """Evaluate until truthy; the last value on timeout (the caller's assert says why)."""
+    def wait_for(self, expression: str, timeout_s: float = 120.0) -> Any:
+        """Evaluate until truthy; the last value on timeout (the caller's assert says why).
+        Generous: Allure's one-file report is a large script, slow to start on a busy machine."""
         deadline = time.monotonic() + timeout_s
         value = None
         while time.monotonic() < deadline:
