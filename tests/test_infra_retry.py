@@ -85,6 +85,10 @@ def test_a_product_failure_is_not_retried(tmp_path: Path) -> None:
     assert [lease["board"] for lease in run_.leases()] == [FAULTY]
 
 
+# A run in which FAULTY fails every time: its banner test, then its next test, beside OTHER's two.
+QUARANTINE_RUN = ("-k", f"{BANNER} or second_provisioning", "--quarantine-after", "1", "-n", "2")
+
+
 def assert_quarantined_while_the_other_passes(run_: Run) -> None:
     """FAULTY's banner test failed as infrastructure after its retry and the board is
     quarantined; both of OTHER's tests passed (shared by every fault kind's quarantine test)."""
@@ -105,12 +109,7 @@ def test_a_board_that_keeps_failing_is_quarantined_and_the_other_carries_on(
         tmp_path,
         boards,
         f"{FAULTY}:99",
-        "-k",
-        f"{BANNER} or second_provisioning",
-        "--quarantine-after",
-        "1",
-        "-n",
-        "2",
+        *QUARANTINE_RUN,
     )
     assert_quarantined_while_the_other_passes(run_)
     root = ET.parse(run_.workdir / "junit.xml")

@@ -31,7 +31,13 @@ from provisionfarm import (
     snapshot,
     write_boards,
 )
-from test_infra_retry import BANNER, FAULTY, OTHER, assert_quarantined_while_the_other_passes
+from test_infra_retry import (
+    BANNER,
+    FAULTY,
+    OTHER,
+    QUARANTINE_RUN,
+    assert_quarantined_while_the_other_passes,
+)
 from test_parallel import PROVISIONING, Run, farm, finish
 from test_provision import Lab
 
@@ -186,12 +192,7 @@ def test_a_probe_lost_every_time_quarantines_the_board_and_the_other_carries_on(
         tmp_path,
         boards,
         f"{FAULTY}:99",
-        "-k",
-        f"{BANNER} or second_provisioning",
-        "--quarantine-after",
-        "1",
-        "-n",
-        "2",
+        *QUARANTINE_RUN,
     )
     assert_quarantined_while_the_other_passes(run)
     assert "J-Link" in run.output.split("QUARANTINED", 1)[1]
