@@ -29,6 +29,7 @@ from dfuhil.farm.model import (
     PRIMARY_SLOT,
     SCRATCH_AREA,
     SECONDARY_SLOT,
+    BleSpec,
     BoardSpec,
     Farm,
     FirmwareSet,
@@ -46,6 +47,7 @@ from dfuhil.farm.schema import (
     BOARD_NAME_RE,
     UNION_TAGS,
     VIRTUAL_PORT,
+    BleSchema,
     BoardSchema,
     FarmSchema,
     FirmwareSetSchema,
@@ -424,6 +426,9 @@ class _BoardParts:
     firmware: str | FirmwareSetSchema | None = None
     flash_layout: str | FlashLayoutSchema | None = None
     smp_udp: str | None = None
+    place: str | None = None
+    lab_host: str | None = None
+    ble: BleSchema | None = None
 
     @classmethod
     def of(cls, index: int, board: BoardSchema) -> _BoardParts:
@@ -526,6 +531,8 @@ class _Resolver:
             time_scale=top.virtual_farm.time_scale,
             radio=radio,
             line_faults=line_faults,
+            coordinator=top.coordinator,
+            ble_hci=top.ble_hci,
         )
 
     def _line_faults(
@@ -733,6 +740,7 @@ class _Resolver:
         if firmware is not None and firmware.mcuboot is not None and layout is not None:
             self._mcuboot_layout(firmware, layout, (*loc, "flash_layout"))
         self._smp_udp(parts, firmware, (*loc, "smp_udp"))
+        self._ble(parts, firmware, (*loc, "ble"))
         if (
             parts.failed
             or parts.name is None
@@ -756,7 +764,28 @@ class _Resolver:
             layout=layout,
             line=self.report.line(loc) or 0,
             smp_udp=parts.smp_udp,
+            place=parts.place,
+            lab_host=parts.lab_host,
+            ble=BleSpec(name=parts.ble.name, address=parts.ble.address) if parts.ble else None,
         )
+
+    def _ble(self, board: _BoardParts, firmware: FirmwareSet | None, loc: Loc) -> None:
+        """A board on the air needs a name to be found by, and firmware that serves SMP there."""
+        if "ble" in board.failed or firmware is None:
+            return
+        wants_ble = bool(firmware.mcuboot and "ble" in firmware.mcuboot.transports)
+        if wants_ble and board.ble is None:
+            self.report.add(
+                loc[:-1],
+                f"firmware set {firmware.name!r} speaks SMP over ble, but the board has no ble; "
+                "add ble: {name: NAME} (the build's CONFIG_BT_DEVICE_NAME)",
+            )
+        elif board.ble is not None and not wants_ble:
+            self.report.add(
+                loc,
+                f"the board's firmware set {firmware.name!r} lists no ble transport "
+                "(mcuboot.transports); add ble there or remove the board's ble",
+            )
 
     def _smp_udp(self, board: _BoardParts, firmware: FirmwareSet | None, loc: Loc) -> None:
         """A UDP transport needs an address; 'virtual' only on the virtual farm."""

@@ -324,6 +324,14 @@ class LedSpec:
 
 
 @dataclass(frozen=True)
+class BleSpec:
+    """The board's advertised name (CONFIG_BT_DEVICE_NAME) and, if known, its address."""
+
+    name: str
+    address: str | None = None
+
+
+@dataclass(frozen=True)
 class BoardSpec:
     """One board of the farm, fully resolved; ``line`` is where it starts in the YAML."""
 
@@ -338,6 +346,9 @@ class BoardSpec:
     layout: FlashLayout
     line: int
     smp_udp: str | None = None  # "virtual" or "host:port": SMP over UDP, if the board has it
+    place: str | None = None  # the labgrid place holding it, when it lives on another lab host
+    lab_host: str | None = None  # the lab host whose exporter publishes it
+    ble: BleSpec | None = None  # how a host finds it on the air (SMP over Bluetooth LE)
 
     @property
     def is_virtual(self) -> bool:
@@ -418,6 +429,8 @@ class Farm:
     time_scale: float
     radio: RadioSpec = RadioSpec()
     line_faults: tuple[tuple[str, LineFaults], ...] = ()  # board name -> its line's faults
+    coordinator: str | None = None  # labgrid coordinator host:port as the file states it
+    ble_hci: str | None = None  # the lab's Bluetooth controller (bumble transport name)
 
     def names(self) -> list[str]:
         """Board names in file order."""

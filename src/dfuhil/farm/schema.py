@@ -55,6 +55,7 @@ STANDARD_BAUDS: tuple[int, ...] = (
 VIRTUAL_PORT = "virtual"
 BOARD_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _PORT_URL_RE = re.compile(r"^(?:rfc2217|socket)://(?P<host>[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+_BLE_ADDRESS_RE = re.compile(r"^(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}(?:/P)?$")
 _HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 # Tags of the "name or inline mapping" unions; the loader drops them from error locations.
@@ -221,7 +222,7 @@ class SmpUartSchema(_Strict):
     delivery: Literal["paced", "burst"] = "burst"
 
 
-Transport = Literal["serial", "udp"]
+Transport = Literal["serial", "udp", "ble"]
 
 
 def _serial_only() -> list[Transport]:
@@ -254,7 +255,7 @@ class McubootSchema(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> McubootSchema:
         if not self.transports or len(set(self.transports)) != len(self.transports):
-            raise ValueError("transports: list each of serial, udp at most once, at least one")
+            raise ValueError("transports: list each of serial, udp, ble at most once, at least one")
         if self.dfu_lock_timeout_ms and len(self.transports) < 2:
             raise ValueError(
                 "dfu_lock_timeout_ms: the DFU lock is shared between transports; with one "
@@ -396,6 +397,23 @@ LayoutField = Annotated[
 ]
 
 
+class BleSchema(_Strict):
+    """How a host finds the board on the air: its CONFIG_BT_DEVICE_NAME, optionally its address."""
+
+    name: str = Field(min_length=1, max_length=248)  # BT_DEVICE_NAME_MAX
+    address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, value: str | None) -> str | None:
+        if value is not None and not _BLE_ADDRESS_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a Bluetooth address; write it as AA:BB:CC:DD:EE:FF "
+                "(add /P for a public address)"
+            )
+        return value
+
+
 class BoardSchema(_Strict):
     """One board of the farm as written."""
 
@@ -410,6 +428,21 @@ class BoardSchema(_Strict):
     flash_layout: LayoutField
     # SMP over UDP (MCUboot boards with a network transport): "virtual" or "host:port".
     smp_udp: str | None = None
+    # Boards on another lab host: the labgrid place that holds the board's resources, and the
+    # lab host whose exporter publishes them (`dfuhil farm export --host NAME`).
+    place: str | None = None
+    lab_host: str | None = None
+    # SMP over Bluetooth LE (firmware sets whose mcuboot.transports lists ble).
+    ble: BleSchema | None = None
+
+    @field_validator("place", "lab_host")
+    @classmethod
+    def _lab_name_form(cls, value: str | None) -> str | None:
+        if value is not None and not BOARD_NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r}: use only letters, digits, '_', '.' and '-' (labgrid names)"
+            )
+        return value
 
     @field_validator("smp_udp")
     @classmethod
@@ -439,6 +472,25 @@ class FarmSchema(_Strict):
 
     version: int
     probe_backend: DefaultBackend = "auto"
+    # labgrid's coordinator for boards with a `place` (LG_COORDINATOR is used when absent).
+    coordinator: str | None = None
+    # The Bluetooth controller the host uses on a lab, a bumble transport name (usb:0,
+    # serial:/dev/ttyACM0,1000000); the virtual farm's own radio link when absent.
+    ble_hci: str | None = Field(default=None, min_length=1)
+
+    @field_validator("coordinator")
+    @classmethod
+    def _coordinator_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, sep, port = value.rpartition(":")
+        if sep and is_valid_host(host) and port.isdigit() and 1 <= int(port) <= 65535:
+            return value
+        raise ValueError(
+            f"{value!r} is not a coordinator address; write host:port (labgrid's default port "
+            "is 20408, e.g. 192.0.2.10:20408)"
+        )
+
     virtual_farm: VirtualFarmSchema = Field(default_factory=VirtualFarmSchema)
     flash_layouts: dict[str, FlashLayoutSchema] = Field(default_factory=dict)
     firmware_sets: dict[str, FirmwareSetSchema] = Field(default_factory=dict)

@@ -30,6 +30,7 @@ class VirtualBoardState:
     snr: int
     endpoint: str
     smp_udp: str | None = None  # "127.0.0.1:PORT": the board's SMP-over-UDP socket
+    debug_tcp: str | None = None  # "127.0.0.1:PORT": the debug port on TCP (lab exporters)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class SimState:
     time_scale: float
     boards_file: str
     boards: dict[str, VirtualBoardState]
+    # The bumble transport name a host opens to join the farm's virtual radio (SMP over BLE).
+    ble_hci: str | None = None
 
     def board(self, name: str) -> VirtualBoardState:
         try:
@@ -73,9 +76,11 @@ class SimState:
                     "snr": b.snr,
                     "probe": {"backend": "virtual", "endpoint": b.endpoint},
                     "smp_udp": b.smp_udp,
+                    "debug_tcp": b.debug_tcp,
                 }
                 for b in self.boards.values()
             },
+            "ble_hci": self.ble_hci,
         }
 
     def write(self) -> None:
@@ -116,6 +121,7 @@ def load_state(path: Path) -> SimState:
             snr=int(entry["snr"]),
             endpoint=str(entry["probe"]["endpoint"]),
             smp_udp=entry.get("smp_udp"),
+            debug_tcp=entry.get("debug_tcp"),
         )
         for name, entry in data.get("boards", {}).items()
     }
@@ -125,6 +131,7 @@ def load_state(path: Path) -> SimState:
         time_scale=float(data.get("time_scale", 1.0)),
         boards_file=str(data.get("boards_file", "")),
         boards=boards,
+        ble_hci=data.get("ble_hci"),
     )
 
 
