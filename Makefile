@@ -3,6 +3,9 @@
 #   make test         set up, lint, type-check and run the framework's own tests
 PYTHON ?= python3
 VENV   ?= .venv
+# labgrid (coordinator, exporter, client) lives in its own venv: it needs pyserial-labgrid, a
+# fork that installs the same `serial` package as the pyserial dfuhil and bumble depend on.
+LAB_VENV ?= .venv-labgrid
 BOARDS ?= boards.yaml
 # Parallel workers for `make regression` (pytest-xdist, scheduled board by board); 0 = serial.
 JOBS   ?= 4
@@ -21,7 +24,8 @@ SAMPLE_FIRMWARE := firmware/virtual/.generated
 REPORT_HISTORY ?= reports/history.jsonl
 
 .PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm \
-	bench-power bench-faults bench-infra fuzz clean report report-setup chromium
+	bench-power bench-faults bench-infra fuzz clean report report-setup chromium \
+	lab-setup ser2net
 
 setup: $(VENV)/.installed
 
@@ -30,6 +34,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip==25.3
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# Boards on several lab hosts: labgrid pinned in requirements-labgrid.txt, ser2net (Debian) for
+# its exporters' RFC 2217 serial ports. CI runs as root on a fresh machine.
+lab-setup: $(LAB_VENV)/.installed ser2net
+
+$(LAB_VENV)/.installed: requirements-labgrid.txt
+	$(PYTHON) -m venv $(LAB_VENV)
+	$(LAB_VENV)/bin/python -m pip install --quiet --upgrade pip==25.3
+	$(LAB_VENV)/bin/python -m pip install --quiet -r requirements-labgrid.txt
+	touch $@
+
+ser2net:
+	@command -v ser2net >/dev/null || (apt-get update && apt-get install -y ser2net)
 
 # The virtual farm's sample firmware set (deterministic, so re-generation changes no byte).
 firmware: $(SAMPLE_FIRMWARE)
@@ -67,7 +84,7 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-test: setup firmware report-setup chromium lint typecheck
+test: setup firmware report-setup chromium lab-setup lint typecheck
 	$(PY) -m pytest tests -p no:randomly -n $(TEST_JOBS) --dist loadfile --junitxml=reports/tests-junit.xml --alluredir=reports/tests-allure-results
 
 bench: setup firmware
