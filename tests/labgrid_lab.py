@@ -8,8 +8,11 @@ pid, and so are the ser2net children an exporter starts for its serial ports (a 
 leaves them running otherwise); :meth:`LabgridLab.leftovers` tells a test what still runs.
 
     with labgrid_lab(tmp_path) as lab:
-        lab.start_exporter("lab-a", exporter_yaml_path)
-        print(lab.client("resources", "-v").stdout)
+        lab.start_exporter("lab-a", exporter_yaml_path)   # `dfuhil farm export` wrote it
+        print(lab.resources())                            # HOST/GROUP/CLASS/NAME -> data
+        with lab.place("p1", "lab-a/board1/*"):           # ser2net runs only while acquired
+            print(lab.serial_ports("p1"))
+    assert lab.leftovers() == []
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -97,11 +101,11 @@ class LabProcess:
         if self.proc.poll() is None:
             self.children.update(descendants(self.pid))
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL; then its children, each by pid."""
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (``kill``: SIGKILL at once, a crash), then its children, each by pid."""
         self.remember_children()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self.proc.wait(STOP_S)
             except subprocess.TimeoutExpired:
@@ -125,6 +129,25 @@ def _stop_pid(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+# labgrid's exporter has ser2net accept on every interface (``tcp,PORT``); the lab's exporters
+# find this wrapper first on PATH, which keeps ser2net on loopback and changes nothing else.
+SER2NET_LOOPBACK = """#!{python}
+import os, re, shutil, sys
+real = shutil.which("ser2net", path=os.environ["DFUHIL_REAL_PATH"]) or "/usr/sbin/ser2net"
+args = [re.sub(r"\\),tcp,(\\d+)$", r"),tcp,127.0.0.1,\\1", a) for a in sys.argv[1:]]
+os.execv(real, [real, *args])
+"""
+
+
+def ser2net_on_loopback(directory: Path) -> Path:
+    """A directory holding a ``ser2net`` that is the real one bound to 127.0.0.1."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shim = directory / "ser2net"
+    shim.write_text(SER2NET_LOOPBACK.format(python=sys.executable))
+    shim.chmod(0o755)
+    return directory
+
+
 class LabgridLab:
     """A coordinator on 127.0.0.1 and the exporters started through it."""
 
@@ -134,12 +157,21 @@ class LabgridLab:
         self.address = f"127.0.0.1:{self.port}"
         self.coordinator: LabProcess | None = None
         self.exporters: dict[str, LabProcess] = {}
+        self.started: list[LabProcess] = []  # every process ever started, for leftovers()
 
     # --- processes -------------------------------------------------------------------------
 
     def _spawn(self, name: str, cmd: Sequence[str], identity: str) -> LabProcess:
         log = self.workdir / f"{name}.log"
-        env = {**os.environ, "LG_USERNAME": identity, "LG_HOSTNAME": identity}
+        path = os.environ.get("PATH", os.defpath)
+        shims = ser2net_on_loopback(self.workdir / "bin")
+        env = {
+            **os.environ,
+            "LG_USERNAME": identity,
+            "LG_HOSTNAME": identity,
+            "PATH": f"{shims}{os.pathsep}{path}",
+            "DFUHIL_REAL_PATH": f"{path}{os.pathsep}/usr/sbin",
+        }
         env.pop("LG_COORDINATOR", None)  # only the address we pass counts
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -151,7 +183,9 @@ class LabgridLab:
                 cwd=self.workdir,
                 start_new_session=True,
             )
-        return LabProcess(name, proc, log)
+        started = LabProcess(name, proc, log)
+        self.started.append(started)
+        return started
 
     def start(self) -> None:
         """Start the coordinator and wait until a client gets an answer from it."""
@@ -193,8 +227,9 @@ class LabgridLab:
         exporter.remember_children()
         return exporter
 
-    def stop_exporter(self, host: str) -> None:
-        self.exporters.pop(host).stop()
+    def stop_exporter(self, host: str, *, kill: bool = False) -> None:
+        """Stop one lab host's exporter (``kill``: as if it crashed) and its ser2net."""
+        self.exporters.pop(host).stop(kill=kill)
 
     def stop(self) -> None:
         """Stop the exporters (and their ser2net), then the coordinator, each by pid."""
@@ -205,9 +240,8 @@ class LabgridLab:
 
     def leftovers(self) -> list[int]:
         """Pids of anything this lab started that still runs (empty after stop())."""
-        procs = [p for p in (self.coordinator, *self.exporters.values()) if p is not None]
-        pids = {p.pid for p in procs if p.proc.poll() is None}
-        pids |= {c for p in procs for c in p.children if pid_alive(c)}
+        pids = {p.pid for p in self.started if p.proc.poll() is None}
+        pids |= {c for p in self.started for c in p.children if pid_alive(c)}
         return sorted(pids)
 
     def _wait(self, proc: LabProcess, ready: Callable[[], bool], what: str) -> None:

@@ -9,7 +9,9 @@ a board reset through its probe prints its own banner there.
 from __future__ import annotations
 
 import json
+import os
 import time
+import tty
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +21,12 @@ import serial
 from ruamel.yaml import YAML
 
 from dfuhil.cli import main
-from dfuhil.farm.export import build_export
+from dfuhil.farm.export import Endpoint, Export, ExportedBoard, build_export
 from dfuhil.farm.loader import load_farm
 from dfuhil.sim.descriptor import Behaviour
 from dfuhil.sim.firmware.generate import ram_end, sample_image
 from dfuhil.sim.lowlevel import VirtualLowLevelAPI
-from dfuhil.sim.state import FarmProcess, SimState, load_state
+from dfuhil.sim.state import FarmProcess, SimState, load_state, pid_alive
 from tests.labgrid_lab import LabgridLab, free_port, labgrid_lab
 from tests.simfarm import TIME_SCALE, WAIT_S, SimBoard, boards_yaml, chip
 
@@ -146,6 +148,31 @@ def test_virtual_boards_need_their_farm_running(
     err = capsys.readouterr().err
     assert "no virtual farm is running" in err
     assert "dfuhil sim serve --boards" in err
+
+
+# --- the lab harness itself ------------------------------------------------------------------
+
+
+def test_a_crashed_exporter_leaves_no_ser2net_behind(tmp_path: Path) -> None:
+    """labgrid's exporter runs a ser2net per acquired serial port; killed with SIGKILL it
+    orphans them. The harness stops them by pid all the same."""
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        board = ExportedBoard("k1", os.ttyname(slave), 115200, Endpoint("127.0.0.1", free_port()))
+        config = tmp_path / "lab-k.yaml"
+        config.write_text(Export("lab-k", (board,)).yaml())
+        with labgrid_lab(tmp_path) as lab:
+            exporter = lab.start_exporter("lab-k", config)
+            with lab.place("crash", "lab-k/k1/*"):
+                ser2net = set(exporter.children)
+                assert len(ser2net) == 1
+                lab.stop_exporter("lab-k", kill=True)
+                assert not any(pid_alive(pid) for pid in ser2net)
+        assert lab.leftovers() == []
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 # --- the real exporter on a running virtual farm --------------------------------------------
