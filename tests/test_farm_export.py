@@ -91,15 +91,17 @@ def test_real_boards_export_their_serial_device_and_jlink_remote_server(tmp_path
     }
 
 
-def test_a_port_that_is_no_by_id_path_is_exported_with_a_note(
+def test_a_port_that_is_no_by_id_path_or_uses_rtscts_is_exported_with_a_note(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    boards = write(tmp_path, REAL + real_board("r2", "lab-b", "/dev/ttyACM1", "ip: 192.0.2.8"))
+    entry = real_board("r2", "lab-b", "/dev/ttyACM1", "ip: 192.0.2.8")
+    boards = write(tmp_path, REAL + entry.replace("baud: 115200", "flow_control: rtscts"))
     assert export(boards, "--host", "lab-b") == 0
     captured = capsys.readouterr()
     config = YAML(typ="safe").load(captured.out)
     assert config["r2"]["probe"]["port"] == 19020  # ip alone: the Remote Server's default port
     assert "r2: /dev/ttyACM1 may name another board after a replug" in captured.err
+    assert "r2: labgrid's ser2net opens the port without RTS/CTS" in captured.err
 
 
 def test_unknown_host_lists_the_hosts_of_the_file(

@@ -118,13 +118,23 @@ def build_export(farm: Farm, host: str, sim_state: Path) -> Export:
         raise InputError(problems)
     state = load_state(sim_state) if any(b.is_virtual for b in boards) else None
     exported = tuple(_virtual(b, state) if state and b.is_virtual else _real(b) for b in boards)
-    notes = tuple(
-        f"{b.name}: {b.serial.port} may name another board after a replug; prefer its "
-        f"{BY_ID}... path"
-        for b in boards
-        if not b.is_virtual and not b.serial.port.startswith(BY_ID)
-    )
-    return Export(host, exported, notes)
+    return Export(host, exported, tuple(note for b in boards for note in _notes(b)))
+
+
+def _notes(board: BoardSpec) -> list[str]:
+    """What is exported but worth a second look."""
+    notes = []
+    if not board.is_virtual and not board.serial.port.startswith(BY_ID):
+        notes.append(
+            f"{board.name}: {board.serial.port} may name another board after a replug; prefer "
+            f"its {BY_ID}... path"
+        )
+    if board.serial.rtscts:
+        notes.append(
+            f"{board.name}: labgrid's ser2net opens the port without RTS/CTS; the client turns "
+            "it on over RFC 2217 (pyserial rtscts=True)"
+        )
+    return notes
 
 
 def _real_problems(farm: Farm, board: BoardSpec) -> list[Problem]:
