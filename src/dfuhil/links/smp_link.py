@@ -34,7 +34,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import ConfigDict, Field
 from smp import header as smphdr
@@ -73,6 +73,9 @@ __all__ = [
     "SmpRefused",
     "UploadResult",
 ]
+
+if TYPE_CHECKING:
+    from dfuhil.links.smp_ble import HciOpener
 
 T = TypeVar("T")
 
@@ -199,6 +202,7 @@ class SmpLink:
         console: Console | None = None,
         owns_console: bool = False,
         pipelined: bool = False,
+        loop: LoopThread | None = None,
     ) -> None:
         self._transport = transport
         self._address = address
@@ -211,6 +215,8 @@ class SmpLink:
         self._pipelined = pipelined
         self._client = SMPClient(transport, address, timeout_s=timeout_s)
         self._loop: LoopThread | None = None
+        # A loop given by the caller (an in-process radio lives on it) is the caller's to close.
+        self._given_loop = loop
         self.params: ServerParams | None = None
 
     # -- construction ----------------------------------------------------------------------
@@ -288,13 +294,43 @@ class SmpLink:
             timeout_s=timeout_s,
         )
 
+    @classmethod
+    def over_ble(
+        cls,
+        target: str,
+        hci: str | HciOpener,
+        *,
+        name: str = "",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        scan_timeout_s: float = 10.0,
+        loop: LoopThread | None = None,
+    ) -> SmpLink:
+        """SMP over Bluetooth LE (GATT) to the board advertising ``target`` (name or address),
+        through the HCI controller ``hci`` (a bumble transport name, or an opener in tests)."""
+        from dfuhil.links.smp_ble import BleTransport  # bumble is imported only for BLE
+
+        transport = BleTransport(hci, board=name or None, scan_timeout_s=scan_timeout_s)
+        remedy = (
+            "is the board advertising its SMP service (CONFIG_MCUMGR_TRANSPORT_BT) and in range? "
+            "is --ble its name or address (boards.yaml ble)? is --hci the right controller?"
+        )
+        return cls(
+            transport,
+            target,
+            name=name or target,
+            where=f"BLE {target} via {transport.hci_name}",
+            remedy=remedy,
+            timeout_s=timeout_s,
+            loop=loop,
+        )
+
     # -- life cycle ------------------------------------------------------------------------
 
     def connect(self) -> ServerParams:
         """Open the transport and learn the server's buffers (MCUmgr params)."""
         if self._loop is not None and self.params is not None:
             return self.params
-        self._loop = LoopThread(f"smp-{self.name}")
+        self._loop = self._given_loop or LoopThread(f"smp-{self.name}")
         try:
             self.params = self._loop.run(self._connect())
         except BaseException:
@@ -310,7 +346,8 @@ class SmpLink:
             except (TimeoutError, OSError, SMPClientException, RuntimeError):
                 pass  # closing must not mask what went wrong before
             finally:
-                loop.close()
+                if loop is not self._given_loop:
+                    loop.close()
         self.params = None
         if self._owns_console and self.console is not None:
             self.console.close()
