@@ -25,6 +25,7 @@ from bumble.hci import Address
 from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink, Transport
+from bumble.utils import cancel_on_event
 from smpfarm import CHIP, GEOMETRY
 
 from dfuhil.formats.smp import Group, ImageCmd, OsCmd, SmpHeader
@@ -139,6 +140,9 @@ class BlePeer:
         await self.device.power_on()
         await self.device.start_advertising(
             auto_restart=True,
+            # Zephyr's fast advertising (BT_GAP_ADV_FAST_INT_MIN_2/MAX_2), as smp_svr uses.
+            advertising_interval_min=100.0,
+            advertising_interval_max=150.0,
             advertising_data=bytes(
                 AdvertisingData(
                     [
@@ -174,7 +178,7 @@ class BlePeer:
             self.requests.append(message)
             answer = self.dispatcher.handle(message)
             if answer is not None:
-                connection.abort_on("disconnection", self._notify(connection, answer))
+                cancel_on_event(connection, "disconnection", self._notify(connection, answer))
 
     async def _notify(self, connection: Connection, answer: bytes) -> None:
         step = connection.att_mtu - 3

@@ -30,7 +30,7 @@ from bumble import att, core, hci
 from bumble.device import Connection, Device, Peer
 from bumble.gatt_client import CharacteristicProxy
 from bumble.transport import open_transport
-from bumble.transport.common import Transport, TransportInitError, TransportSpecError
+from bumble.transport.common import Transport, TransportSpecError
 from smp import header as smphdr
 from smpclient.transport import SMPTransport, SMPTransportDisconnected
 
@@ -182,7 +182,7 @@ class BleTransport(SMPTransport):
                 "tcp-client:HOST:PORT (boards.yaml ble_hci)",
                 board=self.board,
             ) from None
-        except (OSError, TransportInitError, core.BaseBumbleError, ImportError) as exc:
+        except Exception as exc:  # each driver its own: OSError, usb1.USBError, TransportInitError
             raise InfrastructureError(
                 f"cannot open the Bluetooth HCI controller {self.hci_name} "
                 f"({type(exc).__name__}: {exc or 'no detail'})",

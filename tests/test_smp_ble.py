@@ -1,0 +1,241 @@
+"""SMP over Bluetooth LE: dfuhil's bumble transport against an SMP GATT peripheral.
+
+The peripheral (``ble_peer``) runs on an in-process bumble LocalLink and answers with the
+virtual farm's SMP server pieces, so answers are real SMP bytes; requests are smpclient's own
+message classes (what SmpLink sends). What is checked: a board found by name or address, the
+negotiated ATT MTU sizing every write, messages split over several writes and notifications and
+put back together by the SMP header's length, an upload that lands byte for byte, the bytes on
+GATT equal to what the serial transport frames, and each bad input refused before any SMP
+request is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from ble_peer import BlePeer, host_hci
+from bumble.link import LocalLink
+from smp import header as smphdr
+from smpclient.requests.os_management import EchoWrite
+from smpfarm import GEOMETRY, app_body, app_build, make_key, sign
+
+from dfuhil.errors import InfrastructureError, InputError, ProductError
+from dfuhil.formats.smp import SerialFrameDecoder, SmpPacket, encode_frames
+from dfuhil.links.async_loop import LoopThread
+from dfuhil.links.smp_ble import BleTransport, Reassembler
+from dfuhil.links.smp_ble_scan import BleTarget
+from dfuhil.links.smp_link import SmpLink
+
+SECONDARY = GEOMETRY.secondary
+assert SECONDARY is not None
+
+
+@pytest.fixture
+def loop() -> Iterator[LoopThread]:
+    thread = LoopThread("ble-test")
+    yield thread
+    thread.close()
+
+
+@pytest.fixture
+def link() -> LocalLink:
+    return LocalLink()
+
+
+def start(loop: LoopThread, link: LocalLink, **kwargs: object) -> BlePeer:
+    peer = BlePeer(link, **kwargs)  # type: ignore[arg-type]
+    loop.run(peer.start())
+    return peer
+
+
+def ble(loop: LoopThread, link: LocalLink, target: str = "dfuhil-smp", **kw: float) -> SmpLink:
+    return SmpLink.over_ble(
+        target, host_hci(link), name="vdk-ble", loop=loop, scan_timeout_s=kw.get("scan", 2.0)
+    )
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    directory = tmp_path_factory.mktemp("ble-image")
+    body = app_body(app_build(), "2.0.0", 3000)
+    return sign(directory, body, "2.0.0", make_key(directory)).read_bytes()
+
+
+# --- reassembly -------------------------------------------------------------------------------
+
+
+def test_reassembler_splits_by_the_smp_header_length_whatever_the_fragments() -> None:
+    one = bytes(EchoWrite(d="a" * 300))
+    two = bytes(EchoWrite(d="bc"))
+    stream = one + two
+    for cut in (1, 7, 8, 9, 20, 244, len(one), len(one) + 3):
+        r = Reassembler()
+        out = r.feed(stream[:cut]) + r.feed(stream[cut:])
+        assert out == [one, two], cut
+        assert r.pending == 0
+    r = Reassembler()
+    assert r.feed(one[:-1]) == [] and r.pending == len(one) - 1  # incomplete: held, not given
+
+
+def test_target_is_an_address_or_a_name() -> None:
+    assert BleTarget.parse("c0:11:22:33:44:55").address == "C0:11:22:33:44:55"
+    assert BleTarget.parse("C0:11:22:33:44:55/P").address == "C0:11:22:33:44:55/P"
+    assert BleTarget.parse("Zephyr SMP").name == "Zephyr SMP"
+    with pytest.raises(InputError, match="--ble"):
+        BleTarget.parse(" ")
+
+
+# --- talking to the board ---------------------------------------------------------------------
+
+
+def test_list_and_echo_by_name_with_the_negotiated_mtu(loop: LoopThread, link: LocalLink) -> None:
+    peer = start(loop, link)
+    with ble(loop, link) as smp:
+        transport = smp._transport
+        assert isinstance(transport, BleTransport) and transport.link is not None
+        assert transport.link.att_mtu == 498  # the smp_svr overlay's MTU, negotiated
+        assert transport.mtu == 495
+        assert smp.params is not None and smp.params.buf_size == 2475
+        assert transport.max_unencoded_size == 2475  # the server reassembles up to its buffer
+        text = "x" * 1200  # one request over three writes, one answer over three notifications
+        assert smp.echo(text) == text
+        assert smp.image_list() == []  # an empty primary: no valid image
+    echo = [m for m in peer.requests if m[4:6] == b"\x00\x00" and m[7] == 0]
+    assert echo and len(echo[-1]) > 1200
+    assert max(len(w) for w in peer.writes) == 495
+    assert sum(len(n) > 0 for n in peer.notifications) >= 4
+
+
+def test_found_by_address_too(loop: LoopThread, link: LocalLink) -> None:
+    start(loop, link)
+    with ble(loop, link, "c0:11:22:33:44:55") as smp:
+        assert smp.echo("hi") == "hi"
+
+
+def test_upload_spans_writes_and_lands_byte_for_byte(
+    loop: LoopThread, link: LocalLink, image: bytes
+) -> None:
+    peer = start(loop, link)
+    with ble(loop, link) as smp:
+        result = smp.upload(image)
+        slots = smp.image_list()
+    assert result.size == len(image)
+    assert peer.flash.read(SECONDARY.start, len(image)) == image
+    assert [s.slot for s in slots] == [1] and slots[0].version.startswith("2.0.0")
+    # Every upload request bigger than one write went out as several writes, and the peer got
+    # back the exact messages (a chunk over GATT is the whole SMP message).
+    uploads = [m for m in peer.requests if m[4:6] == b"\x00\x01" and m[7] == 1]
+    assert len(uploads) >= 2 and max(len(m) for m in uploads) > 495
+    assert len(peer.writes) > len(peer.requests)
+
+
+def test_a_small_mtu_makes_small_writes_and_still_uploads(
+    loop: LoopThread, link: LocalLink, image: bytes
+) -> None:
+    peer = start(loop, link, mtu=23)  # a device that keeps the ATT default
+    with ble(loop, link) as smp:
+        assert smp._transport.mtu == 20
+        smp.upload(image)
+    assert max(len(w) for w in peer.writes) == 20
+    assert max(len(n) for n in peer.notifications) <= 20
+    assert peer.flash.read(SECONDARY.start, len(image)) == image
+
+
+def test_before_mcumgr_params_a_message_fits_one_write(loop: LoopThread, link: LocalLink) -> None:
+    start(loop, link)
+    transport = BleTransport(host_hci(link), board="vdk-ble", scan_timeout_s=2.0)
+    loop.run(transport.connect("dfuhil-smp", 2.0))
+    try:
+        assert transport.max_unencoded_size == transport.mtu == 495
+        transport.initialize(2475)
+        assert transport.max_unencoded_size == 2475
+    finally:
+        loop.run(transport.disconnect())
+
+
+def test_gatt_bytes_are_the_serial_bytes_without_the_framing(
+    loop: LoopThread, link: LocalLink, image: bytes
+) -> None:
+    """What went over GATT, cut where the SMP headers say, is what the serial transport frames
+    (``encode_frames`` around each message) and what smpclient's request classes produce."""
+    peer = start(loop, link)
+    with ble(loop, link) as smp:
+        smp.echo("same bytes")
+        smp.upload(image)
+    stream = b"".join(peer.writes)
+    assert stream == b"".join(peer.requests)  # nothing but the messages, back to back
+    for message in peer.requests:
+        decoder = SerialFrameDecoder()
+        items = decoder.feed(encode_frames(message))
+        assert [i.data for i in items if isinstance(i, SmpPacket)] == [message]
+    echo = next(m for m in peer.requests if b"same bytes" in m)
+    header = smphdr.Header.loads(echo[: smphdr.Header.SIZE])
+    ours = EchoWrite(d="same bytes")
+    theirs = bytes(ours)
+    # smpclient's bytes with the sequence number SmpLink's client chose
+    assert theirs[:6] + bytes([header.sequence]) + theirs[7:] == echo
+
+
+# --- bad input: refused before any SMP request is written --------------------------------------
+
+
+def test_a_name_nobody_advertises_lists_what_was_seen(loop: LoopThread, link: LocalLink) -> None:
+    peer = start(loop, link)
+    with pytest.raises(InfrastructureError) as err:
+        ble(loop, link, "no-such-board", scan=1.0).connect()
+    text = str(err.value)
+    assert "board vdk-ble" in text and "'no-such-board'" in text
+    assert "dfuhil-smp C0:11:22:33:44:55" in text  # what was on the air
+    assert "CONFIG_BT_DEVICE_NAME" in text
+    assert peer.writes == []
+
+
+def test_two_boards_advertising_one_name_is_refused_listing_both(
+    loop: LoopThread, link: LocalLink
+) -> None:
+    one = start(loop, link)
+    two = start(loop, link, address="C0:11:22:33:44:66")
+    with pytest.raises(InputError) as err:
+        ble(loop, link).connect()
+    text = str(err.value)
+    assert "C0:11:22:33:44:55" in text and "C0:11:22:33:44:66" in text
+    assert "board vdk-ble" in text and "address" in text
+    assert one.writes == [] and two.writes == []
+
+
+@pytest.mark.parametrize(
+    ("hci", "says"),
+    [
+        ("serial:/dev/dfuhil-no-such-dongle,1000000", "cannot open the Bluetooth HCI controller"),
+        ("usb:7", "cannot open the Bluetooth HCI controller"),
+        ("nonsense-scheme:1", "not a bumble HCI transport name"),
+    ],
+)
+def test_an_hci_that_cannot_be_opened_is_an_infrastructure_error(
+    loop: LoopThread, hci: str, says: str
+) -> None:
+    link = SmpLink.over_ble("dfuhil-smp", hci, name="vdk-ble", loop=loop, scan_timeout_s=0.5)
+    with pytest.raises(InfrastructureError) as err:
+        link.connect()
+    text = str(err.value)
+    assert says in text and "board vdk-ble" in text and "remedy:" in text
+    assert "Traceback" not in text
+
+
+def test_a_device_refusing_the_mtu_exchange_is_refused_before_any_write(
+    loop: LoopThread, link: LocalLink
+) -> None:
+    peer = start(loop, link, refuse_mtu=True)
+    with pytest.raises(ProductError, match="refused the ATT MTU exchange") as err:
+        ble(loop, link).connect()
+    assert "vdk-ble" in str(err.value)
+    assert peer.writes == []
+
+
+def test_a_device_without_the_smp_service_is_refused(loop: LoopThread, link: LocalLink) -> None:
+    peer = start(loop, link, serve_smp=False)
+    with pytest.raises(ProductError, match="no SMP characteristic"):
+        ble(loop, link).connect()
+    assert peer.writes == []
+
