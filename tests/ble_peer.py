@@ -13,18 +13,20 @@ the link, as a dongle would be on the air).
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from bumble import att
 from bumble.controller import Controller
-from bumble.core import AdvertisingData, UUID
+from bumble.core import UUID, AdvertisingData
 from bumble.device import Connection, Device
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 from bumble.hci import Address
 from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink, Transport
+from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
 from bumble.utils import cancel_on_event
 from smpfarm import CHIP, GEOMETRY
 
@@ -186,3 +188,15 @@ class BlePeer:
             part = answer[offset : offset + step]
             self.notifications.append(part)
             await self.device.notify_subscriber(connection, self.characteristic, part)
+
+
+async def serve_hci(link: LocalLink) -> tuple[str, Transport]:
+    """A controller on ``link`` whose HCI is served on a loopback TCP port, as a dongle's would
+    be on its USB port: another process opens it with ``--hci tcp-client:127.0.0.1:PORT``.
+    Returns that name and the server transport (close it to stop listening)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = await open_tcp_server_transport_with_socket(sock)
+    Controller("host-over-tcp", host_source=server.source, host_sink=server.sink, link=link)
+    return f"tcp-client:127.0.0.1:{port}", server

@@ -11,15 +11,18 @@ request is written.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from ble_peer import BlePeer, host_hci
+from ble_peer import BlePeer, host_hci, serve_hci
 from bumble.link import LocalLink
 from smp import header as smphdr
 from smpclient.requests.os_management import EchoWrite
 from smpfarm import GEOMETRY, app_body, app_build, make_key, sign
 
+from dfuhil.cli import main
 from dfuhil.errors import InfrastructureError, InputError, ProductError
 from dfuhil.formats.smp import SerialFrameDecoder, SmpPacket, encode_frames
 from dfuhil.links.async_loop import LoopThread
@@ -239,3 +242,67 @@ def test_a_device_without_the_smp_service_is_refused(loop: LoopThread, link: Loc
         ble(loop, link).connect()
     assert peer.writes == []
 
+
+# --- the CLI, through an HCI controller served on a TCP port -----------------------------------
+
+
+@pytest.fixture
+def hci_port(loop: LoopThread, link: LocalLink) -> Iterator[str]:
+    name, server = loop.run(serve_hci(link))
+    yield name
+    loop.run(server.close())
+
+
+def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out + err
+
+
+def test_cli_list_and_upload_over_ble(
+    loop: LoopThread,
+    link: LocalLink,
+    hci_port: str,
+    image: bytes,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    peer = start(loop, link)
+    signed = tmp_path / "app.signed.bin"
+    signed.write_bytes(image)
+    where = ["--ble", "dfuhil-smp", "--hci", hci_port, "--boards", str(tmp_path / "none.yaml")]
+    code, out = cli(["mcuboot", "upload", str(signed), *where], capsys)
+    assert code == 0, out
+    assert "over BLE dfuhil-smp via tcp-client:127.0.0.1:" in out and "buf_size 2475" in out
+    assert peer.flash.read(SECONDARY.start, len(image)) == image
+    code, out = cli(["mcuboot", "list", *where], capsys)
+    assert code == 0, out
+    assert re.search(r"^\s+0\s+1\s+2\.0\.0", out, re.M), out
+
+
+def test_cli_without_a_controller_asks_for_hci(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = cli(
+        ["mcuboot", "list", "--ble", "dfuhil-smp", "--boards", str(tmp_path / "none.yaml")],
+        capsys,
+    )
+    assert code == 2 and "--hci" in out and "ble_hci" in out
+
+
+def test_cli_unknown_name_is_exit_3_and_writes_nothing(
+    loop: LoopThread,
+    link: LocalLink,
+    hci_port: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    peer = start(loop, link)
+    code, out = cli(
+        ["mcuboot", "list", "--ble", "nobody", "--hci", hci_port, "--timeout", "1",
+         "--boards", str(tmp_path / "none.yaml")],
+        capsys,
+    )  # fmt: skip
+    assert code == 3 and "'nobody'" in out and "dfuhil-smp" in out
+    assert peer.writes == []

@@ -151,12 +151,24 @@ def _target(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--board", metavar="NAME", help="board in the farm (boards.yaml)")
     where.add_argument("--port", metavar="PATH", help="serial port (device path or pyserial URL)")
     where.add_argument("--udp", metavar="HOST:PORT", help="SMP over UDP")
+    where.add_argument(
+        "--ble",
+        metavar="NAME_OR_ADDRESS",
+        help="SMP over Bluetooth LE: the board's advertised name or its address",
+    )
     add_farm_options(parser)
     parser.add_argument(
         "--transport",
-        choices=("serial", "udp"),
+        choices=("serial", "udp", "ble"),
         default="serial",
         help="with --board: which of its SMP transports (default serial)",
+    )
+    parser.add_argument(
+        "--hci",
+        metavar="TRANSPORT",
+        help="with --ble / --transport ble: the Bluetooth controller as bumble names it (usb:0, "
+        "serial:/dev/ttyACM0,1000000; default: the virtual farm's radio for a virtual board, "
+        "else boards.yaml ble_hci)",
     )
     parser.add_argument("--baud", type=int, metavar="BAUD", help=f"default {DEFAULT_BAUD}")
     parser.add_argument(
@@ -230,6 +242,14 @@ def _connected(args: argparse.Namespace, *, boot_log: bool = False) -> Iterator[
             console = stack.enter_context(_board_console(args, rig, board)) if boot_log else None
             target = Target(SmpLink.over_udp(address, name=board.name, timeout_s=args.timeout),
                             board.name, board, console, scale, rig)  # fmt: skip
+        elif args.transport == "ble":
+            from dfuhil.links.smp_ble_hci import ble_target, resolve_hci
+
+            where = ble_target(rig.farm, board)  # no ble transport: refused before the radio
+            hci = resolve_hci(args.hci, farm=rig.farm, board=board, sim=rig.sim)
+            console = stack.enter_context(_board_console(args, rig, board)) if boot_log else None
+            link = SmpLink.over_ble(where, hci, name=board.name, timeout_s=args.timeout)
+            target = Target(link, board.name, board, console, scale, rig)
         else:
             console = _board_console(args, rig, board)
             mcuboot = board.mcuboot
@@ -250,10 +270,32 @@ def _connected(args: argparse.Namespace, *, boot_log: bool = False) -> Iterator[
             buf_size=args.buf_size,
         )
         target = Target(link, args.port, None, link.console)
+    elif args.ble is not None:
+        target = _ble_target(args)
     else:
         target = Target(SmpLink.over_udp(args.udp, timeout_s=args.timeout), args.udp, None, None)
     with stack, target.link:
         yield target
+
+
+def _ble_target(args: argparse.Namespace) -> Target:
+    """``--ble NAME_OR_ADDRESS``: a farm board advertising it is named in errors, and a virtual
+    one is reached through the running farm's radio unless ``--hci`` says otherwise."""
+    from dfuhil.farm.loader import load_farm
+    from dfuhil.farm.rig import Rig
+    from dfuhil.links.smp_ble_hci import board_advertising, resolve_hci
+    from dfuhil.links.smp_link import SmpLink
+    from dfuhil.sim.state import load_state
+
+    farm = load_farm(args.boards) if args.boards.is_file() else None
+    board = board_advertising(farm, args.ble) if farm is not None else None
+    sim = load_state(args.sim_state) if board is not None and board.is_virtual else None
+    hci = resolve_hci(args.hci, farm=farm, board=board, sim=sim)
+    name = board.name if board is not None else args.ble
+    link = SmpLink.over_ble(args.ble, hci, name=name, timeout_s=args.timeout)
+    rig = Rig(farm, sim) if farm is not None and board is not None else None
+    scale = rig.time_scale(board) if rig is not None and board is not None else 1.0
+    return Target(link, name, board, None, scale, rig)
 
 
 # --- verbs ------------------------------------------------------------------------------------

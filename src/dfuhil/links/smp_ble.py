@@ -21,6 +21,7 @@ and the fix (:mod:`dfuhil.links.smp_ble_scan` finds the board).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from smpclient.transport import SMPTransport, SMPTransportDisconnected
 
 from dfuhil.errors import InfrastructureError, ProductError
 from dfuhil.links.smp_ble_scan import BleTarget, find_device
-from dfuhil.links.smp_transport import _SeqDemux, _seq, checked_answer
+from dfuhil.links.smp_transport import _seq, _SeqDemux, checked_answer
 
 __all__ = [
     "ATT_WRITE_OVERHEAD",
@@ -160,7 +161,7 @@ class BleTransport(SMPTransport):
             await self._open_hci()
             assert self._device is not None
             found = await find_device(
-                self._device, target, self.scan_timeout_s, board=self.board, hci=self.hci_name
+                self._device, target, self.scan_timeout_s, board=self.board, hci_name=self.hci_name
             )
             connection = await self._connect(found, timeout_s)
             await self._negotiate(connection)
@@ -347,18 +348,15 @@ class BleTransport(SMPTransport):
     async def disconnect(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            try:
+            # closing must not mask what went wrong before
+            with contextlib.suppress(TimeoutError, core.BaseBumbleError, hci.HCI_Error):
                 await asyncio.wait_for(connection.disconnect(), 3.0)
-            except (TimeoutError, core.BaseBumbleError, hci.HCI_Error):
-                pass  # closing must not mask what went wrong before
         self._demux.fail_all(SMPTransportDisconnected(f"BLE link to {self.board} closed"))
         transport, self._hci_transport = self._hci_transport, None
         self._device = None
         if transport is not None:
-            try:
+            with contextlib.suppress(TimeoutError, OSError, core.BaseBumbleError):
                 await asyncio.wait_for(transport.close(), 3.0)
-            except (TimeoutError, OSError, core.BaseBumbleError):
-                pass
 
     # -- sizes -------------------------------------------------------------------------------
 

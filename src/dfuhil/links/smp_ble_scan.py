@@ -88,7 +88,7 @@ async def find_device(
     timeout_s: float,
     *,
     board: str | None = None,
-    hci: str = "",
+    hci_name: str = "",
     duplicate_window_s: float = DUPLICATE_WINDOW_S,
 ) -> hci.Address:
     """The address of the one device that advertises ``target``; errors name the board."""
@@ -98,7 +98,9 @@ async def find_device(
 
     def on_advertisement(advertisement: Advertisement) -> None:
         name = seen.add(advertisement)
-        if found.done() or not advertisement.is_connectable and not advertisement.is_scan_response:
+        if found.done() or (
+            not advertisement.is_connectable and not advertisement.is_scan_response
+        ):
             return
         if target.address is not None and _same_address(advertisement.address, target.address):
             found.set_result(advertisement.address)
@@ -136,7 +138,7 @@ async def find_device(
             )
         return first_match[0]
     raise InfrastructureError(
-        f"no device advertising {target} was seen in {timeout_s:g} s on {hci or 'the radio'} "
+        f"no device advertising {target} was seen in {timeout_s:g} s on {hci_name or 'the radio'} "
         f"(seen: {seen.describe()})",
         "is the board powered and running firmware with Bluetooth SMP "
         "(CONFIG_MCUMGR_TRANSPORT_BT), advertising (not connected to another host), in range? "
