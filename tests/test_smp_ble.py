@@ -11,6 +11,8 @@ request is written.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -306,3 +308,107 @@ def test_cli_unknown_name_is_exit_3_and_writes_nothing(
     )  # fmt: skip
     assert code == 3 and "'nobody'" in out and "dfuhil-smp" in out
     assert peer.writes == []
+
+
+# --- boards of the farm: the HCI they default to, and the pre-flight refusals ------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def ble_farm(tmp_path: Path) -> Path:
+    """The shipped boards.yaml with BLE on the swap-move board (advertising as the test peer)
+    and on the single-slot one (a XIAO without external flash: one slot, serial recovery)."""
+    text = (ROOT / "boards.yaml").read_text()
+    for folder in ("firmware/", "examples/"):
+        text = text.replace(f" {folder}", f" {ROOT}/{folder}")
+    text = text.replace(
+        "      transports: [serial, udp]\n      dfu_lock_timeout_ms: 5000",
+        "      transports: [serial, udp, ble]\n      dfu_lock_timeout_ms: 5000",
+        1,
+    )
+    text = text.replace(
+        "      mode: single-slot\n", "      mode: single-slot\n      transports: [serial, ble]\n", 1
+    )
+    for board, name in (("vdk52840-swap-move", "dfuhil-smp"), ("vdk52832-single-slot", "xiao")):
+        start = text.index(f"  - name: {board}\n")
+        end = text.index("    flash_layout:", start)
+        text = text[:end] + f"    ble: {{name: {name}}}\n" + text[end:]
+    path = tmp_path / "boards.yaml"
+    path.write_text(text)
+    return path
+
+
+def sim_state(tmp_path: Path, hci: str) -> Path:
+    """A running farm's state file whose radio is ``hci`` (this process stands in for it)."""
+    path = tmp_path / "state.json"
+    path.write_text(
+        json.dumps({"pid": os.getpid(), "time_scale": 0.1, "boards": {}, "ble_hci": hci})
+    )
+    return path
+
+
+def test_a_virtual_board_is_reached_through_the_running_farms_radio(
+    loop: LoopThread,
+    link: LocalLink,
+    hci_port: str,
+    ble_farm: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    start(loop, link)
+    state = ["--boards", str(ble_farm), "--sim-state", str(sim_state(tmp_path, hci_port))]
+    code, out = cli(["mcuboot", "echo", "hi", "--board", "vdk52840-swap-move",
+                     "--transport", "ble", *state], capsys)  # fmt: skip
+    assert code == 0 and out.strip() == "hi", out
+    code, out = cli(["mcuboot", "echo", "by name", "--ble", "dfuhil-smp", *state], capsys)
+    assert code == 0 and "by name" in out, out
+
+
+def test_a_board_without_the_ble_transport_is_refused_before_the_radio(
+    ble_farm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--board", "vdk52840-swap-scratch", "--transport", "ble", "--boards", str(ble_farm)]
+    code, out = cli(["mcuboot", "list", *where, "--hci", "serial:/dev/dfuhil-none"], capsys)
+    assert code == 2, out
+    assert "vdk52840-swap-scratch" in out and "no ble among its mcuboot transports" in out
+
+
+def test_without_a_farm_radio_or_hci_the_error_asks_for_hci(
+    ble_farm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = sim_state(tmp_path, "")
+    code, out = cli(["mcuboot", "list", "--board", "vdk52840-swap-move", "--transport", "ble",
+                     "--boards", str(ble_farm), "--sim-state", str(state)], capsys)  # fmt: skip
+    assert code == 3 and "no Bluetooth radio" in out and "--hci" in out, out
+
+
+@pytest.mark.parametrize("verb", ["upgrade", "upload"])
+def test_ble_ota_on_a_single_slot_board_is_refused_before_any_radio_use(
+    verb: str, ble_farm: Path, image: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signed = tmp_path / "app.signed.bin"
+    signed.write_bytes(image)
+    # The HCI named does not exist: reaching the radio would be exit 3, the refusal is exit 2.
+    nowhere = ["--boards", str(ble_farm), "--hci", "serial:/dev/dfuhil-none"]
+    for where in (["--board", "vdk52832-single-slot", "--transport", "ble"], ["--ble", "xiao"]):
+        code, out = cli(["mcuboot", verb, str(signed), *where, *nowhere], capsys)
+        assert code == 2, out
+        assert "BLE OTA needs two slots" in out and "vdk52832-single-slot" in out
+        assert "serial recovery" in out and "nothing was sent" in out
+
+
+def test_image_check_ble_says_why_a_single_slot_board_cannot_take_it(
+    ble_farm: Path, image: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signed = tmp_path / "app.signed.bin"
+    signed.write_bytes(image)
+    check = ["image", "check", str(signed), "--boards", str(ble_farm), "--ble", "--board"]
+    code, out = cli([*check, "vdk52832-single-slot"], capsys)
+    assert code == 2
+    line = next(x for x in out.splitlines() if "transport" in x)
+    assert "FAIL" in line and "BLE OTA needs two slots" in line and "single-slot" in line
+    assert "use serial recovery" in out
+    _code, out = cli([*check, "vdk52840-swap-move"], capsys)
+    line = next(x for x in out.splitlines() if "transport" in x)
+    assert "ok" in line and "secondary slot" in line

@@ -203,8 +203,10 @@ class SmpLink:
         owns_console: bool = False,
         pipelined: bool = False,
         loop: LoopThread | None = None,
+        kind: Literal["serial", "udp", "ble"] = "serial",
     ) -> None:
         self._transport = transport
+        self.kind = kind  # which SMP transport: pre-flight rules differ (BLE OTA needs 2 slots)
         self._address = address
         self.name = name or address
         self.where = where or address
@@ -292,6 +294,7 @@ class SmpLink:
             where=f"UDP {address}",
             remedy=remedy,
             timeout_s=timeout_s,
+            kind="udp",
         )
 
     @classmethod
@@ -322,6 +325,7 @@ class SmpLink:
             remedy=remedy,
             timeout_s=timeout_s,
             loop=loop,
+            kind="ble",
         )
 
     # -- life cycle ------------------------------------------------------------------------
