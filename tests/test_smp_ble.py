@@ -277,6 +277,7 @@ def test_cli_list_and_upload_over_ble(
     code, out = cli(["mcuboot", "upload", str(signed), *where], capsys)
     assert code == 0, out
     assert "over BLE dfuhil-smp via tcp-client:127.0.0.1:" in out and "buf_size 2475" in out
+    assert "ATT MTU 498 (495 B per write)" in out and "interval" in out  # negotiated, shown
     assert peer.flash.read(SECONDARY.start, len(image)) == image
     code, out = cli(["mcuboot", "list", *where], capsys)
     assert code == 0, out

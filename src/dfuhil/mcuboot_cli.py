@@ -375,6 +375,7 @@ def run_upload(args: argparse.Namespace) -> int:
             f"{target.who}: uploading {args.image} ({len(loaded.data)} bytes"
             + (f", v{info.version}" if info else "")
             + f") over {target.link.where}"
+            + (f" ({target.link.radio})" if target.link.radio else "")
             + (f"; {params}" if params else ""),
             flush=True,
         )

@@ -243,8 +243,16 @@ class BleTransport(SMPTransport):
         except (core.BaseBumbleError, hci.HCI_Error) as exc:
             # A controller without Data Length Extension keeps 27-byte packets: slower, works.
             log.info("%s: data length not raised (%s)", connection.peer_address, exc)
+        self.link = self._link_now(connection, mtu)
+        log.info("BLE link to %s", self.link)
+        # The device may ask for other parameters later (nRF Desktop lowers its latency while
+        # an SMP transfer runs): each change is logged.
+        connection.on(connection.EVENT_CONNECTION_PARAMETERS_UPDATE, self._on_parameters)
+
+    @staticmethod
+    def _link_now(connection: Connection, mtu: int) -> BleLink:
         params = connection.parameters
-        self.link = BleLink(
+        return BleLink(
             address=str(connection.peer_address),
             att_mtu=mtu,
             data_length=tuple(connection.data_length),  # type: ignore[arg-type]
@@ -252,36 +260,11 @@ class BleTransport(SMPTransport):
             latency=params.peripheral_latency,
             supervision_timeout_ms=params.supervision_timeout,
         )
-        log.info("BLE link to %s", self.link)
 
-    async def update_parameters(
-        self, interval_ms: float, latency: int = 0, supervision_timeout_ms: float = 4000.0
-    ) -> BleLink:
-        """Ask for other connection parameters; a refusal is the device's (ProductError)."""
-        connection = self._connected()
-        try:
-            await connection.update_parameters(
-                interval_ms, interval_ms, latency, supervision_timeout_ms
-            )
-        except (core.ConnectionParameterUpdateError, hci.HCI_Error) as exc:
-            raise ProductError(
-                f"board {self.board or connection.peer_address}: the device refused the "
-                f"connection parameters (interval {interval_ms:g} ms, latency {latency}: {exc}); "
-                "nothing was written. Use the parameters its build accepts "
-                "(CONFIG_BT_PERIPHERAL_PREF_*)"
-            ) from None
-        assert self.link is not None
-        params = connection.parameters
-        self.link = BleLink(
-            self.link.address,
-            self.link.att_mtu,
-            self.link.data_length,
-            params.connection_interval,
-            params.peripheral_latency,
-            params.supervision_timeout,
-        )
-        log.info("BLE link to %s", self.link)
-        return self.link
+    def _on_parameters(self) -> None:
+        if self._connection is not None and self.link is not None:
+            self.link = self._link_now(self._connection, self.link.att_mtu)
+            log.info("BLE link parameters changed: %s", self.link)
 
     async def _discover(self, connection: Connection) -> None:
         peer = Peer(connection)

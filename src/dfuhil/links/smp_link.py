@@ -422,6 +422,12 @@ class SmpLink:
         return self.params
 
     @property
+    def radio(self) -> str | None:
+        """Over Bluetooth LE: the negotiated link (ATT MTU, data length, parameters)."""
+        link = getattr(self._transport, "link", None)
+        return str(link) if link is not None else None
+
+    @property
     def _board(self) -> str | None:
         """The board name for error messages; None when only a port or address is known."""
         return self.name if self.name not in (self._address, self.where) else None
