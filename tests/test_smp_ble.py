@@ -413,3 +413,34 @@ def test_image_check_ble_says_why_a_single_slot_board_cannot_take_it(
     _code, out = cli([*check, "vdk52840-swap-move"], capsys)
     line = next(x for x in out.splitlines() if "transport" in x)
     assert "ok" in line and "secondary slot" in line
+
+
+def test_smpclients_own_bumble_transport_agrees_with_the_peer(
+    loop: LoopThread, link: LocalLink, hci_port: str, image: bytes
+) -> None:
+    """smpclient's own BLE host (SMPBumbleTransport) against the same peripheral: params, echo
+    and an upload over its own chunking land the same image, so the peer is no private dialect
+    between dfuhil's transport and its test."""
+    from smpclient import SMPClient
+    from smpclient.generics import success
+    from smpclient.requests.os_management import MCUMgrParametersRead
+    from smpclient.transport.bumble import SMPBumbleTransport
+
+    peer = start(loop, link)
+
+    async def session() -> tuple[int, str, int]:
+        client = SMPClient(SMPBumbleTransport(hci=hci_port), "dfuhil-smp")
+        await client.connect(10.0)
+        try:
+            params = await client.request(MCUMgrParametersRead())
+            assert success(params)
+            echo = await client.request(EchoWrite(d="smpclient"))
+            assert success(echo)
+            offsets = [offset async for offset in client.upload(image)]
+            return params.buf_size, echo.r, offsets[-1]
+        finally:
+            await client.disconnect()
+
+    buf_size, echoed, uploaded = loop.run(session())
+    assert (buf_size, echoed, uploaded) == (2475, "smpclient", len(image))
+    assert peer.flash.read(SECONDARY.start, len(image)) == image
