@@ -13,6 +13,7 @@ the link, as a dongle would be on the air).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +119,7 @@ class BlePeer:
     refuse_mtu: bool = False
     serve_smp: bool = True
     buf_size: int = NETBUF_SIZE
+    drop_at_write: int | None = None  # the link drops when this write (1-based) arrives
     writes: list[bytes] = field(default_factory=list)
     notifications: list[bytes] = field(default_factory=list)
     requests: list[bytes] = field(default_factory=list)  # whole SMP messages reassembled
@@ -131,6 +133,8 @@ class BlePeer:
         if self.refuse_mtu:
             self.device.gatt_server.on_att_exchange_mtu_request = self._refuse_mtu  # type: ignore[method-assign]
         self._reassembly = Reassembler()
+        self._writer: Connection | None = None
+        self._dropped: Connection | None = None
         self.characteristic = Characteristic(
             SMP_CHARACTERISTIC_UUID,
             Characteristic.Properties.WRITE_WITHOUT_RESPONSE | Characteristic.Properties.NOTIFY,
@@ -175,7 +179,16 @@ class BlePeer:
         )
 
     def _on_write(self, connection: Connection, value: bytes) -> None:
+        if connection is self._dropped:  # what the host sent after the link broke never arrives
+            return
+        if connection is not self._writer:  # smp_bt drops a partial message at disconnection
+            self._writer = connection
+            self._reassembly.clear()
         self.writes.append(bytes(value))
+        if len(self.writes) == self.drop_at_write:  # out of range, mid-message: lost
+            self._dropped = connection
+            asyncio.get_running_loop().create_task(connection.disconnect())
+            return
         for message in self._reassembly.feed(bytes(value)):
             self.requests.append(message)
             answer = self.dispatcher.handle(message)

@@ -444,3 +444,19 @@ def test_smpclients_own_bumble_transport_agrees_with_the_peer(
     buf_size, echoed, uploaded = loop.run(session())
     assert (buf_size, echoed, uploaded) == (2475, "smpclient", len(image))
     assert peer.flash.read(SECONDARY.start, len(image)) == image
+
+
+def test_a_link_dropped_mid_upload_is_reported_and_the_next_upload_resumes(
+    loop: LoopThread, link: LocalLink, tmp_path: Path
+) -> None:
+    big = sign(tmp_path, app_body(app_build(), "2.0.0", 7000), "2.0.0", make_key(tmp_path))
+    data = big.read_bytes()
+    # Writes: params 1, three ~2.4 kB chunks of five writes each: 13 is inside the third.
+    peer = start(loop, link, drop_at_write=13)
+    with pytest.raises(InfrastructureError, match="lost") as err, ble(loop, link) as smp:
+        smp.upload(data)
+    assert "board vdk-ble" in str(err.value)
+    with ble(loop, link) as smp:
+        result = smp.upload(data)
+    assert result.start_offset > 2475  # from the device's offset, beyond the first chunk
+    assert peer.flash.read(SECONDARY.start, len(data)) == data
