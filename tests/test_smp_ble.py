@@ -15,6 +15,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,14 @@ from smpfarm import GEOMETRY, app_body, app_build, make_key, sign
 
 from dfuhil.cli import main
 from dfuhil.errors import InfrastructureError, InputError, ProductError
+from dfuhil.farm.loader import load_farm
 from dfuhil.formats.smp import SerialFrameDecoder, SmpPacket, encode_frames
 from dfuhil.links.async_loop import LoopThread
 from dfuhil.links.smp_ble import BleTransport, Reassembler
+from dfuhil.links.smp_ble_hci import board_advertising, resolve_hci
 from dfuhil.links.smp_ble_scan import BleTarget
 from dfuhil.links.smp_link import SmpLink
+from dfuhil.sim.state import load_state
 
 SECONDARY = GEOMETRY.secondary
 assert SECONDARY is not None
@@ -460,3 +464,23 @@ def test_a_link_dropped_mid_upload_is_reported_and_the_next_upload_resumes(
         result = smp.upload(data)
     assert result.start_offset > 2475  # from the device's offset, beyond the first chunk
     assert peer.flash.read(SECONDARY.start, len(data)) == data
+
+
+def test_which_controller_a_board_uses(ble_farm: Path, tmp_path: Path) -> None:
+    """--hci wins; a virtual board: the running farm's radio; a lab board: boards.yaml ble_hci;
+    neither: an input error asking for --hci."""
+    farm = load_farm(ble_farm)
+    virtual = farm.board("vdk52840-swap-move")
+    lab = replace(virtual, probe=replace(virtual.probe, backend="pynrfjprog"))
+    state = load_state(sim_state(tmp_path, "tcp-client:127.0.0.1:9"))
+    assert resolve_hci("usb:1", farm=farm, board=virtual, sim=state) == "usb:1"
+    assert resolve_hci(None, farm=farm, board=virtual, sim=state) == "tcp-client:127.0.0.1:9"
+    with pytest.raises(InfrastructureError, match="no virtual farm is running"):
+        resolve_hci(None, farm=farm, board=virtual, sim=None)
+    lab_farm = replace(farm, ble_hci="serial:/dev/ttyACM0,1000000")
+    assert resolve_hci(None, farm=lab_farm, board=lab, sim=None) == "serial:/dev/ttyACM0,1000000"
+    with pytest.raises(InputError, match="board vdk52840-swap-move: no Bluetooth controller"):
+        resolve_hci(None, farm=farm, board=lab, sim=None)
+    assert board_advertising(farm, "dfuhil-smp") == virtual
+    assert board_advertising(farm, "xiao") == farm.board("vdk52832-single-slot")
+    assert board_advertising(farm, "nobody") is None

@@ -307,12 +307,17 @@ class BleTransport(SMPTransport):
                 f"SMP message of {len(data)} bytes exceeds the server's limit of "
                 f"{self.max_unencoded_size}"
             )
-        self._connected()
-        characteristic = self._characteristic
-        assert characteristic is not None and self.link is not None
-        step = self.link.max_write
+        step = self.mtu
         for offset in range(0, len(data), step):
-            await characteristic.write_value(data[offset : offset + step], with_response=False)
+            self._connected()  # the link may drop between two writes of one message
+            characteristic = self._characteristic
+            assert characteristic is not None
+            try:
+                await characteristic.write_value(data[offset : offset + step])
+            except (core.BaseBumbleError, hci.HCI_Error, OSError) as exc:
+                raise SMPTransportDisconnected(
+                    f"BLE write to {self.board or 'the board'} failed ({exc})"
+                ) from None
             self.writes += 1
 
     async def receive(self) -> bytes:
