@@ -168,6 +168,11 @@ class BlePeer:
             ),
         )
 
+    async def drop(self) -> None:
+        """End every connection, as a reset does (advertising resumes on its own)."""
+        for connection in list(self.device.connections.values()):
+            await connection.disconnect()
+
     def _refuse_mtu(self, bearer: Any, request: att.ATT_Exchange_MTU_Request) -> None:
         self.device.gatt_server.send_response(
             bearer,

@@ -484,3 +484,16 @@ def test_which_controller_a_board_uses(ble_farm: Path, tmp_path: Path) -> None:
     assert board_advertising(farm, "dfuhil-smp") == virtual
     assert board_advertising(farm, "xiao") == farm.board("vdk52832-single-slot")
     assert board_advertising(farm, "nobody") is None
+
+
+def test_after_a_reset_drops_the_link_the_next_request_connects_again(
+    loop: LoopThread, link: LocalLink
+) -> None:
+    peer = start(loop, link)
+    with ble(loop, link) as smp:
+        assert smp.echo("before") == "before"
+        loop.run(peer.drop())
+        assert smp.echo("after") == "after"  # found again by address, MTU negotiated again
+        transport = smp._transport
+        assert isinstance(transport, BleTransport) and transport.mtu == 495
+    assert sum(m[4:6] == b"\x00\x00" and m[7] == 6 for m in peer.requests) == 1  # params once

@@ -143,6 +143,7 @@ class BleTransport(SMPTransport):
         self._device: Device | None = None
         self._connection: Connection | None = None
         self._characteristic: CharacteristicProxy[bytes] | None = None
+        self._found: hci.Address | None = None  # the device the name resolved to
         self._demux = _SeqDemux()
         self._reassembler = Reassembler()
         self.link: BleLink | None = None
@@ -159,16 +160,29 @@ class BleTransport(SMPTransport):
         target = BleTarget.parse(address)
         try:
             await self._open_hci()
-            assert self._device is not None
-            found = await find_device(
-                self._device, target, self.scan_timeout_s, board=self.board, hci_name=self.hci_name
-            )
-            connection = await self._connect(found, timeout_s)
-            await self._negotiate(connection)
-            await self._discover(connection)
+            await self._join(target, timeout_s)
         except BaseException:
             await self.disconnect()
             raise
+
+    async def _join(self, target: BleTarget, timeout_s: float) -> None:
+        assert self._device is not None
+        found = await find_device(
+            self._device, target, self.scan_timeout_s, board=self.board, hci_name=self.hci_name
+        )
+        self._found = found
+        connection = await self._connect(found, timeout_s)
+        await self._negotiate(connection)
+        await self._discover(connection)
+
+    async def reopen(self, timeout_s: float) -> None:
+        """Connect again to the same device if the link dropped (a reset ends the connection;
+        the board advertises again once it has booted). A no-op while connected."""
+        if self._connection is not None or self._device is None or self._found is None:
+            return
+        log.info("BLE link to %s dropped; connecting again", self._found)
+        self._reassembler.clear()
+        await self._join(BleTarget(address=str(self._found)), timeout_s)
 
     async def _open_hci(self) -> None:
         try:

@@ -438,6 +438,13 @@ class SmpLink:
         if self._loop is None:
             coro.close()
             raise RuntimeError(f"SMP link to {self.where} is not connected; call connect()")
+        reopen = getattr(self._transport, "reopen", None)  # BLE: a reset ends the connection
+        if reopen is not None:
+            try:
+                self._loop.run(reopen(self.timeout_s))
+            except BaseException:
+                coro.close()
+                raise
         return self._loop.run(coro)
 
     def _timeout(self, what: str, seconds: float) -> InfrastructureError:
