@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,13 +209,21 @@ class BlePeer:
             await self.device.notify_subscriber(connection, self.characteristic, part)
 
 
-async def serve_hci(link: LocalLink) -> tuple[str, Transport]:
+async def serve_hci(link: LocalLink) -> tuple[str, Callable[[], Awaitable[None]]]:
     """A controller on ``link`` whose HCI is served on a loopback TCP port, as a dongle's would
     be on its USB port: another process opens it with ``--hci tcp-client:127.0.0.1:PORT``.
-    Returns that name and the server transport (close it to stop listening)."""
+    Returns that name and the coroutine function that stops listening."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = await open_tcp_server_transport_with_socket(sock)
     Controller("host-over-tcp", host_source=server.source, host_sink=server.sink, link=link)
-    return f"tcp-client:127.0.0.1:{port}", server
+
+    async def close() -> None:
+        await server.close()
+        listener = getattr(server, "server", None)  # bumble's close() keeps the socket open
+        if listener is not None:
+            listener.close()
+            await listener.wait_closed()
+
+    return f"tcp-client:127.0.0.1:{port}", close

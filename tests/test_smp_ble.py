@@ -254,9 +254,9 @@ def test_a_device_without_the_smp_service_is_refused(loop: LoopThread, link: Loc
 
 @pytest.fixture
 def hci_port(loop: LoopThread, link: LocalLink) -> Iterator[str]:
-    name, server = loop.run(serve_hci(link))
+    name, close = loop.run(serve_hci(link))
     yield name
-    loop.run(server.close())
+    loop.run(close())
 
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
