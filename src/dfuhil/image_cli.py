@@ -107,6 +107,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--boards", type=Path, default=DEFAULT_BOARDS, metavar="FILE")
     check.add_argument("--current", metavar="VERSION", help="version the board runs now")
     check.add_argument("--slot", choices=("primary", "secondary"), help="slot the image is for")
+    check.add_argument(
+        "--ble",
+        action="store_true",
+        help="the image will go over Bluetooth LE (SMP over GATT): the board needs two slots",
+    )
     check.set_defaults(func=run_check)
 
 
@@ -403,6 +408,7 @@ def run_check(args: argparse.Namespace) -> int:
         current=current,
         slot=args.slot,
         address=loaded.address,
+        transport="ble" if args.ble else None,
     )
     print(report.text())
     return 0 if report.ok else InputError.exit_code

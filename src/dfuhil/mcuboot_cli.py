@@ -2,12 +2,15 @@
 
 The verbs of the Zephyr flow (``mcumgr image upload``, ``image list``, ``image test <hash>``,
 ``reset``, ``image confirm``), against a board of the farm (``--board``, port and baud from
-boards.yaml, SMP over UDP with ``--transport udp``), a bare port (``--port``) or a UDP address
-(``--udp``). With ``--board`` the console stays the port's owner, so the boot log that follows
-a reset lands in reports/logs/<board>.log and is shown and diagnosed; ``upload`` first checks
-the image against the board (``dfuhil image check``), and ``test``/``confirm`` refuse a hash no
-slot holds before sending anything. ``upgrade`` is the whole flow in one command that exits 0
-only when the new image runs for good (dfuhil.procedures.mcuboot_upgrade).
+boards.yaml, SMP over UDP with ``--transport udp``, over Bluetooth LE with ``--transport ble``),
+a bare port (``--port``), a UDP address (``--udp``) or a board on the air (``--ble NAME`` or
+address, through the HCI controller ``--hci``: by default the virtual farm's radio for a
+virtual board, else boards.yaml ``ble_hci``). With ``--board`` the console stays the port's
+owner, so the boot log that follows a reset lands in reports/logs/<board>.log and is shown and
+diagnosed; ``upload`` first checks the image against the board (``dfuhil image check``), and
+``test``/``confirm`` refuse a hash no slot holds before sending anything. ``upgrade`` is the
+whole flow in one command that exits 0 only when the new image runs for good
+(dfuhil.procedures.mcuboot_upgrade).
 """
 
 from __future__ import annotations
@@ -151,12 +154,24 @@ def _target(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--board", metavar="NAME", help="board in the farm (boards.yaml)")
     where.add_argument("--port", metavar="PATH", help="serial port (device path or pyserial URL)")
     where.add_argument("--udp", metavar="HOST:PORT", help="SMP over UDP")
+    where.add_argument(
+        "--ble",
+        metavar="NAME_OR_ADDRESS",
+        help="SMP over Bluetooth LE: the board's advertised name or its address",
+    )
     add_farm_options(parser)
     parser.add_argument(
         "--transport",
-        choices=("serial", "udp"),
+        choices=("serial", "udp", "ble"),
         default="serial",
         help="with --board: which of its SMP transports (default serial)",
+    )
+    parser.add_argument(
+        "--hci",
+        metavar="TRANSPORT",
+        help="with --ble / --transport ble: the Bluetooth controller as bumble names it (usb:0, "
+        "serial:/dev/ttyACM0,1000000; default: the virtual farm's radio for a virtual board, "
+        "else boards.yaml ble_hci)",
     )
     parser.add_argument("--baud", type=int, metavar="BAUD", help=f"default {DEFAULT_BAUD}")
     parser.add_argument(
@@ -204,9 +219,12 @@ def _board_console(args: argparse.Namespace, rig: Rig, board: BoardSpec) -> Cons
 
 
 @contextmanager
-def _connected(args: argparse.Namespace, *, boot_log: bool = False) -> Iterator[Target]:
-    """The SMP link the target options name; ``boot_log``: with --board over UDP, the board's
-    console is opened too, so the boot log after a reset is seen."""
+def _connected(
+    args: argparse.Namespace, *, boot_log: bool = False, ota: bool = False
+) -> Iterator[Target]:
+    """The SMP link the target options name; ``boot_log``: with --board over UDP or BLE, the
+    board's console is opened too, so the boot log after a reset is seen; ``ota``: an image
+    will be sent, so a board BLE cannot update (one slot) is refused before any radio use."""
     from dfuhil.board_cli import open_rig
     from dfuhil.errors import InputError, Problem
     from dfuhil.links.smp_link import SmpLink
@@ -214,6 +232,8 @@ def _connected(args: argparse.Namespace, *, boot_log: bool = False) -> Iterator[
     log_dir = REPORTS_DIR / "logs"
     stack = ExitStack()
     if args.board is not None:
+        if args.transport == "ble":
+            _ble_preflight(args, ota=ota)  # bad input refused before the farm or the radio
         rig, board = open_rig(args)
         scale = rig.time_scale(board)
         if args.transport == "udp":
@@ -230,6 +250,14 @@ def _connected(args: argparse.Namespace, *, boot_log: bool = False) -> Iterator[
             console = stack.enter_context(_board_console(args, rig, board)) if boot_log else None
             target = Target(SmpLink.over_udp(address, name=board.name, timeout_s=args.timeout),
                             board.name, board, console, scale, rig)  # fmt: skip
+        elif args.transport == "ble":
+            from dfuhil.links.smp_ble_hci import ble_target, resolve_hci
+
+            where = ble_target(rig.farm, board)
+            hci = resolve_hci(args.hci, farm=rig.farm, board=board, sim=rig.sim)
+            console = stack.enter_context(_board_console(args, rig, board)) if boot_log else None
+            link = SmpLink.over_ble(where, hci, name=board.name, timeout_s=args.timeout)
+            target = Target(link, board.name, board, console, scale, rig)
         else:
             console = _board_console(args, rig, board)
             mcuboot = board.mcuboot
@@ -250,10 +278,50 @@ def _connected(args: argparse.Namespace, *, boot_log: bool = False) -> Iterator[
             buf_size=args.buf_size,
         )
         target = Target(link, args.port, None, link.console)
+    elif args.ble is not None:
+        target = _ble_target(args, ota=ota)
     else:
         target = Target(SmpLink.over_udp(args.udp, timeout_s=args.timeout), args.udp, None, None)
     with stack, target.link:
         yield target
+
+
+def _ble_preflight(args: argparse.Namespace, *, ota: bool) -> None:
+    """``--board B --transport ble``: a board without the ble transport, or (``ota``) without a
+    secondary slot, is refused from boards.yaml alone."""
+    from dfuhil.farm.loader import load_farm
+    from dfuhil.links.smp_ble_hci import ble_target
+    from dfuhil.procedures.image_check import refuse_ble_ota
+
+    farm = load_farm(args.boards)
+    board = farm.board(args.board)
+    ble_target(farm, board)
+    if ota:
+        refuse_ble_ota(board, str(args.boards))
+
+
+def _ble_target(args: argparse.Namespace, *, ota: bool) -> Target:
+    """``--ble NAME_OR_ADDRESS``: a farm board advertising it is named in errors, and a virtual
+    one is reached through the running farm's radio unless ``--hci`` says otherwise."""
+    from dfuhil.farm.loader import load_farm
+    from dfuhil.farm.rig import Rig
+    from dfuhil.links.smp_ble_hci import board_advertising, resolve_hci
+    from dfuhil.links.smp_link import SmpLink
+    from dfuhil.sim.state import load_state
+
+    farm = load_farm(args.boards) if args.boards.is_file() else None
+    board = board_advertising(farm, args.ble) if farm is not None else None
+    if ota and board is not None:
+        from dfuhil.procedures.image_check import refuse_ble_ota
+
+        refuse_ble_ota(board, str(args.boards))
+    sim = load_state(args.sim_state) if board is not None and board.is_virtual else None
+    hci = resolve_hci(args.hci, farm=farm, board=board, sim=sim)
+    name = board.name if board is not None else args.ble
+    link = SmpLink.over_ble(args.ble, hci, name=name, timeout_s=args.timeout)
+    rig = Rig(farm, sim) if farm is not None and board is not None else None
+    scale = rig.time_scale(board) if rig is not None and board is not None else 1.0
+    return Target(link, name, board, None, scale, rig)
 
 
 # --- verbs ------------------------------------------------------------------------------------
@@ -286,7 +354,7 @@ def run_upload(args: argparse.Namespace) -> int:
         if not args.no_check:
             raise
         info = None  # --no-check: send it as it is (the board will have its say)
-    with _connected(args) as target:
+    with _connected(args, ota=True) as target:
         board = target.board
         if board is not None and board.mcuboot is not None and not args.no_check:
             current = running_version(target.link.image_list())
@@ -296,6 +364,7 @@ def run_upload(args: argparse.Namespace) -> int:
                 source=str(args.image),
                 current=current,
                 address=loaded.address,
+                transport=target.link.kind,
             )
             if not report.ok:
                 print(report.text())
@@ -306,6 +375,7 @@ def run_upload(args: argparse.Namespace) -> int:
             f"{target.who}: uploading {args.image} ({len(loaded.data)} bytes"
             + (f", v{info.version}" if info else "")
             + f") over {target.link.where}"
+            + (f" ({target.link.radio})" if target.link.radio else "")
             + (f"; {params}" if params else ""),
             flush=True,
         )
@@ -341,7 +411,7 @@ def run_upgrade(args: argparse.Namespace) -> int:
 
     loaded = read_image_file(args.image)  # a missing or unreadable file: nothing is opened
     image_info(loaded.data, str(args.image))  # not an MCUboot image: refused before connecting
-    with _connected(args, boot_log=True) as target, ExitStack() as stack:
+    with _connected(args, boot_log=True, ota=True) as target, ExitStack() as stack:
         board = target.board
         if board is not None:
             if board.mcuboot is None:

@@ -34,7 +34,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import ConfigDict, Field
 from smp import header as smphdr
@@ -73,6 +73,9 @@ __all__ = [
     "SmpRefused",
     "UploadResult",
 ]
+
+if TYPE_CHECKING:
+    from dfuhil.links.smp_ble import HciOpener
 
 T = TypeVar("T")
 
@@ -199,8 +202,11 @@ class SmpLink:
         console: Console | None = None,
         owns_console: bool = False,
         pipelined: bool = False,
+        loop: LoopThread | None = None,
+        kind: Literal["serial", "udp", "ble"] = "serial",
     ) -> None:
         self._transport = transport
+        self.kind = kind  # which SMP transport: pre-flight rules differ (BLE OTA needs 2 slots)
         self._address = address
         self.name = name or address
         self.where = where or address
@@ -211,6 +217,8 @@ class SmpLink:
         self._pipelined = pipelined
         self._client = SMPClient(transport, address, timeout_s=timeout_s)
         self._loop: LoopThread | None = None
+        # A loop given by the caller (an in-process radio lives on it) is the caller's to close.
+        self._given_loop = loop
         self.params: ServerParams | None = None
 
     # -- construction ----------------------------------------------------------------------
@@ -286,6 +294,38 @@ class SmpLink:
             where=f"UDP {address}",
             remedy=remedy,
             timeout_s=timeout_s,
+            kind="udp",
+        )
+
+    @classmethod
+    def over_ble(
+        cls,
+        target: str,
+        hci: str | HciOpener,
+        *,
+        name: str = "",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        scan_timeout_s: float = 10.0,
+        loop: LoopThread | None = None,
+    ) -> SmpLink:
+        """SMP over Bluetooth LE (GATT) to the board advertising ``target`` (name or address),
+        through the HCI controller ``hci`` (a bumble transport name, or an opener in tests)."""
+        from dfuhil.links.smp_ble import BleTransport  # bumble is imported only for BLE
+
+        transport = BleTransport(hci, board=name or None, scan_timeout_s=scan_timeout_s)
+        remedy = (
+            "is the board advertising its SMP service (CONFIG_MCUMGR_TRANSPORT_BT) and in range? "
+            "is --ble its name or address (boards.yaml ble)? is --hci the right controller?"
+        )
+        return cls(
+            transport,
+            target,
+            name=name or target,
+            where=f"BLE {target} via {transport.hci_name}",
+            remedy=remedy,
+            timeout_s=timeout_s,
+            loop=loop,
+            kind="ble",
         )
 
     # -- life cycle ------------------------------------------------------------------------
@@ -294,7 +334,7 @@ class SmpLink:
         """Open the transport and learn the server's buffers (MCUmgr params)."""
         if self._loop is not None and self.params is not None:
             return self.params
-        self._loop = LoopThread(f"smp-{self.name}")
+        self._loop = self._given_loop or LoopThread(f"smp-{self.name}")
         try:
             self.params = self._loop.run(self._connect())
         except BaseException:
@@ -310,7 +350,8 @@ class SmpLink:
             except (TimeoutError, OSError, SMPClientException, RuntimeError):
                 pass  # closing must not mask what went wrong before
             finally:
-                loop.close()
+                if loop is not self._given_loop:
+                    loop.close()
         self.params = None
         if self._owns_console and self.console is not None:
             self.console.close()
@@ -381,6 +422,12 @@ class SmpLink:
         return self.params
 
     @property
+    def radio(self) -> str | None:
+        """Over Bluetooth LE: the negotiated link (ATT MTU, data length, parameters)."""
+        link = getattr(self._transport, "link", None)
+        return str(link) if link is not None else None
+
+    @property
     def _board(self) -> str | None:
         """The board name for error messages; None when only a port or address is known."""
         return self.name if self.name not in (self._address, self.where) else None
@@ -391,6 +438,13 @@ class SmpLink:
         if self._loop is None:
             coro.close()
             raise RuntimeError(f"SMP link to {self.where} is not connected; call connect()")
+        reopen = getattr(self._transport, "reopen", None)  # BLE: a reset ends the connection
+        if reopen is not None:
+            try:
+                self._loop.run(reopen(self.timeout_s))
+            except BaseException:
+                coro.close()
+                raise
         return self._loop.run(coro)
 
     def _timeout(self, what: str, seconds: float) -> InfrastructureError:

@@ -186,6 +186,45 @@ def target_slot(spec: McubootSpec, board: BoardSpec, slot: SlotName | None) -> R
     return chosen
 
 
+BLE_OTA_REASON = (
+    "BLE OTA needs two slots: the application receives the new image into the secondary slot "
+    "while it runs, and board {board} has none ({why})"
+)
+BLE_OTA_FIX = (
+    "use serial recovery: dfuhil mcuboot upgrade --board {board} (the serial transport; MCUboot "
+    "writes the primary slot itself), or give the board a secondary slot (external flash)"
+)
+
+
+def ble_ota_problem(board: BoardSpec) -> str | None:
+    """Why an image cannot go to ``board`` over Bluetooth LE, or None if it can."""
+    spec = board.mcuboot
+    if spec is None:
+        return None
+    if spec.mode == "single-slot":
+        return "its MCUboot is single-slot, serial recovery only"
+    if board.layout.mcuboot_slots().secondary is None:
+        return f"flash layout {board.layout.name!r} has no mcuboot_secondary region"
+    return None
+
+
+def refuse_ble_ota(board: BoardSpec, boards_file: str = "") -> None:
+    """Pre-flight for SMP over BLE: InputError on a board without a secondary slot, before
+    any radio use (nothing is sent)."""
+    why = ble_ota_problem(board)
+    if why is not None:
+        message = BLE_OTA_REASON.format(board=board.name, why=why)
+        fix = BLE_OTA_FIX.format(board=board.name)
+        raise InputError(
+            Problem(
+                boards_file,
+                board.line or None,
+                f"boards[{board.name}].firmware",
+                f"{message}; nothing was sent. Fix: {fix}",
+            )
+        )
+
+
 def shipped_version(board: BoardSpec) -> ImageVersion | None:
     """The version of the application boards.yaml provisions, if it is a readable signed image."""
     app = board.firmware.application if board.firmware else None
@@ -214,12 +253,14 @@ def check_image(
     current: ImageVersion | None = None,
     slot: SlotName | None = None,
     address: int | None = None,
+    transport: str | None = None,
 ) -> CheckReport:
     """Check ``data`` (a .bin, or a .hex's bytes placed at ``address``) against ``board``.
 
     ``current`` is the version the board runs now (default: the version of the application
     boards.yaml provisions); ``slot`` the slot the image is meant for (default: where updates
-    go; for direct-xip the slot its ROM_FIXED address names).
+    go; for direct-xip the slot its ROM_FIXED address names); ``transport`` the SMP transport
+    it will travel over (``ble`` needs a secondary slot).
     """
     spec = board.mcuboot
     if spec is None:
@@ -228,6 +269,17 @@ def check_image(
             "there is nothing to check the image against"
         )
     checker = _Checker(data, board, spec, source, address)
+    if transport == "ble":
+        why = ble_ota_problem(board)
+        if why is None:
+            checker.add("transport", "ok", "BLE OTA: the board has a secondary slot")
+        else:
+            checker.add(
+                "transport",
+                "fail",
+                BLE_OTA_REASON.format(board=board.name, why=why),
+                BLE_OTA_FIX.format(board=board.name),
+            )
     return checker.run(current if current is not None else shipped_version(board), slot)
 
 
@@ -237,10 +289,17 @@ def check_image_file(
     *,
     current: ImageVersion | None = None,
     slot: SlotName | None = None,
+    transport: str | None = None,
 ) -> CheckReport:
     loaded = read_image_file(path)
     return check_image(
-        loaded.data, board, source=str(path), current=current, slot=slot, address=loaded.address
+        loaded.data,
+        board,
+        source=str(path),
+        current=current,
+        slot=slot,
+        address=loaded.address,
+        transport=transport,
     )
 
 

@@ -251,6 +251,19 @@ class _Upgrade:
         """Single slot: the app cannot hold an update; MCUboot's serial recovery writes the
         primary. The app reboots into it (``reset`` with ``boot_mode`` 1, GPREGRET)."""
         console = self.console
+        if self.link.kind == "ble":
+            from dfuhil.procedures.image_check import BLE_OTA_FIX, BLE_OTA_REASON
+
+            why = "its MCUboot reports single-slot mode"
+            raise InputError(
+                Problem(
+                    "",
+                    None,
+                    "transport",
+                    f"{BLE_OTA_REASON.format(board=self.who, why=why)}; nothing was sent. Fix: "
+                    + BLE_OTA_FIX.format(board=self.who),
+                )
+            )
         if console is None or self.link.console is None:
             raise InputError(
                 Problem(
@@ -548,10 +561,13 @@ def upgrade(
     new = image_info(data, source)  # an unparsable file: InputError before anything is sent
     geometry = None
     if board is not None and board.mcuboot is not None:
-        from dfuhil.procedures.image_check import check_image
+        from dfuhil.procedures.image_check import check_image, refuse_ble_ota
         from dfuhil.procedures.mcuboot_dfu import running_version
 
-        report = check_image(data, board, source=source, current=running_version(link.image_list()))
+        if link.kind == "ble":
+            refuse_ble_ota(board)  # one slot: BLE OTA cannot work; refused before any request
+        current = running_version(link.image_list())
+        report = check_image(data, board, source=source, current=current, transport=link.kind)
         if not report.ok:
             say(report.text())
             report.raise_if_refused()
