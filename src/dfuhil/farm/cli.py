@@ -24,7 +24,8 @@ COLUMNS = ("name", "chip", "board type", "roles", "probe", "serial port")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``boards check|list|discover|import-hwmap|export-hwmap``."""
+    """Add ``boards check|list|discover|import-hwmap|export-hwmap`` and ``farm places``."""
+    register_farm(subparsers)
     boards = subparsers.add_parser(
         "boards", help="check, list or discover the boards of a farm file; twister hardware maps"
     )
@@ -44,6 +45,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from dfuhil.farm import hwmap_cli
 
     hwmap_cli.register(verbs, DEFAULT_FILE)
+
+
+def register_farm(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``farm places``: a farm spread over lab hosts (labgrid)."""
+    farm = subparsers.add_parser("farm", help="boards on several lab hosts (labgrid)")
+    verbs = farm.add_subparsers(dest="farm_command", metavar="VERB", required=True)
+    from dfuhil.farm import places_cli
+
+    places_cli.register(verbs)
 
 
 def _file_argument(parser: argparse.ArgumentParser) -> None:
