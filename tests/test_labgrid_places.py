@@ -218,9 +218,7 @@ def test_check_names_missing_place_no_resources_and_wrong_tags(lab: Lab, tmp_pat
         with pytest.raises(InputError) as unmatched:  # no exporter of lab-a is up
             check_places(farm, list(farm.boards), client)
         assert "'place-vdk52832' matches no resources (lab-a/vdk52832/*)" in str(unmatched.value)
-        assert "no exporter of lab host 'lab-a' publishes group 'vdk52832'" in str(
-            unmatched.value
-        )
+        assert "no exporter of lab host 'lab-a' publishes group 'vdk52832'" in str(unmatched.value)
 
         lab.exporter("lab-a", list(BOARDS))
         check_places(farm, list(farm.boards), client)  # all well now: no error
@@ -254,9 +252,7 @@ def test_acquire_renews_heartbeat_resolves_endpoints_and_release_clears(
             assert place["acquired"] == client.name
             assert place["tags"][HOLDER].startswith(f"test run, pid {os.getpid()} on ")
             first = float(place["tags"][HEARTBEAT])
-            _wait(
-                lambda: float(client.call("places")["place-vdk52832"]["tags"][HEARTBEAT]) > first
-            )
+            _wait(lambda: float(client.call("places")["place-vdk52832"]["tags"][HEARTBEAT]) > first)
             assert lease.endpoints is not None
             assert lease.endpoints.host == "lab-a" and lease.endpoints.place == "place-vdk52832"
             assert lease.endpoints.serial_url == "rfc2217://127.0.0.1:4001"
