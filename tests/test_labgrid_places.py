@@ -9,6 +9,7 @@ named probe (what a lab host's exporter publishes for it), so no ser2net is need
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import Farm
 from dfuhil.farm.place_lease import HEARTBEAT, HOLDER, PlaceLease
 from dfuhil.farm.places import check_places, sync_places
-from tests.farmgen import subset, write_farm
+from tests.farmgen import pytest_command, subset, write_farm
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 30.0  # bound for a process to come up; never a speed claim
@@ -362,3 +363,48 @@ def test_coordinator_gone_mid_session_is_an_infrastructure_error(tmp_path: Path)
             assert f"labgrid coordinator at {address} does not answer" in str(gone.value)
     finally:
         _stop(coordinator)
+
+
+# -- the pytest layer and `dfuhil boards list` -----------------------------------------------
+
+
+def test_a_run_stops_before_any_board_when_a_place_is_missing(lab: Lab, tmp_path: Path) -> None:
+    farm = _farm(tmp_path, lab)
+    work = tmp_path / "run"
+    result = subprocess.run(
+        pytest_command(work, farm.path, "suites/test_provisioning.py", "--board", "vdk52832"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert "labgrid place 'place-vdk52832' does not exist" in out
+    assert "dfuhil farm places" in out
+    assert "place-vdk52840-swap-move" not in out  # only the selected board's place is checked
+    # Nothing was started or leased: no virtual farm state, no lease record.
+    assert not (work / "reports" / "sim" / "state.json").exists()
+    assert not (work / "reports" / "leases.jsonl").exists()
+
+
+def test_boards_list_says_where_boards_live_and_who_holds_them(lab: Lab, tmp_path: Path) -> None:
+    farm = _farm(tmp_path, lab)
+    lab.exporter("lab-a", list(BOARDS))
+    with LabgridClient(lab.address) as client:
+        sync_places(farm, client)
+        with _lease(farm, client, holder="nightly run"):
+            listed = _dfuhil("boards", "list", "--json", str(farm.path))
+        assert listed.returncode == 0, listed.stderr
+        rows = {row["name"]: row for row in json.loads(listed.stdout)}
+        assert rows["vdk52832"]["lab_host"] == "lab-a"
+        assert rows["vdk52832"]["place"] == "place-vdk52832"
+        assert rows["vdk52832"]["held_by"].startswith(f"nightly run, pid {os.getpid()} on ")
+        assert rows["vdk52840-swap-move"]["held_by"] is None
+        table = _dfuhil("boards", "list", str(farm.path)).stdout
+        assert "lab-a, place place-vdk52832" in table
+    dead = Lab(tmp_path, _free_port())
+    moved = _farm(tmp_path, dead)
+    listed = _dfuhil("boards", "list", str(moved.path))
+    assert listed.returncode == 0, listed.stderr
+    assert f"unknown: labgrid coordinator at {dead.address} does not answer" in listed.stdout
