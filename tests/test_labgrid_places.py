@@ -408,3 +408,31 @@ def test_boards_list_says_where_boards_live_and_who_holds_them(lab: Lab, tmp_pat
     listed = _dfuhil("boards", "list", str(moved.path))
     assert listed.returncode == 0, listed.stderr
     assert f"unknown: labgrid coordinator at {dead.address} does not answer" in listed.stdout
+
+
+def test_a_place_taken_while_held_is_noticed_and_an_infrastructure_error(
+    lab: Lab, tmp_path: Path
+) -> None:
+    farm = _farm(tmp_path, lab)
+    lab.exporter("lab-a", list(BOARDS))
+    with LabgridClient(lab.address) as client:
+        sync_places(farm, client)
+        lease = _lease(farm, client, holder="test run", stale_after_s=1.5)
+        lease.acquire()
+        try:
+            kick = ["-p", "place-vdk52832", "release", "--kick"]
+            kicked = subprocess.run(
+                [_bin("labgrid-client"), "-x", lab.address, *kick],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={**os.environ, "LG_USERNAME": "bob", "LG_HOSTNAME": "desk"},
+            )
+            assert kicked.returncode == 0, kicked.stderr
+            _wait(lambda: lease.lost is not None)
+            with pytest.raises(InfrastructureError) as lost:
+                lease.check_held()
+            assert "place place-vdk52832 was taken from this run (now: nobody)" in str(lost.value)
+        finally:
+            lease.release()
+        assert client.call("places")["place-vdk52832"]["acquired"] is None

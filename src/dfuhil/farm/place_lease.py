@@ -78,6 +78,7 @@ class PlaceLease:
         self.on_wait = on_wait
         self.stale_after_s = stale_after_s
         self.endpoints: RemoteEndpoints | None = None
+        self.lost: str | None = None  # why the place stopped being ours while held
         self._stop: threading.Event | None = None
         self._beat: threading.Thread | None = None
 
@@ -167,11 +168,30 @@ class PlaceLease:
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(self.stale_after_s / 3):
             try:
+                place = self.client.call("places").get(self.place)
+                if place is None or place["acquired"] != self.client.name:
+                    # Taken over (our heartbeat went stale: a stopped process, a lost network)
+                    # or kicked by hand: whatever runs now on the board is not ours alone.
+                    who = place_holder(place)[0] if place and place["acquired"] else "nobody"
+                    self.lost = f"labgrid place {self.place} was taken from this run (now: {who})"
+                    log.error("board %s: %s", self.board.name, self.lost)
+                    return
                 self._renew()
             except Exception as exc:  # the next link operation reports the rig; keep trying
                 log.warning(
                     "board %s: heartbeat of place %s failed: %s", self.board.name, self.place, exc
                 )
+
+    def check_held(self) -> None:
+        """InfrastructureError if the place was taken from this lease while it was held: what
+        ran on the board meanwhile may not have been this run's alone."""
+        if self.lost is not None:
+            raise InfrastructureError(
+                self.lost,
+                "keep a holder's heartbeat alive (a process stopped for longer than the bound, "
+                f"{self.stale_after_s:.0f} s, loses its places), then rerun",
+                board=self.board.name,
+            )
 
     def release(self) -> None:
         if self._stop is None:
