@@ -108,6 +108,11 @@ class Lab:
         self._stack.close()
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait(condition: Any, timeout: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -121,12 +126,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     with _process(
         [_bin("labgrid-coordinator"), "-l", f"127.0.0.1:{port}"], tmp_path, "coordinator.log"
     ):
-
-        def up() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        _wait(up)
+        _wait(lambda: _listening(port))
         lab = Lab(tmp_path, port)
         try:
             yield lab
@@ -349,12 +349,7 @@ def test_coordinator_gone_mid_session_is_an_infrastructure_error(tmp_path: Path)
     )
     try:
         address = f"127.0.0.1:{port}"
-
-        def up() -> bool:
-            with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", port)) == 0
-
-        _wait(up)
+        _wait(lambda: _listening(port))
         with LabgridClient(address) as client:
             client.call("places")
             _stop(coordinator)
@@ -436,3 +431,32 @@ def test_a_place_taken_while_held_is_noticed_and_an_infrastructure_error(
         finally:
             lease.release()
         assert client.call("places")["place-vdk52832"]["acquired"] is None
+
+
+def test_a_coordinator_that_never_answers_is_an_error_not_a_hang() -> None:
+    with socket.socket() as silent:  # accepts TCP (kernel backlog), never speaks gRPC
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(InfrastructureError) as silence:
+            LabgridClient(address)
+    assert f"labgrid coordinator at {address} does not answer" in str(silence.value)
+    assert "remedy: start it (labgrid-coordinator -l HOST:PORT)" in str(silence.value)
+
+
+def test_a_stopped_coordinator_mid_session_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    port = _free_port()
+    with _process(
+        [_bin("labgrid-coordinator"), "-l", f"127.0.0.1:{port}"], tmp_path, "coordinator.log"
+    ) as coordinator:
+        lab = Lab(tmp_path, port)
+        _wait(lambda: _listening(port))
+        with LabgridClient(lab.address) as client:
+            client.call("places")
+            coordinator.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(InfrastructureError) as silence:
+                    client.call("add_place", place="x")
+            finally:
+                coordinator.send_signal(signal.SIGCONT)
+        assert f"labgrid coordinator at {lab.address} does not answer" in str(silence.value)
