@@ -51,16 +51,27 @@ def resources_json(session):
     return found
 
 
+class Lost(Exception):
+    """The stream to the coordinator ended: what the session caches is no longer news."""
+
+
+async def sync(session):
+    # sync_with_coordinator returns False (it does not raise) when the stream has ended, and
+    # the session's places and resources would then be a dead coordinator's last word.
+    if not await session.sync_with_coordinator():
+        raise Lost("the connection was lost")
+
+
 async def handle(session, request):
     op = request["op"]
     stub = session.stub
     if op == "whoami":
         return f"{session.gethostname()}/{session.getuser()}"
     if op == "places":
-        await session.sync_with_coordinator()
+        await sync(session)
         return {name: place_json(p) for name, p in session.places.items()}
     if op == "resources":
-        await session.sync_with_coordinator()
+        await sync(session)
         return resources_json(session)
     place = request.get("place", "")
     if op == "add_place":
@@ -89,7 +100,7 @@ async def handle(session, request):
         )
     else:
         raise ValueError(f"unknown op {op!r}")
-    await session.sync_with_coordinator()
+    await sync(session)
     return None
 
 
@@ -119,6 +130,8 @@ async def serve(address):
         except grpc.aio.AioRpcError as exc:
             lost = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             answer(request["id"], ok=False, error=exc.details() or str(exc.code()), lost=lost)
+        except Lost as exc:
+            answer(request["id"], ok=False, error=str(exc), lost=True)
         except TimeoutError:
             answer(request["id"], ok=False, error=f"no reply within {TIMEOUT_S:.0f} s", lost=True)
         except Exception as exc:  # reported to dfuhil, which decides

@@ -124,6 +124,7 @@ class LabgridClient:
         if reply["ok"]:
             return reply["result"]
         if reply.get("lost"):
+            self.close()  # its session is dead: client_for starts a fresh one next time
             raise _unreachable(self.address, reply["error"])
         raise PlaceRefused(reply["error"])
 
