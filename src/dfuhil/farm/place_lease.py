@@ -10,7 +10,9 @@ and a heartbeat, renewed by a daemon thread every ``stale_after_s / 3`` while he
 A place held by another dfuhil run whose heartbeat is older than the bound is taken over
 (``ReleasePlace`` with ``fromuser``, what ``labgrid-client release --kick`` does; the
 coordinator releases only if that user still holds it, so two runs kicking one dead holder
-never kick each other) and the log says whose and how stale. A place acquired with no dfuhil
+never kick each other) and the log says whose and how stale (the heartbeat is the holder's
+unix time: lab hosts and CI machines keep their clocks in step, NTP, as labgrid's own
+reservations assume). A place acquired with no dfuhil
 heartbeat of its acquirer is a human's (``labgrid-client acquire``): it counts as live and is
 never kicked. Same interface as :class:`dfuhil.farm.lease.BoardLease`, so ``acquire_all`` and
 ``lease_order`` mix both kinds.
