@@ -680,7 +680,10 @@ def test_check_default_file(
 def test_list_plain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["boards", "list", str(write(tmp_path, BASE))]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["name", "chip", "board", "type", "roles", "probe", "serial", "port"]
+    assert lines[0].split() == [
+        *("name", "chip", "board", "type", "roles", "probe", "serial", "port"),
+        *("lives", "held", "by"),
+    ]
     assert lines[1].split() == [
         "vdk-a",
         "nRF52832_xxAA",
@@ -690,6 +693,8 @@ def test_list_plain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "virtual",
         "900000001",
         "virtual",
+        "local",
+        "-",
     ]
     assert "jlink 683123456 @10.0.0.7" in lines[2]
 
@@ -698,6 +703,7 @@ def test_list_rich_on_a_terminal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "200")  # 8 columns: 80 would wrap the headers
     assert run_cli(["boards", "list", str(write(tmp_path, BASE))]) == 0
     out = capsys.readouterr().out
     assert "vdk-a" in out and "serial port" in out

@@ -2,6 +2,10 @@
 
 (``boards discover`` lives in discover_cli.py, ``import-hwmap``/``export-hwmap`` in hwmap_cli.py.)
 
+``list`` also says where each board lives (local, or lab host and labgrid place) and who holds
+it now (the local lock's holder, or the place's; the coordinator is asked only when the file has
+boards with places).
+
 ``check`` is what CI and a lab engineer run after editing boards.yaml: every problem, one per
 line, in the ``FILE:LINE: field: message`` form editors jump to. ``list`` shows what the file
 resolves to (defaults filled in, virtual serial numbers assigned), as a table or as JSON for
@@ -15,16 +19,20 @@ import json
 import sys
 from typing import Any
 
-from dfuhil.errors import InputError
+from dfuhil.errors import DfuhilError, InputError
+from dfuhil.farm.labgrid_client import client_for, coordinator_address
+from dfuhil.farm.lease import local_holder
 from dfuhil.farm.loader import load_farm
-from dfuhil.farm.model import BoardSpec
+from dfuhil.farm.model import BoardSpec, Farm
+from dfuhil.farm.place_lease import place_holder
+from dfuhil.farm.places import placed_boards
 
 DEFAULT_FILE = "boards.yaml"
-COLUMNS = ("name", "chip", "board type", "roles", "probe", "serial port")
+COLUMNS = ("name", "chip", "board type", "roles", "probe", "serial port", "lives", "held by")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``boards check|list|discover|import-hwmap|export-hwmap`` and ``farm export``."""
+    """Add ``boards check|list|discover|import-hwmap|export-hwmap`` and ``farm export|places``."""
     register_farm(subparsers)
     boards = subparsers.add_parser(
         "boards", help="check, list or discover the boards of a farm file; twister hardware maps"
@@ -48,12 +56,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def register_farm(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``farm export``: a farm spread over lab hosts (labgrid)."""
+    """Add ``farm export|places``: a farm spread over lab hosts (labgrid)."""
     farm = subparsers.add_parser("farm", help="boards on several lab hosts (labgrid)")
     verbs = farm.add_subparsers(dest="farm_command", metavar="VERB", required=True)
-    from dfuhil.farm import export_cli
+    from dfuhil.farm import export_cli, places_cli
 
     export_cli.register(verbs)
+    places_cli.register(verbs)
 
 
 def _file_argument(parser: argparse.ArgumentParser) -> None:
@@ -82,16 +91,45 @@ def check_command(args: argparse.Namespace) -> int:
 def list_command(args: argparse.Namespace) -> int:
     """Print the boards as a table (rich on a terminal, plain text otherwise) or as JSON."""
     farm = load_farm(args.file)
+    holders = holders_of(farm)
     if args.json:
-        print(json.dumps([board_json(b) for b in farm.boards], indent=2))
+        print(json.dumps([board_json(b, holders[b.name]) for b in farm.boards], indent=2))
     elif sys.stdout.isatty():
-        _print_rich([table_row(b) for b in farm.boards])
+        _print_rich([table_row(b, holders[b.name]) for b in farm.boards])
     else:
-        print(plain_table([table_row(b) for b in farm.boards]))
+        print(plain_table([table_row(b, holders[b.name]) for b in farm.boards]))
     return 0
 
 
-def table_row(board: BoardSpec) -> tuple[str, ...]:
+def lives(board: BoardSpec) -> str:
+    """Where the board is: ``local``, or its lab host and labgrid place."""
+    if board.place is None:
+        return "local"
+    return f"{board.lab_host or 'any lab host'}, place {board.place}"
+
+
+def holders_of(farm: Farm) -> dict[str, str | None]:
+    """Who holds each board now: its local lock's holder, or its place's. The coordinator is
+    asked only if some board has a place; one that does not answer is said, not raised."""
+    found: dict[str, str | None] = {b.name: local_holder(b) for b in farm.boards if b.place is None}
+    placed = placed_boards(farm)
+    if not placed:
+        return found
+    try:
+        places: dict[str, Any] = client_for(coordinator_address(farm)).call("places")
+    except DfuhilError as exc:
+        why = str(exc).splitlines()[0].removeprefix("[infrastructure] ")
+        return found | {b.name: f"unknown: {why}" for b in placed}
+    for board in placed:
+        place = places.get(board.place or "")
+        if place is None:
+            found[board.name] = "unknown: no such place (run `dfuhil farm places`)"
+        else:
+            found[board.name] = place_holder(place)[0] if place["acquired"] else None
+    return found
+
+
+def table_row(board: BoardSpec, holder: str | None = None) -> tuple[str, ...]:
     """One board as the table's cells, in COLUMNS order."""
     return (
         board.name,
@@ -100,10 +138,12 @@ def table_row(board: BoardSpec) -> tuple[str, ...]:
         ", ".join(board.roles) or "-",
         str(board.probe),
         board.serial.port,
+        lives(board),
+        holder or "-",
     )
 
 
-def board_json(board: BoardSpec) -> dict[str, Any]:
+def board_json(board: BoardSpec, holder: str | None = None) -> dict[str, Any]:
     """A board for scripts: resolved values, absolute firmware paths."""
     firmware = board.firmware
     return {
@@ -137,6 +177,9 @@ def board_json(board: BoardSpec) -> dict[str, Any]:
         "flash_layout": board.layout.name,
         "mcuboot": _mcuboot_json(board),
         "smp_udp": board.smp_udp,
+        "place": board.place,
+        "lab_host": board.lab_host,
+        "held_by": holder,
         "line": board.line,
     }
 

@@ -109,6 +109,20 @@ def _holder(handle: TextIO) -> str:
     return handle.read().strip() or "another process (it wrote no name)"
 
 
+def local_holder(board: BoardSpec) -> str | None:
+    """Who holds the board's lock now (any farm process's, for a virtual board), or None.
+
+    A lock file outlives its lease (it is never removed), so only a lock taken now counts."""
+    key = lease_key(board)
+    for path in sorted(LOCK_DIR.glob(f"{key}.lock")) + sorted(LOCK_DIR.glob(f"{key}-farm*.lock")):
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _holder(handle)
+    return None
+
+
 def lease_order(leases: Iterable[BoardLease]) -> list[BoardLease]:
     """The one global order every holder of several boards takes them in: by lock name."""
     return sorted(leases, key=lambda lease: lease.key)
