@@ -99,6 +99,7 @@ class VirtualFarm:
                     snr=board.snr,
                     endpoint=self.debug_port.endpoint,
                     smp_udp=board.udp.address,
+                    debug_tcp=self.debug_port.tcp_endpoint,
                 )
                 for name, board in self.boards.items()
             },
