@@ -4,15 +4,15 @@ virtual farm's TCP debug port, as a Rig attached to the place's endpoints reache
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ser2netproc
-from ruamel.yaml import YAML
+from simfarm import shipped_subset
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.farm.loader import load_farm
@@ -49,22 +49,16 @@ def place_of(name: str) -> str:
 
 def boards_file(path: Path, names: tuple[str, ...]) -> Path:
     """The shipped boards.yaml with these boards, each on lab host lab-a in a place of its own."""
-    yaml = YAML()
-    data = yaml.load((ROOT / "boards.yaml").read_text())
-    data["boards"] = [b for b in data["boards"] if b["name"] in names]
-    for board in data["boards"]:
-        if board["name"] == SMP_BOARD:  # a DK's J-Link VCOM: paced, so requests pipeline
-            data["firmware_sets"][board["firmware"]]["mcuboot"]["smp_uart"] = {"delivery": "paced"}
-        board["place"] = place_of(board["name"])
-        board["lab_host"] = HOST
-    data["virtual_farm"] = {"time_scale": TIME_SCALE}
-    out = io.StringIO()
-    yaml.dump(data, out)
-    text = out.getvalue()
-    for folder in ("firmware/", "examples/"):
-        text = text.replace(f" {folder}", f" {ROOT / folder}/")
-    path.write_text(text)
-    return path
+
+    def on_lab_host(data: Any) -> None:
+        for board in data["boards"]:
+            if board["name"] == SMP_BOARD:  # a DK's J-Link VCOM: paced, so requests pipeline
+                mcuboot = data["firmware_sets"][board["firmware"]]["mcuboot"]
+                mcuboot["smp_uart"] = {"delivery": "paced"}
+            board["place"] = place_of(board["name"])
+            board["lab_host"] = HOST
+
+    return shipped_subset(path, names, TIME_SCALE, on_lab_host)
 
 
 @dataclass
