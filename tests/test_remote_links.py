@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,20 @@ def test_a_board_with_a_place_is_unreachable_until_its_place_is_leased(lab: Lab)
     rig.detach_remote(SMP_BOARD)
     with pytest.raises(InfrastructureError, match="not leased"):
         rig.serial_url(board)
+
+
+def test_a_real_board_with_a_place_is_probed_through_the_j_link_remote_server(lab: Lab) -> None:
+    virtual = lab.farm.board(SMP_BOARD)
+    for tool in ("pynrfjprog", "nrfutil"):
+        real = replace(virtual, probe=replace(virtual.probe, backend=tool))
+        rig = Rig(replace(lab.farm, boards=(real,)))
+        endpoints = replace(lab.endpoints(SMP_BOARD), probe="127.0.0.1:19020")
+        rig.attach_remote(SMP_BOARD, endpoints)
+        probe = rig.probe(real)  # not opened: there is no J-Link Remote Server here
+        assert type(probe).__name__ == ("NrfutilProbe" if tool == "nrfutil" else "Probe")
+        assert (probe.target.ip, probe.target.port) == ("127.0.0.1", 19020)
+        assert probe.target.snr == virtual.probe.snr
+        assert rig.time_scale(real) == 1.0
 
 
 def test_console_over_rfc2217_keeps_early_boot_lines_and_smp_uploads_and_lists(

@@ -73,8 +73,8 @@ class Rig:
             raise InfrastructureError(
                 f"the board lives in labgrid place {board.place}{host}, which is not leased "
                 "by this run",
-                "reach it through a lease (the pytest `board` fixtures acquire its place), or "
-                f"run `labgrid-client -p {board.place} acquire` and attach it",
+                "reach it through the pytest board fixtures, which lease its place and attach "
+                f"its endpoints; `labgrid-client -p {board.place} show` says who holds it",
                 board=board.name,
             )
         return endpoints
@@ -118,13 +118,18 @@ class Rig:
                     target, command, time_scale=self.time_scale(board), extras=factory
                 )
             return Probe(target, factory, time_scale=self.time_scale(board))
+        return self._jlink_probe(board, board.probe.ip, board.probe.port)
+
+    def _jlink_probe(self, board: BoardSpec, ip: str | None, port: int | None) -> Probe:
+        """A J-Link on USB (no ``ip``) or behind a J-Link Remote Server, driven by the board's
+        probe tool."""
         target = ProbeTarget(
             board=board.name,
             chip=board.chip,
             snr=board.probe.snr,
-            ip=board.probe.ip,
+            ip=ip,
             speed_khz=board.probe.speed_khz,
-            port=board.probe.port,
+            port=port,
             allow_recover=board.probe.allow_recover,
         )
         if board.probe.tool == "nrfutil":
@@ -143,19 +148,7 @@ class Rig:
             )
             factory = virtual_factory(f"tcp:{remote.probe}")
             return Probe(target, factory, time_scale=self.time_scale(board))
-        ip, port = split_host_port(remote.probe)
-        target = ProbeTarget(
-            board=board.name,
-            chip=board.chip,
-            snr=board.probe.snr,
-            ip=ip,
-            speed_khz=board.probe.speed_khz,
-            port=port,
-            allow_recover=board.probe.allow_recover,
-        )
-        if board.probe.tool == "nrfutil":
-            return NrfutilProbe(target, self.nrfutil)
-        return Probe(target, jlink_factory)
+        return self._jlink_probe(board, *split_host_port(remote.probe))
 
     def debug_endpoint(self, board: BoardSpec) -> str:
         """A virtual board's debug port (power cuts, line faults): the local farm's socket, or
