@@ -4,6 +4,9 @@ A test opens the console *before* it resets the board, so a background thread is
 collecting when the first boot line arrives; ``expect()`` then searches that collected text
 from a cursor, the way pytest-embedded's ``dut.expect()`` does. Every line also goes to a
 timestamped log file, because the log is what a QA engineer reads when a nightly run fails.
+
+A board on another lab host has its console over RFC 2217 (``where`` names its lab host and
+place): a server that drops mid-test is an InfrastructureError naming host, place and port.
 """
 
 from __future__ import annotations
