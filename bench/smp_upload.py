@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import io
 import subprocess
 import sys
 import tempfile
@@ -49,9 +48,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cbor2
-from ruamel.yaml import YAML
 from smpclient import SMPClient
 from smpclient.requests.image_management import ImageUploadWrite
 from smpclient.transport.serial import SMPSerialTransport
@@ -67,6 +66,9 @@ from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
 from dfuhil.sim.state import FarmProcess, SimState
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from simfarm import shipped_subset  # noqa: E402  (tests/simfarm.py)
+
 SMPMGR = ROOT / ".venv" / "bin" / "smpmgr"
 BOARD = "vdk52840-swap-move"
 BAUD = 115200
@@ -84,19 +86,12 @@ class Row:
 
 def boards_file(path: Path, time_scale: float) -> Path:
     """The shipped boards.yaml with the one board, paths absolute, its paced UART stated."""
-    yaml = YAML()
-    data = yaml.load((ROOT / "boards.yaml").read_text())
-    data["boards"] = [b for b in data["boards"] if b["name"] == BOARD]
-    firmware = data["firmware_sets"][data["boards"][0]["firmware"]]
-    firmware["mcuboot"]["smp_uart"] = {"delivery": "paced"}
-    data["virtual_farm"] = {"time_scale": time_scale}
-    out = io.StringIO()
-    yaml.dump(data, out)
-    text = out.getvalue()
-    for folder in ("firmware/", "examples/"):
-        text = text.replace(f" {folder}", f" {ROOT / folder}/")
-    path.write_text(text)
-    return path
+
+    def paced(data: Any) -> None:
+        firmware = data["firmware_sets"][data["boards"][0]["firmware"]]
+        firmware["mcuboot"]["smp_uart"] = {"delivery": "paced"}
+
+    return shipped_subset(path, [BOARD], time_scale, paced)
 
 
 def grown_image(board: BoardSpec, size: int) -> bytes:

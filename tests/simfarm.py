@@ -7,14 +7,16 @@ tests never depend on the shipped boards.yaml being served, and stop it when the
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from intelhex import IntelHex
+from ruamel.yaml import YAML
 
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import Farm
@@ -203,3 +205,29 @@ def wait_cpu_status(api: VirtualLowLevelAPI, prefix: str, timeout_s: float = WAI
         timeout_s,
     )
     return status
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shipped_subset(
+    path: Path,
+    names: Sequence[str],
+    time_scale: float,
+    edit: Callable[[Any], None] | None = None,
+) -> Path:
+    """The shipped boards.yaml with only ``names`` (``edit`` may change the loaded document
+    first), file paths made absolute."""
+    yaml = YAML()
+    data = yaml.load((REPO / "boards.yaml").read_text())
+    data["boards"] = [b for b in data["boards"] if b["name"] in names]
+    data["virtual_farm"] = {"time_scale": time_scale}
+    if edit is not None:
+        edit(data)
+    out = io.StringIO()
+    yaml.dump(data, out)
+    text = out.getvalue()
+    for folder in ("firmware/", "examples/"):
+        text = text.replace(f" {folder}", f" {REPO / folder}/")
+    path.write_text(text)
+    return path

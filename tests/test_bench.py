@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -95,3 +97,26 @@ def test_power_cut_bench_stops_at_its_budget_and_says_so() -> None:
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("swap-scratch")]
     assert rows and rows[0][:4] == ["swap-scratch", "perm", "83", "whole"], done.stdout
     assert "(budget spent)" in done.stdout
+
+
+def test_rfc2217_upload_bench_runs_both_ways_with_the_same_requests() -> None:
+    """Figures, not timings: both ways upload the same image in the same requests and window."""
+    bench = [str(ROOT / "bench" / "rfc2217_upload.py"), "--time-scale", "0.05"]
+    bench += ["--image-kib", "16", "--rounds", "1"]
+    done = subprocess.run(
+        [sys.executable, *bench], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    if done.returncode == 2 and "ser2net missing" in done.stderr:
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0, done.stderr
+    notes = {
+        way: line.split("  ", 1)[-1]
+        for line in done.stdout.splitlines()
+        for way in ("local pty", "RFC 2217 (ser2net)")
+        if line.startswith(way)
+    }
+    assert len(notes) == 2, done.stdout
+    requests = {way: re.search(r"(\d+) requests, window (\d+)", n) for way, n in notes.items()}
+    assert all(m is not None for m in requests.values()), done.stdout
+    assert len({m.groups() for m in requests.values() if m is not None}) == 1, done.stdout
+    assert "RFC 2217 / local:" in done.stdout

@@ -9,7 +9,6 @@ absence of tracebacks are what a person sees.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import subprocess
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
+from simfarm import shipped_subset
 
 from dfuhil.cli import main
 from dfuhil.farm.loader import load_farm
@@ -41,17 +40,7 @@ BANNER = "Booting Zephyr OS build"
 
 def farm_subset(path: Path, names: list[str], time_scale: float) -> Path:
     """The shipped boards.yaml with only ``names``, file paths made absolute."""
-    yaml = YAML()
-    data = yaml.load((REPO / "boards.yaml").read_text())
-    data["boards"] = [b for b in data["boards"] if b["name"] in names]
-    data["virtual_farm"] = {"time_scale": time_scale}
-    out = io.StringIO()
-    yaml.dump(data, out)
-    text = out.getvalue()
-    for folder in ("firmware/", "examples/"):
-        text = text.replace(f" {folder}", f" {REPO / folder}/")
-    path.write_text(text)
-    return path
+    return shipped_subset(path, names, time_scale)
 
 
 @dataclass

@@ -4,6 +4,9 @@ A test opens the console *before* it resets the board, so a background thread is
 collecting when the first boot line arrives; ``expect()`` then searches that collected text
 from a cursor, the way pytest-embedded's ``dut.expect()`` does. Every line also goes to a
 timestamped log file, because the log is what a QA engineer reads when a nightly run fails.
+
+A board on another lab host has its console over RFC 2217 (``where`` names its lab host and
+place): a server that drops mid-test is an InfrastructureError naming host, place and port.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ import serial
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import FrameTextDecoder
 from dfuhil.formats.smp import SerialFrameDecoder, SmpPacket, encode_frames
-from dfuhil.links.serial_port import PORT_ERRORS, open_failure, port_options, timestamp
+from dfuhil.links.serial_port import (
+    PORT_ERRORS,
+    dropped_remedy,
+    is_network,
+    open_failure,
+    open_serial,
+    port_options,
+    timestamp,
+)
 from dfuhil.links.smp_log import describe_packet
 
 __all__ = ["Console", "ExpectTimeout", "UnexpectedOutput", "follow"]
@@ -89,8 +100,10 @@ class Console:
         name: str = "",
         open_timeout: float = 0.0,
         protocol: str = "text",
+        where: str = "",
     ) -> None:
         self._url = url
+        self._where = where  # "lab host H, place P" for a board on another lab host
         self._baud = baud
         self._rtscts = rtscts
         self._log_path = Path(log_path) if log_path is not None else None
@@ -283,7 +296,7 @@ class Console:
         start = time.monotonic()
         while True:
             try:
-                return serial.serial_for_url(self._url, **kwargs)
+                return open_serial(self._url, kwargs)
             except ValueError as exc:
                 last: BaseException = exc
                 break  # a malformed URL will not fix itself
@@ -293,7 +306,7 @@ class Console:
             if waited >= timeout:
                 break
             time.sleep(min(_OPEN_RETRY_S, timeout - waited))
-        message, remedy = open_failure(self._url, last, time.monotonic() - start)
+        message, remedy = open_failure(self._url, last, time.monotonic() - start, self._where)
         raise InfrastructureError(message, remedy, board=self._name or None) from None
 
     # -- the reader thread -----------------------------------------------------------------
@@ -521,6 +534,13 @@ class Console:
         return f"--- full log: {self._log_path} ---"
 
     def _vanished_error(self) -> InfrastructureError:
+        if is_network(self._url):
+            where = f" [{self._where}]" if self._where else ""
+            return InfrastructureError(
+                f"serial port {self._url}{where} dropped ({self._lost})",
+                dropped_remedy(self._url, self._where),
+                board=self._name or None,
+            )
         return InfrastructureError(
             f"serial port {self._url} vanished ({self._lost})",
             "check the USB cable and hub power; if the board's USB port re-enumerates on reset, "

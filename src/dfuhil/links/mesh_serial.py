@@ -30,7 +30,7 @@ import serial
 from dfuhil.errors import InfrastructureError
 from dfuhil.formats.meshdfu import Frame, FrameReader, describe_frame, frame
 from dfuhil.links.serial_port import PORT_ERRORS as _PORT_ERRORS
-from dfuhil.links.serial_port import open_failure, port_options, timestamp
+from dfuhil.links.serial_port import open_failure, open_serial, port_options, timestamp
 
 __all__ = ["MeshSerialLink"]
 
@@ -121,7 +121,7 @@ class MeshSerialLink:
         self._open_log()
         self.note(f"--- opening {self._url} at {self._baud} baud, rtscts={self._rtscts} ---")
         try:
-            port = serial.serial_for_url(self._url, **self._port_options())
+            port = open_serial(self._url, self._port_options())
         except (ValueError, serial.SerialException, OSError) as exc:
             message, remedy = open_failure(self._url, exc)
             self.note(f"--- could not open: {message} ---")

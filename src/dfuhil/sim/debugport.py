@@ -1,5 +1,10 @@
 """The virtual farm's debug port: a loopback socket standing in for SWD through a J-Link.
 
+It listens on a Unix socket (the local host's probes) and on TCP 127.0.0.1 (an ephemeral port,
+``debug_tcp`` in the state file): what a lab exporter publishes as the board's probe endpoint,
+the way a J-Link Remote Server publishes a real probe. Both carry the same frames, so power cuts
+and probe losses work for a remote host exactly as for a local one.
+
 Requests and answers are length-prefixed JSON (4-byte big-endian length), bytes as base64. One
 socket serves every virtual board of the farm, addressed by probe serial number, exactly as one
 J-Link DLL enumerates every probe on a host. The client is ``dfuhil.sim.lowlevel``.
@@ -233,9 +238,16 @@ def _probe_loss(link: ProbeLink, a: dict[str, Any]) -> dict[str, Any]:
 
 
 class DebugPortServer:
-    """Serves the boards of one virtual farm on a Unix socket."""
+    """Serves the boards of one virtual farm on a Unix socket and on TCP loopback."""
 
-    def __init__(self, path: str, boards: dict[int, VirtualBoard], time_scale: float) -> None:
+    def __init__(
+        self,
+        path: str,
+        boards: dict[int, VirtualBoard],
+        time_scale: float,
+        *,
+        tcp_host: str = "127.0.0.1",
+    ) -> None:
         self.path = path
         self.boards = boards
         self.time_scale = time_scale
@@ -244,32 +256,49 @@ class DebugPortServer:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(path)
         self._sock.listen(16)
+        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._tcp.bind((tcp_host, 0))
+        self._tcp.listen(16)
         self._stop = threading.Event()
         self._links = {snr: ProbeLink(snr) for snr in boards}
         self._links_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept_loop, name="debugport", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._accept_loop, args=(sock,), name=name, daemon=True)
+            for sock, name in ((self._sock, "debugport"), (self._tcp, "debugport-tcp"))
+        ]
 
     @property
     def endpoint(self) -> str:
         return f"unix:{self.path}"
 
+    @property
+    def tcp_endpoint(self) -> str:
+        """``HOST:PORT`` of the TCP listener (what a lab exporter publishes as ``probe``)."""
+        host, port = self._tcp.getsockname()[:2]
+        return f"{host}:{port}"
+
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
         self._stop.set()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
+        for sock in (self._sock, self._tcp):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = listener.accept()
             except OSError:
                 return
+            if conn.family == socket.AF_INET:  # one small frame per request: no Nagle delay
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:

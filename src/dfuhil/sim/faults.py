@@ -49,7 +49,7 @@ from typing import Any
 from dfuhil.errors import InfrastructureError, InputError
 from dfuhil.farm.model import LineFaults
 from dfuhil.sim.uart_faults import checked_line_faults
-from dfuhil.sim.wire import recv_message, send_message
+from dfuhil.sim.wire import connect_debug_port, debug_port_address, recv_message, send_message
 
 _REMEDY = "check that the virtual farm (`dfuhil sim serve`) is running and serves this board"
 
@@ -58,11 +58,13 @@ class FaultInjector:
     """Power and flash-counter control of one virtual board (probe serial ``snr``)."""
 
     def __init__(self, endpoint: str, snr: int) -> None:
-        if not endpoint.startswith("unix:"):
-            raise InputError(f"unsupported virtual debug port endpoint {endpoint!r}")
+        try:
+            self._address = debug_port_address(endpoint)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         self.endpoint = endpoint
         self.snr = snr
-        self._path = endpoint.removeprefix("unix:")
+        self._path = endpoint.removeprefix("unix:").removeprefix("tcp:")
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
 
@@ -157,13 +159,12 @@ class FaultInjector:
 
     def _connect(self) -> socket.socket:
         if self._sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(self._path)
+                sock = connect_debug_port(self._address)
             except OSError as exc:
-                sock.close()
                 raise InfrastructureError(
-                    f"virtual farm debug port {self._path} not reachable: {exc.strerror}", _REMEDY
+                    f"virtual farm debug port {self._path} not reachable: {exc.strerror or exc}",
+                    _REMEDY,
                 ) from None
             self._sock = sock
         return self._sock

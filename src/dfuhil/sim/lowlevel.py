@@ -17,7 +17,14 @@ from pynrfjprog import Parameters
 from pynrfjprog.APIError import APIError, NrfjprogdllErr
 from pynrfjprog.LowLevel import ConfigFile
 
-from dfuhil.sim.wire import decode_bytes, encode_bytes, recv_message, send_message
+from dfuhil.sim.wire import (
+    connect_debug_port,
+    debug_port_address,
+    decode_bytes,
+    encode_bytes,
+    recv_message,
+    send_message,
+)
 
 _U32 = 0xFFFFFFFF
 DEFAULT_SPEED_KHZ = 2000
@@ -75,9 +82,8 @@ class VirtualLowLevelAPI:
         endpoint: str,
     ) -> None:
         self._family = _family_name(device_family)
-        if not endpoint.startswith("unix:"):
-            raise ValueError(f"unsupported virtual debug port endpoint {endpoint!r}")
-        self._path = endpoint.removeprefix("unix:")
+        self._address = debug_port_address(endpoint)
+        self._path = endpoint.removeprefix("unix:").removeprefix("tcp:")  # for messages
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._snr: int | None = None
@@ -99,14 +105,12 @@ class VirtualLowLevelAPI:
     def open(self) -> None:
         if self._sock is not None:
             raise RuntimeError("API instance is already opened.")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(self._path)
+            sock = connect_debug_port(self._address)
         except OSError as exc:
-            sock.close()
             raise APIError(
                 NrfjprogdllErr.JLINKARM_DLL_ERROR,
-                f"virtual farm debug port {self._path} not reachable: {exc.strerror}",
+                f"virtual farm debug port {self._path} not reachable: {exc.strerror or exc}",
             ) from None
         self._sock = sock
 

@@ -43,7 +43,14 @@ def _uart_delivery(spec: BoardSpec) -> Delivery:
 class VirtualFarm:
     """The boards, their shared clock and air, and the debug port that reaches them."""
 
-    def __init__(self, farm: Farm, *, time_scale: float | None = None, log_dir: Path | None = None):
+    def __init__(
+        self,
+        farm: Farm,
+        *,
+        time_scale: float | None = None,
+        log_dir: Path | None = None,
+        debug_host: str = "127.0.0.1",
+    ):
         self.clock = VirtualClock(time_scale if time_scale is not None else farm.time_scale)
         self.radio = RadioMedium(farm.radio, self.clock)
         self.boards: dict[str, VirtualBoard] = {}
@@ -72,6 +79,7 @@ class VirtualFarm:
             os.path.join(self._sockdir, "debug.sock"),
             {b.snr: b for b in self.boards.values()},
             self.clock.time_scale,
+            tcp_host=debug_host,  # loopback unless a lab host publishes it to the network
         )
 
     def start(self) -> None:
@@ -99,6 +107,7 @@ class VirtualFarm:
                     snr=board.snr,
                     endpoint=self.debug_port.endpoint,
                     smp_udp=board.udp.address,
+                    debug_tcp=self.debug_port.tcp_endpoint,
                 )
                 for name, board in self.boards.items()
             },
@@ -113,6 +122,7 @@ def serve(
     log_dir: Path | None = None,
     ready: threading.Event | None = None,
     watch_pid: int | None = None,
+    debug_host: str = "127.0.0.1",
 ) -> int:
     """Run until SIGINT/SIGTERM; the state file exists exactly while the farm is up.
 
@@ -123,7 +133,7 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-    virtual = VirtualFarm(farm, time_scale=time_scale, log_dir=log_dir)
+    virtual = VirtualFarm(farm, time_scale=time_scale, log_dir=log_dir, debug_host=debug_host)
     virtual.start()
     state = virtual.state(state_file, farm.path)
     lock = threading.Lock()

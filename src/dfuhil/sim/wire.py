@@ -63,3 +63,37 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
             return None
         chunks += chunk
     return bytes(chunks)
+
+
+CONNECT_TIMEOUT_S = 5.0  # a lab host that does not answer must not hang the run
+
+
+def debug_port_address(endpoint: str) -> str | tuple[str, int]:
+    """Where a debug port endpoint points: ``unix:PATH`` (the local farm) gives the path;
+    ``tcp:HOST:PORT`` or ``HOST:PORT`` (a farm on a lab host, its ``debug_tcp``) gives
+    ``(host, port)``. Anything else is a ValueError naming the forms it takes."""
+    if endpoint.startswith("unix:"):
+        return endpoint.removeprefix("unix:")
+    host, sep, port = endpoint.removeprefix("tcp:").rpartition(":")
+    if sep and host and port.isdigit() and 0 < int(port) < 65536:
+        return host.strip("[]"), int(port)
+    raise ValueError(
+        f"unsupported virtual debug port endpoint {endpoint!r} "
+        "(unix:PATH, tcp:HOST:PORT or HOST:PORT)"
+    )
+
+
+def connect_debug_port(address: str | tuple[str, int]) -> socket.socket:
+    """A connected socket to a debug port (OSError when it is not there)."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        sock.connect(address)
+        sock.settimeout(None)
+        if family == socket.AF_INET:  # one small frame per request: no Nagle delay
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
