@@ -47,6 +47,7 @@ from dfuhil.farm.schema import (
     BOARD_NAME_RE,
     UNION_TAGS,
     VIRTUAL_PORT,
+    BleLinkSchema,
     BleSchema,
     BoardSchema,
     FarmSchema,
@@ -70,6 +71,7 @@ from dfuhil.formats.chips import (
 from dfuhil.formats.mcuboot import KeyFileError, load_public_key
 from dfuhil.formats.mcuboot_build import SerialRecovery
 from dfuhil.formats.pm_static import read_pm_static
+from dfuhil.formats.ble_link import LinkConfig
 from dfuhil.formats.smp_uart import SmpUart
 from dfuhil.formats.yamltext import load_round_trip
 
@@ -688,6 +690,7 @@ class _Resolver:
             serial_recovery=None if sr is None else SerialRecovery(wait_ms=sr.wait_ms),
             builds=builds,
             smp_uart=None if schema.smp_uart is None else SmpUart(**schema.smp_uart.model_dump()),
+            ble_link=LinkConfig(**(schema.ble_link or BleLinkSchema()).model_dump()),
         )
 
     def _check_key(self, key: Path, allow_sample: bool, loc: Loc) -> None:

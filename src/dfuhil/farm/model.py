@@ -18,6 +18,7 @@ from dfuhil.formats.mcuboot import PublicKey, load_public_key
 from dfuhil.formats.mcuboot_build import FlashGeometry, SerialRecovery, Slot
 from dfuhil.formats.mcuboot_trailer import Mode, TrailerLayout
 from dfuhil.formats.meshdfu import STARTED_APPLICATION_PATTERN
+from dfuhil.formats.ble_link import LinkConfig
 from dfuhil.formats.smp_uart import SmpUart
 
 VIRTUAL_PORT = "virtual"
@@ -185,6 +186,7 @@ class McubootSpec:
     serial_recovery: SerialRecovery | None = None
     builds: tuple[tuple[str, Path], ...] = ()
     smp_uart: SmpUart | None = None  # the app's SMP UART as boards.yaml states it
+    ble_link: LinkConfig = LinkConfig()  # the app's Bluetooth LE link (stock unless stated)
 
     @property
     def uart(self) -> SmpUart:

@@ -1,0 +1,194 @@
+"""SMP over Bluetooth LE on the virtual farm, seen from a plain bumble central in another process.
+
+One farm process serves the shipped swap-move board (serial, UDP and BLE); the tests join its
+radio the way any host does, through the HCI transport the farm publishes (SimState.ble_hci),
+with bumble's own API only: no dfuhil host code on the central's side. The serial answers the
+BLE answers are compared with are read off the board's pty with the ``smp`` package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cbor2
+import pytest
+import serial
+from bumble.core import UUID, AdvertisingData
+from bumble.device import Device, Peer
+from bumble.gatt import Characteristic
+from bumble.hci import Address
+from bumble.transport import open_transport
+from smp import header as smphdr
+from smpwire import read_frames, smp_frames
+from test_mcuboot_cli import BANNER, BOARD, farm_subset
+
+from dfuhil.farm.loader import load_farm
+from dfuhil.farm.model import BoardSpec
+from dfuhil.farm.rig import Rig
+from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
+from dfuhil.sim.state import FarmProcess, SimState
+
+REPO = Path(__file__).resolve().parents[1]
+TIME_SCALE = 0.05
+WAIT_S = 30.0  # a bound on a hang, never a speed claim
+SMP_SERVICE = "8D53DC1D-1DB7-4CD3-868B-8A527460AA84"
+SMP_CHARACTERISTIC = "DA2E7828-FBCE-4E01-AE9E-261174997C48"
+NAME = "vdk-swap-move"
+CENTRAL_MTU = 247
+LOCK_S = 5.0  # nRF Desktop's DFU lock timeout (boards.yaml dfu_lock_timeout_ms)
+
+
+@dataclass
+class BleFarm:
+    boards: Path
+    state: SimState
+    board: BoardSpec
+    log: Path
+
+    @property
+    def hci(self) -> str:
+        assert self.state.ble_hci is not None
+        return self.state.ble_hci
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BleFarm]:
+    work = tmp_path_factory.mktemp("sim-ble")
+    if not (REPO / "firmware" / "virtual" / "keys").is_dir():
+        pytest.fail("no sample firmware: run `make firmware` first")
+    boards = farm_subset(work / "boards.yaml", [BOARD], TIME_SCALE)
+    state_file = work / "state.json"
+    with FarmProcess(boards, state_file, log_dir=work / "sim", time_scale=TIME_SCALE) as state:
+        spec = load_farm(boards).board(BOARD)
+        rig = Rig(load_farm(boards), state)
+        with rig.console(spec, open_timeout=5.0) as console, rig.probe(spec) as probe:
+            Provisioner(ProvisioningPlan.for_board(spec), probe).run(STEPS)
+            console.expect(BANNER, timeout=20)
+        yield BleFarm(boards, state, spec, work / "sim" / f"{BOARD}.sim.log")
+
+
+# --- a plain bumble central ------------------------------------------------------------------
+
+
+def request(group: int, command: int, op: int, payload: bytes, seq: int) -> bytes:
+    header = smphdr.Header(
+        op=smphdr.OP(op),
+        version=smphdr.Version.V2,
+        flags=smphdr.Flag(0),
+        length=len(payload),
+        group_id=group,
+        sequence=seq,
+        command_id=command,
+    )
+    return bytes(header) + payload
+
+
+ECHO = request(0, 0, 2, bytes.fromhex("a16164656869206274"), 7)  # {"d": "ehi bt"}
+IMAGE_LIST = request(1, 0, 0, bytes.fromhex("a0"), 8)  # image state read, {}
+
+
+async def find(device: Device, name: str, timeout_s: float = WAIT_S) -> Address:
+    found: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
+
+    def on_advertisement(advertisement: object) -> None:
+        data = getattr(advertisement, "data", None)
+        uuids = data.get(AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS) if data else None
+        if data is not None and data.get(AdvertisingData.COMPLETE_LOCAL_NAME) == name:
+            if not found.done():
+                found.set_result(advertisement.address)  # type: ignore[attr-defined]
+        del uuids
+
+    device.on("advertisement", on_advertisement)
+    await device.start_scanning(active=True)
+    try:
+        return await asyncio.wait_for(found, timeout_s)
+    finally:
+        await device.stop_scanning()
+
+
+async def smp_exchange(hci: str, packets: list[bytes], *, mtu: int = CENTRAL_MTU) -> dict[str, object]:
+    """Connect to the board by name, exchange MTU, subscribe, write each request without
+    response and collect each answer (notifications joined until the header's length)."""
+    async with await open_transport(hci) as (source, sink):
+        device = Device.with_hci("central", Address("F0:F1:F2:F3:F4:F5"), source, sink)
+        await device.power_on()
+        address = await find(device, NAME)
+        connection = await device.connect(address)
+        peer = Peer(connection)
+        negotiated = await peer.request_mtu(mtu)
+        await peer.discover_services([UUID(SMP_SERVICE)])
+        service = peer.get_services_by_uuid(UUID(SMP_SERVICE))[0]
+        await service.discover_characteristics()
+        characteristic = service.get_characteristics_by_uuid(UUID(SMP_CHARACTERISTIC))[0]
+        properties = int(characteristic.properties)
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+        buffer = bytearray()
+
+        def on_notification(value: bytes) -> None:
+            buffer.extend(value)
+            if len(buffer) >= 8 and len(buffer) >= 8 + int.from_bytes(buffer[2:4], "big"):
+                answers.put_nowait(bytes(buffer))
+                buffer.clear()
+
+        await peer.subscribe(characteristic, on_notification)
+        out = []
+        for packet in packets:
+            await peer.write_value(characteristic, packet, with_response=False)
+            out.append(await asyncio.wait_for(answers.get(), WAIT_S))
+        await connection.disconnect()
+        return {"answers": out, "mtu": negotiated, "properties": properties}
+
+
+def serial_answer(state: SimState, packet: bytes) -> bytes:
+    with serial.Serial(state.board(BOARD).serial, 115200, timeout=0.2) as port:
+        port.reset_input_buffer()
+        port.write(smp_frames(packet))
+        return read_frames(port)[1]
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def test_the_farm_publishes_its_link_as_a_bumble_transport(farm: BleFarm) -> None:
+    assert farm.hci.startswith("tcp-client:127.0.0.1:")
+
+
+def lock_expired() -> None:
+    """Wait out nRF Desktop's DFU lock (5 s device time) that the last image command took."""
+    time.sleep(LOCK_S * TIME_SCALE + 0.2)
+
+
+def test_smp_over_gatt_answers_as_serial_does_byte_for_byte(farm: BleFarm) -> None:
+    lock_expired()
+    over_serial = [serial_answer(farm.state, p) for p in (ECHO, IMAGE_LIST)]
+    lock_expired()  # the image list claimed the DFU lock for serial
+    result = asyncio.run(smp_exchange(farm.hci, [ECHO, IMAGE_LIST]))
+    assert result["answers"] == over_serial
+    assert b"ehi bt" in over_serial[0] and b"images" in over_serial[1]
+    props = Characteristic.Properties(result["properties"])  # type: ignore[arg-type]
+    assert props & Characteristic.Properties.WRITE_WITHOUT_RESPONSE
+    assert props & Characteristic.Properties.NOTIFY
+
+
+def test_the_dfu_lock_arbitrates_ble_against_serial(farm: BleFarm) -> None:
+    """nRF Desktop's case: an image command over BLE holds the lock; serial is refused."""
+    lock_expired()
+    asyncio.run(smp_exchange(farm.hci, [IMAGE_LIST]))
+    refused = serial_answer(farm.state, IMAGE_LIST)
+    assert cbor2.loads(refused[8:]) == {"rc": 11}  # MGMT_ERR_EACCESSDENIED
+    lock_expired()
+    assert b"images" in serial_answer(farm.state, IMAGE_LIST)
+
+
+def test_mtu_exchange_settles_on_the_smaller_side(farm: BleFarm) -> None:
+    assert asyncio.run(smp_exchange(farm.hci, [ECHO], mtu=247))["mtu"] == 247
+    assert asyncio.run(smp_exchange(farm.hci, [ECHO], mtu=517))["mtu"] == 498  # the board's
+    log = farm.log.read_text()
+    assert "ATT MTU exchange" in log and "ATT MTU 498" in log and "data length 251" in log
