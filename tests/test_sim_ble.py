@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import BoardSpec
 from dfuhil.farm.rig import Rig
 from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
+from dfuhil.sim.faults import FaultInjector
 from dfuhil.sim.state import FarmProcess, SimState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,3 +193,116 @@ def test_mtu_exchange_settles_on_the_smaller_side(farm: BleFarm) -> None:
     assert asyncio.run(smp_exchange(farm.hci, [ECHO], mtu=517))["mtu"] == 498  # the board's
     log = farm.log.read_text()
     assert "ATT MTU exchange" in log and "ATT MTU 498" in log and "data length 251" in log
+
+
+async def scan_for(hci: str, address: str, name: str = NAME, timeout_s: float = WAIT_S) -> bool:
+    """Whether a central at ``address`` hears the board advertise within ``timeout_s``."""
+    async with await open_transport(hci) as (source, sink):
+        device = Device.with_hci("scanner", Address(address), source, sink)
+        await device.power_on()
+        try:
+            await find(device, name, timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+def test_two_centrals_scan_the_same_board_at_once(farm: BleFarm) -> None:
+    async def both() -> list[bool]:
+        return list(
+            await asyncio.gather(
+                scan_for(farm.hci, "F0:00:00:00:00:01"), scan_for(farm.hci, "F0:00:00:00:00:02")
+            )
+        )
+
+    assert asyncio.run(both()) == [True, True]
+
+
+async def dropped_session(hci: str, lever: Callable[[], object], writes: int) -> int | None:
+    """Connect, pull the lever, write echo requests; the disconnection reason seen, if any."""
+    async with await open_transport(hci) as (source, sink):
+        device = Device.with_hci("central", Address("F0:F1:F2:F3:F4:F6"), source, sink)
+        await device.power_on()
+        connection = await device.connect(await find(device, NAME))
+        gone: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        connection.on("disconnection", lambda reason: gone.done() or gone.set_result(reason))
+        peer = Peer(connection)
+        await peer.discover_services([UUID(SMP_SERVICE)])
+        service = peer.get_services_by_uuid(UUID(SMP_SERVICE))[0]
+        await service.discover_characteristics()
+        characteristic = service.get_characteristics_by_uuid(UUID(SMP_CHARACTERISTIC))[0]
+        await peer.subscribe(characteristic, lambda _value: None)
+        lever()
+        for _ in range(writes):
+            if gone.done():
+                break
+            await peer.write_value(characteristic, ECHO, with_response=False)
+            await asyncio.sleep(0.1)
+        try:
+            return await asyncio.wait_for(gone, 5.0)
+        except TimeoutError:
+            await connection.disconnect()
+            return None
+
+
+def injector(farm: BleFarm) -> FaultInjector:
+    board = farm.state.board(BOARD)
+    return FaultInjector(board.endpoint, board.snr)
+
+
+def test_the_lever_drops_the_connection_now(farm: BleFarm) -> None:
+    with injector(farm) as faults:
+        reason = asyncio.run(dropped_session(farm.hci, faults.drop_ble, writes=0))
+    assert reason == 0x13  # remote user terminated connection
+
+
+def test_the_lever_drops_the_connection_after_n_bytes(farm: BleFarm) -> None:
+    """Echo writes are 20 ATT bytes: the link holds for two and drops with the third."""
+    with injector(farm) as faults:
+        reason = asyncio.run(
+            dropped_session(farm.hci, lambda: faults.drop_ble(after_bytes=50), writes=6)
+        )
+    assert reason == 0x13
+    log = farm.log.read_text()
+    assert "dropping the link after 60 bytes" in log
+
+
+def test_peer_tools_find_the_name_and_the_smp_service(farm: BleFarm, tmp_path: Path) -> None:
+    """bumble's own apps, on the farm's transport, as a person would type them."""
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "NO_COLOR": "1"}
+    out = tmp_path / "bumble-scan.txt"
+    with out.open("w") as sink:
+        scan = subprocess.Popen(
+            [str(bindir / "bumble-scan"), farm.hci], stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        seen = ""
+        while time.monotonic() < deadline and not (NAME in seen and SMP_SERVICE in seen):
+            time.sleep(0.2)
+            seen = out.read_text(errors="replace")
+    finally:
+        scan.terminate()  # bumble-scan scans until stopped: stop it by its pid
+        scan.wait(timeout=10)
+    assert NAME in seen and SMP_SERVICE in seen, seen[-2000:]
+    dump = subprocess.run(
+        [str(bindir / "bumble-gatt-dump"), farm.hci, NAME],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert SMP_SERVICE in dump.stdout.upper(), dump.stdout + dump.stderr
+    assert SMP_CHARACTERISTIC in dump.stdout.upper(), dump.stdout + dump.stderr
+
+
+def test_the_board_goes_silent_without_power_and_comes_back_after_boot(farm: BleFarm) -> None:
+    with injector(farm) as faults:
+        faults.cut_power_now()
+        try:
+            assert not asyncio.run(scan_for(farm.hci, "F0:00:00:00:00:03", timeout_s=2.0))
+        finally:
+            faults.power_on()
+    assert asyncio.run(scan_for(farm.hci, "F0:00:00:00:00:04"))
+    assert "BLE: radio off" in farm.log.read_text()
