@@ -33,6 +33,7 @@ from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import BoardSpec
 from dfuhil.farm.rig import Rig
 from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
+from dfuhil.sim.ble_link import AirPacer, LinkState, packets_per_event
 from dfuhil.sim.faults import FaultInjector
 from dfuhil.sim.state import FarmProcess, SimState
 
@@ -100,11 +101,9 @@ async def find(device: Device, name: str, timeout_s: float = WAIT_S) -> Address:
 
     def on_advertisement(advertisement: object) -> None:
         data = getattr(advertisement, "data", None)
-        uuids = data.get(AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS) if data else None
-        if data is not None and data.get(AdvertisingData.COMPLETE_LOCAL_NAME) == name:
-            if not found.done():
-                found.set_result(advertisement.address)  # type: ignore[attr-defined]
-        del uuids
+        named = data is not None and data.get(AdvertisingData.COMPLETE_LOCAL_NAME) == name
+        if named and not found.done():
+            found.set_result(advertisement.address)  # type: ignore[attr-defined]
 
     device.on("advertisement", on_advertisement)
     await device.start_scanning(active=True)
@@ -114,7 +113,9 @@ async def find(device: Device, name: str, timeout_s: float = WAIT_S) -> Address:
         await device.stop_scanning()
 
 
-async def smp_exchange(hci: str, packets: list[bytes], *, mtu: int = CENTRAL_MTU) -> dict[str, object]:
+async def smp_exchange(
+    hci: str, packets: list[bytes], *, mtu: int = CENTRAL_MTU
+) -> dict[str, object]:
     """Connect to the board by name, exchange MTU, subscribe, write each request without
     response and collect each answer (notifications joined until the header's length)."""
     async with await open_transport(hci) as (source, sink):
@@ -306,3 +307,30 @@ def test_the_board_goes_silent_without_power_and_comes_back_after_boot(farm: Ble
             faults.power_on()
     assert asyncio.run(scan_for(farm.hci, "F0:00:00:00:00:04"))
     assert "BLE: radio off" in farm.log.read_text()
+
+
+# --- the link model alone (device time, no farm) -----------------------------------------------
+
+
+def test_a_stream_of_writes_arrives_at_the_links_pace() -> None:
+    """Full-MTU writes queued at once come in 3 LL packets per 7.5 ms event (251-byte data
+    length, 7.5 ms event length), i.e. 1.5 writes per event: never faster than the link."""
+    state = LinkState(interval=6, latency=0, timeout=42, att_mtu=498, data_length=251)
+    pacer = AirPacer(state, anchor_s=0.0)
+    arrivals = [pacer.received(498, 0.0) for _ in range(30)]
+    assert arrivals == sorted(arrivals)
+    events = {round(t / state.interval_s - 0.5) for t in arrivals}
+    assert len(events) == 20  # 30 writes x 2 packets / 3 per event
+    assert packets_per_event(state) == 3
+
+
+def test_an_idle_peripheral_hears_a_request_only_at_its_latency_events() -> None:
+    busy = LinkState(interval=6, latency=0, timeout=42, att_mtu=247, data_length=251)
+    lazy = LinkState(interval=6, latency=4, timeout=42, att_mtu=247, data_length=251)
+    at = 0.1  # an idle link, a small request
+    fast, slow = AirPacer(busy, 0.0), AirPacer(lazy, 0.0)
+    heard_fast, heard_slow = fast.received(20, at), slow.received(20, at)
+    assert round(heard_slow / lazy.interval_s) % (lazy.latency + 1) == 0
+    assert heard_slow > heard_fast
+    # its answer goes out at the next event: a peripheral with data to send does not sleep
+    assert slow.sent(20, heard_slow) - heard_slow <= lazy.interval_s

@@ -60,6 +60,7 @@ from dfuhil.farm.schema import (
     RadioSchema,
     SerialSchema,
 )
+from dfuhil.formats.ble_link import LinkConfig
 from dfuhil.formats.chips import (
     BOARD_TYPES,
     BoardType,
@@ -71,7 +72,6 @@ from dfuhil.formats.chips import (
 from dfuhil.formats.mcuboot import KeyFileError, load_public_key
 from dfuhil.formats.mcuboot_build import SerialRecovery
 from dfuhil.formats.pm_static import read_pm_static
-from dfuhil.formats.ble_link import LinkConfig
 from dfuhil.formats.smp_uart import SmpUart
 from dfuhil.formats.yamltext import load_round_trip
 

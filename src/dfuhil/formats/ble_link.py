@@ -34,3 +34,6 @@ class LinkConfig:
     reassembly: bool = True
     latency_request: bool = False  # nRF Desktop's ble_latency module
     default_latency: int = 0  # what the latency request restores (nRF Desktop: 99)
+
+
+STOCK_LINK = LinkConfig()

@@ -12,15 +12,7 @@ events. This model paces a virtual board's SMP traffic in device time:
   request written to an idle link waits for the next event it listens to; while data flows
   (either way) it listens at every event.
 
-Stock values (``LinkConfig``, dfuhil.formats.ble_link) are Zephyr's smp_svr ``overlay-bt.conf`` and Kconfig defaults:
-CONFIG_BT_L2CAP_TX_MTU=498 and CONFIG_BT_BUF_ACL_RX_SIZE=502 (ATT MTU 498),
-CONFIG_BT_CTLR_DATA_LENGTH_MAX=251, CONFIG_BT_PERIPHERAL_PREF_MIN_INT=24 / MAX_INT=40 /
-LATENCY=0 / TIMEOUT=42, CONFIG_MCUMGR_TRANSPORT_BT_CONN_PARAM_CONTROL=y (6..9, latency 0,
-timeout 42, restored after 5000 ms without SMP), reassembly on; the SoftDevice Controller's
-default event length (CONFIG_BT_CTLR_SDC_MAX_CONN_EVENT_LEN_DEFAULT=7500 us). nRF Desktop's
-latency request (``latency_request``: the ble_latency module on ``ble_smp_transfer_event``) asks
-for latency 0 at the current interval while SMP transfers run and for ``default_latency`` again
-after 5 s without one.
+The build's settings (stock by default) are ``LinkConfig`` (dfuhil.formats.ble_link).
 """
 
 from __future__ import annotations
@@ -74,11 +66,12 @@ def ll_packets(att_bytes: int, data_length: int) -> int:
 
 
 def bound_bytes_per_s(state: LinkState, event_length_us: int = 7500) -> float:
-    """The link's ceiling for notification/write values: full packets at every event."""
-    value = state.att_mtu - ATT_NOTIFY_HEADER
-    per_event = packets_per_event(state, event_length_us) * state.data_length
-    values_per_event = per_event / ll_packets(state.att_mtu, state.data_length) / state.data_length
-    return value * values_per_event / state.interval_s
+    """The link's ceiling for SMP bytes one way: full ATT values (MTU - 3) in every packet of
+    every connection event, none skipped."""
+    values_per_event = packets_per_event(state, event_length_us) / ll_packets(
+        state.att_mtu, state.data_length
+    )
+    return (state.att_mtu - ATT_NOTIFY_HEADER) * values_per_event / state.interval_s
 
 
 def data_length(config: LinkConfig, central_max: int = 251) -> int:
@@ -95,7 +88,7 @@ class AirPacer:
         self.anchor_s = anchor_s
         self.event_length_us = event_length_us
         self._lock = threading.Lock()
-        self._last_active = -1  # last event index the peripheral listened at
+        self._last_active = 0  # last event the peripheral listened at (the first one is)
         self._cursor = {"rx": (0, 0), "tx": (0, 0)}  # (event index, packets used in it)
         self.bytes_rx = 0
 
@@ -104,8 +97,10 @@ class AirPacer:
         with self._lock:
             here = self._event_at(now_s)
             self.anchor_s = self._event_time(here)
-            self._last_active = 0 if self._last_active >= here else -1
-            self._cursor = {k: (0, 0) if e >= here else (-1, 0) for k, (e, _) in self._cursor.items()}
+            self._last_active = 0  # both sides are at the update's instant
+            self._cursor = {
+                k: (0, 0) if e >= here else (-1, 0) for k, (e, _) in self._cursor.items()
+            }
             self.state = state
 
     def _event_time(self, index: int) -> float:
@@ -146,5 +141,9 @@ class AirPacer:
             event, used = event + 1, 0
         self._cursor[way] = (event, used) if used < per_event else (event + 1, 0)
         self._last_active = max(self._last_active, event)
-        pair_s = used * ((PDU_OVERHEAD_OCTETS + self.state.data_length) * 8 + 2 * T_IFS_US + EMPTY_PDU_US) * US
+        pair_s = (
+            used
+            * ((PDU_OVERHEAD_OCTETS + self.state.data_length) * 8 + 2 * T_IFS_US + EMPTY_PDU_US)
+            * US
+        )
         return self._event_time(event) + pair_s

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bumble import hci
-from bumble.core import AdvertisingData, UUID
+from bumble.att import ATT_Error, ErrorCode
+from bumble.core import UUID, AdvertisingData
 from bumble.device import Connection, Device
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 
@@ -60,6 +61,11 @@ def static_address(ficr_deviceaddr0: int, ficr_deviceaddr1: int) -> str:
     """The random static address an nRF5 Zephyr build uses: FICR DEVICEADDR, top bits 11."""
     raw = ((ficr_deviceaddr1 & 0xFFFF) << 32 | ficr_deviceaddr0) | (0b11 << 46)
     return ":".join(f"{b:02X}" for b in raw.to_bytes(6, "big"))
+
+
+def _read_not_permitted(_connection: Connection | None) -> bytes:
+    """smp_bt.c's characteristic has write permission only: a read is refused."""
+    raise ATT_Error(ErrorCode.READ_NOT_PERMITTED)
 
 
 class BlePeripheral:
@@ -119,7 +125,7 @@ class BlePeripheral:
             SMP_CHARACTERISTIC_UUID,
             Characteristic.Properties.WRITE_WITHOUT_RESPONSE | Characteristic.Properties.NOTIFY,
             Characteristic.WRITEABLE,
-            CharacteristicValue(write=self._on_write),
+            CharacteristicValue(read=_read_not_permitted, write=self._on_write),
         )
         device.add_service(Service(SMP_SERVICE_UUID, [characteristic]))
         device.on(device.EVENT_CONNECTION, self._on_connection)
@@ -149,7 +155,11 @@ class BlePeripheral:
             advertising_interval_max=ADV_INTERVAL_MS,
         )
         with self._lock:
-            self._device, self._controller, self._characteristic = device, controller, characteristic
+            self._device, self._controller, self._characteristic = (
+                device,
+                controller,
+                characteristic,
+            )
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -177,9 +187,13 @@ class BlePeripheral:
             with self._lock:
                 self._connections.pop(connection.handle, None)
                 self.pacers.pop(connection.handle, None)
-            self.log.info("BLE: disconnected from %s (reason 0x%02X)", connection.peer_address, reason)
+            self.log.info(
+                "BLE: disconnected from %s (reason 0x%02X)", connection.peer_address, reason
+            )
 
-        connection.on(connection.EVENT_CONNECTION_ATT_MTU_UPDATE, lambda: on_mtu(connection.att_mtu))
+        connection.on(
+            connection.EVENT_CONNECTION_ATT_MTU_UPDATE, lambda: on_mtu(connection.att_mtu)
+        )
         connection.on(connection.EVENT_DISCONNECTION, on_disconnection)
 
     def set_state(

@@ -201,7 +201,7 @@ class BleRadio:
         self.call(self._start())
 
     async def _start(self) -> None:
-        self.link = LocalLink()
+        self.link = LocalLink()  # type: ignore[no-untyped-call]
         self._server = await self.loop.create_server(lambda: _HciClient(self), self.host, 0)
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("BLE link: hosts join with %s", self.moniker)

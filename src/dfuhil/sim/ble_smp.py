@@ -20,8 +20,8 @@ import queue
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dfuhil.formats.smp import Group, ImageCmd, SmpHeader
 from dfuhil.formats.ble_link import LinkConfig
+from dfuhil.formats.smp import Group, ImageCmd, SmpHeader
 from dfuhil.sim.ble_link import ATT_NOTIFY_HEADER
 from dfuhil.sim.ble_peripheral import BlePeripheral, Write
 
@@ -74,9 +74,11 @@ class BleSmpPort:
         buf += write.value
         if len(buf) < SmpHeader.SIZE:
             return None
-        expected = SmpHeader.SIZE + SmpHeader.unpack(bytes(buf[:SmpHeader.SIZE])).length
+        expected = SmpHeader.SIZE + SmpHeader.unpack(bytes(buf[: SmpHeader.SIZE])).length
         if expected > self.buf_size or len(buf) > expected:
-            self.ctx.log(f"SMP BLE: dropped a packet of {len(buf)}/{expected} bytes (netbuf {self.buf_size})")
+            self.ctx.log(
+                f"SMP BLE: dropped a packet of {len(buf)}/{expected} bytes (netbuf {self.buf_size})"
+            )
             del self._partial[write.connection]
             return None
         if len(buf) < expected:
@@ -115,7 +117,7 @@ class BleSmpPort:
                     why="SMP connection parameters (CONN_PARAM_CONTROL) requested and accepted",
                 )
             self._smp_until[connection] = now + config.smp_restore_ms / 1000
-        header = SmpHeader.unpack(packet[:SmpHeader.SIZE])
+        header = SmpHeader.unpack(packet[: SmpHeader.SIZE])
         if config.latency_request and (header.group, header.command_id) == (
             Group.IMAGE,
             ImageCmd.UPLOAD,

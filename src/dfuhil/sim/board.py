@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 from dfuhil.farm.model import RadioSpec
+from dfuhil.formats.ble_link import STOCK_LINK, LinkConfig
 from dfuhil.formats.chips import (
     FICR_BASE,
     FICR_CODEPAGESIZE,
@@ -35,7 +36,6 @@ from dfuhil.formats.chips import (
     UICR_BASE,
     Chip,
 )
-from dfuhil.formats.ble_link import LinkConfig
 from dfuhil.formats.smp_uart import Delivery
 from dfuhil.sim.ble_peripheral import BleIdentity, BlePeripheral, static_address
 from dfuhil.sim.ble_radio import BleRadio
@@ -76,7 +76,7 @@ class BoardWiring:
     uart_delivery: Delivery = "paced"  # burst: USB CDC-ACM (boards.yaml mcuboot.smp_uart)
     ble_name: str | None = None  # CONFIG_BT_DEVICE_NAME (boards.yaml ble), None: no radio use
     ble_address: str | None = None  # None: the random static address from FICR DEVICEADDR
-    ble_link: LinkConfig = LinkConfig()
+    ble_link: LinkConfig = STOCK_LINK
 
 
 class Gpio:
