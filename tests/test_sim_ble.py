@@ -333,4 +333,4 @@ def test_an_idle_peripheral_hears_a_request_only_at_its_latency_events() -> None
     assert round(heard_slow / lazy.interval_s) % (lazy.latency + 1) == 0
     assert heard_slow > heard_fast
     # its answer goes out at the next event: a peripheral with data to send does not sleep
-    assert slow.sent(20, heard_slow) - heard_slow <= lazy.interval_s
+    assert slow.sent(20, heard_slow) - heard_slow < 2 * lazy.interval_s
