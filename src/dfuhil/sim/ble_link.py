@@ -113,7 +113,7 @@ class AirPacer:
         """A write of ``att_bytes`` queued in the central at ``now_s``: when it is in."""
         with self._lock:
             self.bytes_rx += att_bytes
-            first = max(self._event_at(now_s), self._cursor["rx"][0])
+            first = self._first("rx", now_s)
             if first > self._last_active + 1:  # idle: the peripheral sleeps through latency
                 period = self.state.latency + 1
                 skipped = max(0, math.ceil((first - self._last_active) / period) * period)
@@ -124,8 +124,20 @@ class AirPacer:
         """A notification of ``att_bytes`` handed to the controller at ``now_s``: when it is
         out (a peripheral with data to send listens at the next event)."""
         with self._lock:
-            first = max(self._event_at(now_s), self._cursor["tx"][0])
+            first = self._first("tx", now_s)
             return self._carry("tx", first, ll_packets(att_bytes, self.state.data_length))
+
+    def _pair_s(self) -> float:
+        pdu_us = (PDU_OVERHEAD_OCTETS + self.state.data_length) * 8
+        return (pdu_us + 2 * T_IFS_US + EMPTY_PDU_US) * US
+
+    def _first(self, way: str, now_s: float) -> int:
+        """The event a packet queued at ``now_s`` can go in: the current one while it has room
+        and the packets before were still in it, else the next."""
+        event, used = self._cursor[way]
+        if used and now_s <= self._event_time(event) + used * self._pair_s() + 1e-6:
+            return event
+        return max(self._event_at(now_s), event)
 
     def _carry(self, way: str, first: int, packets: int) -> float:
         per_event = packets_per_event(self.state, self.event_length_us)
@@ -141,9 +153,4 @@ class AirPacer:
             event, used = event + 1, 0
         self._cursor[way] = (event, used) if used < per_event else (event + 1, 0)
         self._last_active = max(self._last_active, event)
-        pair_s = (
-            used
-            * ((PDU_OVERHEAD_OCTETS + self.state.data_length) * 8 + 2 * T_IFS_US + EMPTY_PDU_US)
-            * US
-        )
-        return self._event_time(event) + pair_s
+        return self._event_time(event) + used * self._pair_s()

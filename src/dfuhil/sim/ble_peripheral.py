@@ -10,7 +10,7 @@ DA2E7828-FBCE-4E01-AE9E-261174997C48 (write without response, notify) as
 
 The link model (``ble_link``) paces the traffic in device time: each write is handed to the
 firmware (``receive``) only once its LL packets would have arrived, and ``notify`` returns only
-once its notification would be on the air (Zephyr's smp_bt_tx_pkt waits on each notification).
+once its notification would be on the air.
 """
 
 from __future__ import annotations
@@ -245,15 +245,16 @@ class BlePeripheral:
 
     # --- firmware side ------------------------------------------------------------------------
 
-    def notify(self, handle: int, value: bytes) -> float | None:
-        """Queue one notification; the device time it is out, or None if the link is gone."""
+    def notify(self, handle: int, value: bytes, now_s: float) -> float | None:
+        """Queue one notification at device time ``now_s``; the device time it is out, or
+        None if the link is gone."""
         with self._lock:
             device, characteristic = self._device, self._characteristic
             connection = self._connections.get(handle)
             pacer = self.pacers.get(handle)
         if device is None or characteristic is None or connection is None or pacer is None:
             return None
-        done = pacer.sent(len(value) + ATT_NOTIFY_HEADER, self.clock.now())
+        done = pacer.sent(len(value) + ATT_NOTIFY_HEADER, now_s)
 
         self.radio.spawn(device.notify_subscriber(connection, characteristic, value))
         return done

@@ -4,7 +4,7 @@
 says it has arrived, reassembles SMP packets (CONFIG_MCUMGR_TRANSPORT_BT_REASSEMBLY: the 8-byte
 header's length says where a packet ends; without reassembly every write must be one whole
 packet) and hands them to the app's SMP work queue. ``reply`` sends an answer as notifications
-of at most ATT MTU - 3 bytes, each only once the previous one is out, as ``smp_bt_tx_pkt`` does.
+of at most ATT MTU - 3 bytes (``smp_bt_tx_pkt``); the SMP work queue goes on once they are out.
 
 It also plays the stack's connection parameter policy (``ble_link.LinkConfig``): Zephyr's
 CONN_PARAM_CONTROL asks for 7.5..11.25 ms while SMP runs and for the preferred parameters after
@@ -87,20 +87,22 @@ class BleSmpPort:
         return bytes(buf)
 
     def reply(self, connection: int, packets: list[bytes]) -> None:
-        """Notify each answer in ATT MTU - 3 pieces, waiting for each to be out."""
+        """Notify each answer in ATT MTU - 3 pieces, all handed to the controller at once (its
+        ACL buffers), and return once the last one is on the air."""
         ctx = self.ctx
+        now = ctx.now()
+        last: float | None = None
         for packet in packets:
             state = self.peripheral.state(connection)
             if state is None:
                 return  # the central went away: smp_bt_tx_pkt drops the answer
             size = state.att_mtu - ATT_NOTIFY_HEADER
             for start in range(0, len(packet), size):
-                out = self.peripheral.notify(connection, packet[start : start + size])
-                if out is None:
+                last = self.peripheral.notify(connection, packet[start : start + size], now)
+                if last is None:
                     return
-                wait = out - ctx.now()
-                if wait > 0:
-                    ctx.sleep(wait)
+        if last is not None and last > ctx.now():
+            ctx.sleep(last - ctx.now())
 
     # --- connection parameter policy --------------------------------------------------------
 
