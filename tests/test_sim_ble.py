@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,19 +22,22 @@ import cbor2
 import pytest
 import serial
 from bumble.core import UUID, AdvertisingData
-from bumble.device import Device, Peer
+from bumble.device import ConnectionParametersPreferences, Device, Peer
 from bumble.gatt import Characteristic
-from bumble.hci import Address
+from bumble.hci import Address, Phy
 from bumble.transport import open_transport
+from ruamel.yaml import YAML
 from smp import header as smphdr
 from smpwire import read_frames, smp_frames
 from test_mcuboot_cli import BANNER, BOARD, farm_subset
 
+from dfuhil.errors import InputError
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import BoardSpec
 from dfuhil.farm.rig import Rig
 from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
 from dfuhil.sim.ble_link import AirPacer, LinkState, packets_per_event
+from dfuhil.sim.ble_smp import RESTORE_S
 from dfuhil.sim.faults import FaultInjector
 from dfuhil.sim.state import FarmProcess, SimState
 
@@ -60,12 +64,19 @@ class BleFarm:
         return self.state.ble_hci
 
 
-@pytest.fixture(scope="module")
-def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BleFarm]:
-    work = tmp_path_factory.mktemp("sim-ble")
+@contextmanager
+def ble_farm(work: Path, ble_link: dict[str, object] | None = None) -> Iterator[BleFarm]:
+    """A farm process serving the shipped swap-move board, provisioned and booted; with
+    ``ble_link`` its firmware set states those Bluetooth stack settings."""
     if not (REPO / "firmware" / "virtual" / "keys").is_dir():
         pytest.fail("no sample firmware: run `make firmware` first")
     boards = farm_subset(work / "boards.yaml", [BOARD], TIME_SCALE)
+    if ble_link is not None:
+        yaml = YAML()
+        data = yaml.load(boards.read_text())
+        data["firmware_sets"]["nrf52840-mcuboot-swap-move"]["mcuboot"]["ble_link"] = ble_link
+        with boards.open("w") as out:
+            yaml.dump(data, out)
     state_file = work / "state.json"
     with FarmProcess(boards, state_file, log_dir=work / "sim", time_scale=TIME_SCALE) as state:
         spec = load_farm(boards).board(BOARD)
@@ -74,6 +85,12 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BleFarm]:
             Provisioner(ProvisioningPlan.for_board(spec), probe).run(STEPS)
             console.expect(BANNER, timeout=20)
         yield BleFarm(boards, state, spec, work / "sim" / f"{BOARD}.sim.log")
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BleFarm]:
+    with ble_farm(tmp_path_factory.mktemp("sim-ble")) as running:
+        yield running
 
 
 # --- a plain bumble central ------------------------------------------------------------------
@@ -334,3 +351,58 @@ def test_an_idle_peripheral_hears_a_request_only_at_its_latency_events() -> None
     assert heard_slow > heard_fast
     # its answer goes out at the next event: a peripheral with data to send does not sleep
     assert slow.sent(20, heard_slow) - heard_slow < 2 * lazy.interval_s
+
+
+UPLOAD = request(1, 1, 2, cbor2.dumps({"image": 0, "len": 4096, "off": 0, "data": bytes(64)}), 9)
+
+
+def test_nrf_desktop_lowers_the_latency_while_an_upload_runs(tmp_path: Path) -> None:
+    """boards.yaml ``ble_link: {latency_request: true, default_latency: 99}``: an image upload
+    over BLE asks for latency 0, and 5 s (device time) without one raise it back to 99."""
+    link = {"latency_request": True, "default_latency": 99, "smp_conn_param_control": False}
+    with ble_farm(tmp_path, link) as desktop:
+
+        async def upload_then_idle() -> None:
+            async with await open_transport(desktop.hci) as (source, sink):
+                device = Device.with_hci("central", Address("F0:F1:F2:F3:F4:F7"), source, sink)
+                await device.power_on()
+                lazy = ConnectionParametersPreferences(max_latency=99)  # a HID central's
+                connection = await device.connect(
+                    await find(device, NAME), connection_parameters_preferences={Phy.LE_1M: lazy}
+                )
+                peer = Peer(connection)
+                await peer.request_mtu(CENTRAL_MTU)
+                await peer.discover_services([UUID(SMP_SERVICE)])
+                service = peer.get_services_by_uuid(UUID(SMP_SERVICE))[0]
+                await service.discover_characteristics()
+                characteristic = service.get_characteristics_by_uuid(UUID(SMP_CHARACTERISTIC))[0]
+                answered = asyncio.Event()
+                await peer.subscribe(characteristic, lambda _value: answered.set())
+                await peer.write_value(characteristic, UPLOAD, with_response=False)
+                await asyncio.wait_for(answered.wait(), WAIT_S)
+                await asyncio.sleep((RESTORE_S + 2) * TIME_SCALE + 0.5)
+                await connection.disconnect()
+
+        asyncio.run(upload_then_idle())
+        log = desktop.log.read_text()
+    assert "peripheral latency 99" in log[log.index("BLE: connected") :].splitlines()[0]
+    lowered = log.index("latency module lowered the latency")
+    assert "peripheral latency 0" in log[lowered:].splitlines()[0]
+    raised = log.index("latency module raised the latency")
+    assert lowered < raised
+    assert "peripheral latency 99" in log[raised:].splitlines()[0]
+
+
+def test_ble_link_needs_the_ble_transport(tmp_path: Path) -> None:
+    boards = farm_subset(tmp_path / "boards.yaml", [BOARD], TIME_SCALE)
+    yaml = YAML()
+    data = yaml.load(boards.read_text())
+    mcuboot = data["firmware_sets"]["nrf52840-mcuboot-swap-move"]["mcuboot"]
+    mcuboot["transports"] = ["serial", "udp"]
+    mcuboot["ble_link"] = {"latency_request": True}
+    del data["boards"][0]["ble"]
+    with boards.open("w") as out:
+        yaml.dump(data, out)
+    with pytest.raises(InputError) as refused:
+        load_farm(boards)
+    assert "ble_link" in str(refused.value) and "add ble to transports" in str(refused.value)
