@@ -1,8 +1,9 @@
 """Benchmark: SMP over the virtual farm's Bluetooth LE link against the link's own bound.
 
 One farm process serves the shipped swap-move board with its Bluetooth stack as smp_svr builds
-it, except that CONN_PARAM_CONTROL is off (``mcuboot.ble_link: {smp_conn_param_control:
-false}``) so the connection keeps the interval the central asks for. A plain bumble central
+it, except that it asks for no connection parameters of its own (``mcuboot.ble_link:
+{smp_conn_param_control: false, auto_update: false}``), so the connection keeps the interval the
+central asks for. A plain bumble central
 (no dfuhil host code) connects at 7.5, 15, 30 and 50 ms, exchanges a 247-byte ATT MTU and sends
 SMP echo requests as writes without response, ``--window`` of them in flight (Zephyr's netbuf
 count is 4), each as big as the netbuf allows (384 bytes: two writes). Per interval it prints
@@ -113,7 +114,8 @@ def main() -> int:
         yaml = YAML()
         data = yaml.load(boards.read_text())
         data["firmware_sets"]["nrf52840-mcuboot-swap-move"]["mcuboot"]["ble_link"] = {
-            "smp_conn_param_control": False
+            "smp_conn_param_control": False,
+            "auto_update": False,
         }
         with boards.open("w") as out:
             yaml.dump(data, out)

@@ -232,6 +232,7 @@ class BleLinkSchema(_Strict):
     pref_max_interval: int = Field(default=40, ge=6, le=3200)
     pref_latency: int = Field(default=0, ge=0, le=499)
     pref_timeout: int = Field(default=42, ge=10, le=3200)
+    auto_update: bool = True  # CONFIG_BT_GAP_AUTO_UPDATE_CONN_PARAMS
     smp_conn_param_control: bool = True  # CONFIG_MCUMGR_TRANSPORT_BT_CONN_PARAM_CONTROL
     smp_min_interval: int = Field(default=6, ge=6, le=3200)
     smp_max_interval: int = Field(default=9, ge=6, le=3200)

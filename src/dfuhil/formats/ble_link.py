@@ -2,7 +2,8 @@
 
 Zephyr's smp_svr ``overlay-bt.conf`` and Kconfig defaults: CONFIG_BT_L2CAP_TX_MTU=498 with
 CONFIG_BT_BUF_ACL_RX_SIZE=502 (ATT MTU 498), CONFIG_BT_CTLR_DATA_LENGTH_MAX=251,
-CONFIG_BT_PERIPHERAL_PREF_MIN_INT=24, MAX_INT=40, LATENCY=0, TIMEOUT=42,
+CONFIG_BT_PERIPHERAL_PREF_MIN_INT=24, MAX_INT=40, LATENCY=0, TIMEOUT=42 (asked for 5000 ms
+after connecting: CONFIG_BT_GAP_AUTO_UPDATE_CONN_PARAMS, CONFIG_BT_CONN_PARAM_UPDATE_TIMEOUT),
 CONFIG_MCUMGR_TRANSPORT_BT_CONN_PARAM_CONTROL=y (MIN_INT 6, MAX_INT 9, LATENCY 0, RESTORE_TIME
 5000 ms), CONFIG_MCUMGR_TRANSPORT_BT_REASSEMBLY=y; the SoftDevice Controller's default connection
 event length (7500 us). ``latency_request`` is nRF Desktop's Bluetooth LE latency module (off in
@@ -25,6 +26,7 @@ class LinkConfig:
     pref_max_interval: int = 40
     pref_latency: int = 0
     pref_timeout: int = 42
+    auto_update: bool = True  # CONFIG_BT_GAP_AUTO_UPDATE_CONN_PARAMS: ask for pref_* after 5 s
     smp_conn_param_control: bool = True
     smp_min_interval: int = 6
     smp_max_interval: int = 9

@@ -89,6 +89,7 @@ class BlePeripheral:
         self._characteristic: Characteristic[bytes] | None = None
         self._connections: dict[int, Connection] = {}
         self.pacers: dict[int, AirPacer] = {}
+        self.connected_at: dict[int, float] = {}  # handle -> device time of the connection
         self._drop_after: int | None = None
         self.connections_made = 0
 
@@ -112,6 +113,7 @@ class BlePeripheral:
             self._device = None
             self._connections.clear()
             self.pacers.clear()
+            self.connected_at.clear()
         if controller is not None:
             self.radio.submit(controller.go_dark)
             self.log.info("BLE: radio off (advertising stopped, links dropped)")
@@ -177,6 +179,7 @@ class BlePeripheral:
         with self._lock:
             self._connections[connection.handle] = connection
             self.pacers[connection.handle] = pacer
+            self.connected_at[connection.handle] = self.clock.now()
             self.connections_made += 1
         self.log.info("BLE: connected to %s: %s", connection.peer_address, state.describe())
 
@@ -187,6 +190,7 @@ class BlePeripheral:
             with self._lock:
                 self._connections.pop(connection.handle, None)
                 self.pacers.pop(connection.handle, None)
+                self.connected_at.pop(connection.handle, None)
             self.log.info(
                 "BLE: disconnected from %s (reason 0x%02X)", connection.peer_address, reason
             )

@@ -6,7 +6,8 @@ header's length says where a packet ends; without reassembly every write must be
 packet) and hands them to the app's SMP work queue. ``reply`` sends an answer as notifications
 of at most ATT MTU - 3 bytes (``smp_bt_tx_pkt``); the SMP work queue goes on once they are out.
 
-It also plays the stack's connection parameter policy (``ble_link.LinkConfig``): Zephyr's
+It also plays the stack's connection parameter policy (``ble_link.LinkConfig``): Zephyr asks
+for its preferred parameters 5 s after connecting when the central's are outside them; its
 CONN_PARAM_CONTROL asks for 7.5..11.25 ms while SMP runs and for the preferred parameters after
 5 s without it; nRF Desktop's latency module asks for latency 0 while an upload runs and for its
 default latency after 5 s without one. The virtual central accepts every request (bumble's
@@ -28,6 +29,7 @@ from dfuhil.sim.ble_peripheral import BlePeripheral, Write
 if TYPE_CHECKING:
     from dfuhil.sim.runtime import FirmwareContext
 
+AUTO_UPDATE_S = 5.0  # CONFIG_BT_CONN_PARAM_UPDATE_TIMEOUT
 RESTORE_S = 5.0  # CONN_PARAM_CONTROL_RESTORE_TIME, nRF Desktop's LOW_LATENCY_CHECK_PERIOD
 _POLL_S = 0.5  # device seconds between looks at the restore timers
 
@@ -47,6 +49,7 @@ class BleSmpPort:
         self._partial: dict[int, bytearray] = {}
         self._smp_until: dict[int, float] = {}  # connection -> when SMP params are restored
         self._upload_until: dict[int, float] = {}  # connection -> when latency is raised again
+        self._auto_done: set[int] = set()  # connections past CONFIG_BT_CONN_PARAM_UPDATE_TIMEOUT
 
     def serve(self, submit: Callable[[int, bytes], None]) -> None:
         """Collect packets until reset; ``submit(connection, packet)`` queues one for the app."""
@@ -140,6 +143,22 @@ class BleSmpPort:
     def _restore_idle(self) -> None:
         now = self.ctx.now()
         config = self.config
+        for connection, since in list(self.peripheral.connected_at.items()):
+            if connection in self._auto_done or now < since + AUTO_UPDATE_S:
+                continue
+            self._auto_done.add(connection)
+            state = self.peripheral.state(connection)
+            if not config.auto_update or state is None or connection in self._smp_until:
+                continue
+            inside = config.pref_min_interval <= state.interval <= config.pref_max_interval
+            if not inside or state.latency != config.pref_latency:
+                self.peripheral.set_state(
+                    connection,
+                    interval=config.pref_min_interval if not inside else state.interval,
+                    latency=config.pref_latency,
+                    timeout=config.pref_timeout,
+                    why="the peripheral's preferred parameters requested and accepted",
+                )
         for connection, until in list(self._smp_until.items()):
             if now >= until:
                 del self._smp_until[connection]
