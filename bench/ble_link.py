@@ -28,13 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import cbor2  # noqa: E402
-from bumble.core import UUID  # noqa: E402
 from bumble.device import ConnectionParametersPreferences, Device, Peer  # noqa: E402
 from bumble.hci import Address, Phy  # noqa: E402
 from bumble.transport import open_transport  # noqa: E402
 from ruamel.yaml import YAML  # noqa: E402
 from test_mcuboot_cli import BANNER, BOARD, farm_subset  # noqa: E402
-from test_sim_ble import NAME, SMP_CHARACTERISTIC, SMP_SERVICE, find, request  # noqa: E402
+from test_sim_ble import NAME, find, request, smp_answers, smp_characteristic  # noqa: E402
 
 from dfuhil.farm.loader import load_farm  # noqa: E402
 from dfuhil.farm.rig import Rig  # noqa: E402
@@ -69,20 +68,8 @@ async def run_interval(hci: str, interval_ms: float, total: int, window: int) ->
         )
         peer = Peer(connection)
         await peer.request_mtu(MTU)
-        await peer.discover_services([UUID(SMP_SERVICE)])
-        service = peer.get_services_by_uuid(UUID(SMP_SERVICE))[0]
-        await service.discover_characteristics()
-        characteristic = service.get_characteristics_by_uuid(UUID(SMP_CHARACTERISTIC))[0]
-        answers: asyncio.Queue[bytes] = asyncio.Queue()
-        buffer = bytearray()
-
-        def on_notification(value: bytes) -> None:
-            buffer.extend(value)
-            while len(buffer) >= 8 and len(buffer) >= 8 + int.from_bytes(buffer[2:4], "big"):
-                end = 8 + int.from_bytes(buffer[2:4], "big")
-                answers.put_nowait(bytes(buffer[:end]))
-                del buffer[:end]
-
+        characteristic = await smp_characteristic(peer)
+        answers, on_notification = smp_answers()
         await peer.subscribe(characteristic, on_notification)
         sent = answered = seq = 0
         start = time.monotonic()

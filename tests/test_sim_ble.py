@@ -24,6 +24,7 @@ import serial
 from bumble.core import UUID, AdvertisingData
 from bumble.device import ConnectionParametersPreferences, Device, Peer
 from bumble.gatt import Characteristic
+from bumble.gatt_client import CharacteristicProxy
 from bumble.hci import Address, Phy
 from bumble.transport import open_transport
 from ruamel.yaml import YAML
@@ -130,6 +131,30 @@ async def find(device: Device, name: str, timeout_s: float = WAIT_S) -> Address:
         await device.stop_scanning()
 
 
+async def smp_characteristic(peer: Peer) -> CharacteristicProxy[bytes]:
+    """Discover the SMP service and its characteristic, as any GATT client does."""
+    await peer.discover_services([UUID(SMP_SERVICE)])
+    service = peer.get_services_by_uuid(UUID(SMP_SERVICE))[0]
+    await service.discover_characteristics()
+    return service.get_characteristics_by_uuid(UUID(SMP_CHARACTERISTIC))[0]
+
+
+def smp_answers() -> tuple[asyncio.Queue[bytes], Callable[[bytes], None]]:
+    """A queue of whole SMP answers and the notification handler that fills it (an answer may
+    span notifications: the header's length says where it ends)."""
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+    buffer = bytearray()
+
+    def on_notification(value: bytes) -> None:
+        buffer.extend(value)
+        while len(buffer) >= 8 and len(buffer) >= 8 + int.from_bytes(buffer[2:4], "big"):
+            end = 8 + int.from_bytes(buffer[2:4], "big")
+            answers.put_nowait(bytes(buffer[:end]))
+            del buffer[:end]
+
+    return answers, on_notification
+
+
 async def smp_exchange(
     hci: str, packets: list[bytes], *, mtu: int = CENTRAL_MTU
 ) -> dict[str, object]:
@@ -142,20 +167,9 @@ async def smp_exchange(
         connection = await device.connect(address)
         peer = Peer(connection)
         negotiated = await peer.request_mtu(mtu)
-        await peer.discover_services([UUID(SMP_SERVICE)])
-        service = peer.get_services_by_uuid(UUID(SMP_SERVICE))[0]
-        await service.discover_characteristics()
-        characteristic = service.get_characteristics_by_uuid(UUID(SMP_CHARACTERISTIC))[0]
+        characteristic = await smp_characteristic(peer)
         properties = int(characteristic.properties)
-        answers: asyncio.Queue[bytes] = asyncio.Queue()
-        buffer = bytearray()
-
-        def on_notification(value: bytes) -> None:
-            buffer.extend(value)
-            if len(buffer) >= 8 and len(buffer) >= 8 + int.from_bytes(buffer[2:4], "big"):
-                answers.put_nowait(bytes(buffer))
-                buffer.clear()
-
+        answers, on_notification = smp_answers()
         await peer.subscribe(characteristic, on_notification)
         out = []
         for packet in packets:
@@ -245,10 +259,7 @@ async def dropped_session(hci: str, lever: Callable[[], object], writes: int) ->
         gone: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         connection.on("disconnection", lambda reason: gone.done() or gone.set_result(reason))
         peer = Peer(connection)
-        await peer.discover_services([UUID(SMP_SERVICE)])
-        service = peer.get_services_by_uuid(UUID(SMP_SERVICE))[0]
-        await service.discover_characteristics()
-        characteristic = service.get_characteristics_by_uuid(UUID(SMP_CHARACTERISTIC))[0]
+        characteristic = await smp_characteristic(peer)
         await peer.subscribe(characteristic, lambda _value: None)
         lever()
         for _ in range(writes):
@@ -372,10 +383,7 @@ def test_nrf_desktop_lowers_the_latency_while_an_upload_runs(tmp_path: Path) -> 
                 )
                 peer = Peer(connection)
                 await peer.request_mtu(CENTRAL_MTU)
-                await peer.discover_services([UUID(SMP_SERVICE)])
-                service = peer.get_services_by_uuid(UUID(SMP_SERVICE))[0]
-                await service.discover_characteristics()
-                characteristic = service.get_characteristics_by_uuid(UUID(SMP_CHARACTERISTIC))[0]
+                characteristic = await smp_characteristic(peer)
                 answered = asyncio.Event()
                 await peer.subscribe(characteristic, lambda _value: answered.set())
                 await peer.write_value(characteristic, UPLOAD, with_response=False)
