@@ -9,6 +9,7 @@ BLE answers are compared with are read off the board's pty with the ``smp`` pack
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from dfuhil.errors import InputError
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import BoardSpec
 from dfuhil.farm.rig import Rig
+from dfuhil.procedures.image_sign import sign_build
 from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
 from dfuhil.sim.ble_link import AirPacer, LinkState, packets_per_event
 from dfuhil.sim.ble_smp import RESTORE_S
@@ -414,3 +416,46 @@ def test_ble_link_needs_the_ble_transport(tmp_path: Path) -> None:
     with pytest.raises(InputError) as refused:
         load_farm(boards)
     assert "ble_link" in str(refused.value) and "add ble to transports" in str(refused.value)
+
+
+def upload_chunk(image: bytes, off: int, size: int, seq: int) -> bytes:
+    body: dict[str, object] = {"off": off, "data": image[off : off + size]}
+    if off == 0:
+        body.update(image=0, len=len(image), sha=hashlib.sha256(image).digest())
+    return request(1, 1, 2, cbor2.dumps(body), seq)
+
+
+def test_an_upload_resumes_from_the_device_offset_after_the_link_drops(farm: BleFarm) -> None:
+    """The board drops the link (the lever) after the first chunk; the central reconnects and
+    the upload goes on where the device says it stands, as over any transport."""
+    image = sign_build(farm.board, "update", "1.1.0")
+    lock_expired()
+
+    async def first_chunk_then_drop() -> tuple[dict[str, object], int]:
+        async with await open_transport(farm.hci) as (source, sink):
+            device = Device.with_hci("central", Address("F0:F1:F2:F3:F4:F8"), source, sink)
+            await device.power_on()
+            connection = await device.connect(await find(device, NAME))
+            gone: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            connection.on("disconnection", lambda reason: gone.done() or gone.set_result(reason))
+            peer = Peer(connection)
+            await peer.request_mtu(CENTRAL_MTU)
+            characteristic = await smp_characteristic(peer)
+            answers, on_notification = smp_answers()
+            await peer.subscribe(characteristic, on_notification)
+            chunk = upload_chunk(image, 0, 128, 1)
+            for i in range(0, len(chunk), CENTRAL_MTU - 3):
+                await peer.write_value(
+                    characteristic, chunk[i : i + CENTRAL_MTU - 3], with_response=False
+                )
+            answer = await asyncio.wait_for(answers.get(), WAIT_S)
+            with injector(farm) as faults:
+                faults.drop_ble()
+            return cbor2.loads(answer[8:]), await asyncio.wait_for(gone, WAIT_S)
+
+    first, reason = asyncio.run(first_chunk_then_drop())
+    assert first == {"off": 128} and reason == 0x13
+    resumed = asyncio.run(smp_exchange(farm.hci, [upload_chunk(image, 128, 128, 2)]))
+    answers = resumed["answers"]
+    assert isinstance(answers, list)
+    assert cbor2.loads(answers[0][8:]) == {"off": 256}
