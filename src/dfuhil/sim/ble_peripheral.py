@@ -93,6 +93,18 @@ class BlePeripheral:
         self._drop_after: int | None = None
         self.connections_made = 0
 
+    def describe(self) -> dict[str, object]:
+        """Name, address, whether it is on the air, and each connection's link state."""
+        with self._lock:
+            on_air = self._controller is not None
+            links = {str(h): p.state.describe() for h, p in self.pacers.items()}
+        return {
+            "name": self.identity.name,
+            "address": self.identity.address,
+            "on_air": on_air,
+            "links": links,
+        }
+
     # --- power ------------------------------------------------------------------------------
 
     def start(self) -> None:

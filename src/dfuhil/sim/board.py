@@ -406,6 +406,7 @@ class VirtualBoard:
             "powered": self.powered,
             "serial": self.uart.path,
             "smp_udp": self.udp.address,
+            "ble": None if self.ble is None else self.ble.describe(),
         }
 
     def stats(self) -> dict[str, float]:
