@@ -343,6 +343,7 @@ def test_shipped_boards_describe_the_generated_sets(tmp_path: Path) -> None:
         app = mset.app_build(board.chip)
         assert (spec.confirm == "app") == app.confirm_at_boot
         assert ("udp" in spec.transports) == app.udp == (board.smp_udp == "virtual")
+        assert ("ble" in spec.transports) == app.ble == (board.ble is not None)
         assert spec.dfu_lock_timeout_ms == app.dfu_lock_timeout_ms
         assert spec.downgrade_prevention == mset.downgrade_prevention
         assert spec.serial_recovery == mset.serial_recovery

@@ -47,6 +47,7 @@ from dfuhil.farm.schema import (
     BOARD_NAME_RE,
     UNION_TAGS,
     VIRTUAL_PORT,
+    BleLinkSchema,
     BleSchema,
     BoardSchema,
     FarmSchema,
@@ -59,6 +60,7 @@ from dfuhil.farm.schema import (
     RadioSchema,
     SerialSchema,
 )
+from dfuhil.formats.ble_link import LinkConfig
 from dfuhil.formats.chips import (
     BOARD_TYPES,
     BoardType,
@@ -688,6 +690,7 @@ class _Resolver:
             serial_recovery=None if sr is None else SerialRecovery(wait_ms=sr.wait_ms),
             builds=builds,
             smp_uart=None if schema.smp_uart is None else SmpUart(**schema.smp_uart.model_dump()),
+            ble_link=LinkConfig(**(schema.ble_link or BleLinkSchema()).model_dump()),
         )
 
     def _check_key(self, key: Path, allow_sample: bool, loc: Loc) -> None:

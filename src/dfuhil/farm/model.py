@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from dfuhil.errors import InputError, Problem
+from dfuhil.formats.ble_link import STOCK_LINK, LinkConfig
 from dfuhil.formats.chips import BoardType, Chip
 from dfuhil.formats.mcuboot import PublicKey, load_public_key
 from dfuhil.formats.mcuboot_build import FlashGeometry, SerialRecovery, Slot
@@ -185,6 +186,7 @@ class McubootSpec:
     serial_recovery: SerialRecovery | None = None
     builds: tuple[tuple[str, Path], ...] = ()
     smp_uart: SmpUart | None = None  # the app's SMP UART as boards.yaml states it
+    ble_link: LinkConfig = STOCK_LINK  # the app's Bluetooth LE link (stock unless stated)
 
     @property
     def uart(self) -> SmpUart:

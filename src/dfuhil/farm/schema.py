@@ -222,6 +222,36 @@ class SmpUartSchema(_Strict):
     delivery: Literal["paced", "burst"] = "burst"
 
 
+class BleLinkSchema(_Strict):
+    """The application's Bluetooth LE link as built (Zephyr Kconfig; the defaults are stock,
+    dfuhil.formats.ble_link). Intervals in 1.25 ms units, timeouts in 10 ms units."""
+
+    att_mtu: int = Field(default=498, ge=23, le=517)  # L2CAP TX MTU / ACL RX size - 4
+    data_length: int = Field(default=251, ge=27, le=251)  # CONFIG_BT_CTLR_DATA_LENGTH_MAX
+    pref_min_interval: int = Field(default=24, ge=6, le=3200)  # CONFIG_BT_PERIPHERAL_PREF_*
+    pref_max_interval: int = Field(default=40, ge=6, le=3200)
+    pref_latency: int = Field(default=0, ge=0, le=499)
+    pref_timeout: int = Field(default=42, ge=10, le=3200)
+    auto_update: bool = True  # CONFIG_BT_GAP_AUTO_UPDATE_CONN_PARAMS
+    smp_conn_param_control: bool = True  # CONFIG_MCUMGR_TRANSPORT_BT_CONN_PARAM_CONTROL
+    smp_min_interval: int = Field(default=6, ge=6, le=3200)
+    smp_max_interval: int = Field(default=9, ge=6, le=3200)
+    smp_latency: int = Field(default=0, ge=0, le=499)
+    smp_restore_ms: int = Field(default=5000, ge=1000, le=65535)
+    event_length_us: int = Field(default=7500, ge=1250, le=4_000_000)
+    reassembly: bool = True  # CONFIG_MCUMGR_TRANSPORT_BT_REASSEMBLY
+    latency_request: bool = False  # nRF Desktop: lower latency while an SMP transfer runs
+    default_latency: int = Field(default=0, ge=0, le=499)  # what it raises the latency to
+
+    @model_validator(mode="after")
+    def _ranges(self) -> BleLinkSchema:
+        if self.pref_min_interval > self.pref_max_interval:
+            raise ValueError("pref_min_interval is above pref_max_interval; swap them")
+        if self.smp_min_interval > self.smp_max_interval:
+            raise ValueError("smp_min_interval is above smp_max_interval; swap them")
+        return self
+
+
 Transport = Literal["serial", "udp", "ble"]
 
 
@@ -250,6 +280,7 @@ class McubootSchema(_Strict):
     dfu_lock_timeout_ms: int = Field(default=0, ge=0, le=3_600_000)  # nRF Desktop DFU lock
     serial_recovery: SerialRecoverySchema | None = None
     smp_uart: SmpUartSchema | None = None  # the app's SMP UART buffers; None: stock, burst
+    ble_link: BleLinkSchema | None = None  # the app's Bluetooth LE link; None: stock
     builds: dict[str, Annotated[str, Field(min_length=1)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -261,6 +292,8 @@ class McubootSchema(_Strict):
                 "dfu_lock_timeout_ms: the DFU lock is shared between transports; with one "
                 "transport there is nothing to lock, remove it (or add udp to transports)"
             )
+        if self.ble_link is not None and "ble" not in self.transports:
+            raise ValueError("ble_link: the build has no ble transport; add ble to transports")
         if self.downgrade_prevention and self.mode in ("direct-xip", "direct-xip-revert"):
             raise ValueError(
                 f"downgrade_prevention: MCUboot does not allow it with {self.mode} (the highest "

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 from dfuhil.farm.model import RadioSpec
+from dfuhil.formats.ble_link import STOCK_LINK, LinkConfig
 from dfuhil.formats.chips import (
     FICR_BASE,
     FICR_CODEPAGESIZE,
@@ -36,6 +37,8 @@ from dfuhil.formats.chips import (
     Chip,
 )
 from dfuhil.formats.smp_uart import Delivery
+from dfuhil.sim.ble_peripheral import BleIdentity, BlePeripheral, static_address
+from dfuhil.sim.ble_radio import BleRadio
 from dfuhil.sim.clock import PowerLoss, VirtualClock
 from dfuhil.sim.flash import NorFlash
 from dfuhil.sim.radio import RadioMedium, RadioPort
@@ -71,6 +74,9 @@ class BoardWiring:
     led_pins: tuple[int, ...]
     leds_active_low: bool
     uart_delivery: Delivery = "paced"  # burst: USB CDC-ACM (boards.yaml mcuboot.smp_uart)
+    ble_name: str | None = None  # CONFIG_BT_DEVICE_NAME (boards.yaml ble), None: no radio use
+    ble_address: str | None = None  # None: the random static address from FICR DEVICEADDR
+    ble_link: LinkConfig = STOCK_LINK
 
 
 class Gpio:
@@ -166,6 +172,7 @@ class VirtualBoard:
         clock: VirtualClock,
         log: logging.Logger,
         radio: RadioPort | None = None,
+        ble_radio: BleRadio | None = None,
     ) -> None:
         self.wiring = wiring
         self.name = wiring.name
@@ -202,6 +209,14 @@ class VirtualBoard:
         self.udp = UdpPort(clock, name=f"{wiring.name}-udp")
         # A board alone (no farm) still has a radio: the air around it is just empty.
         self.radio = radio or RadioMedium(RadioSpec(), clock).port(wiring.name)
+        # The Bluetooth LE side, on the farm's link: the SMP app starts it while it runs.
+        self.ble: BlePeripheral | None = None
+        if ble_radio is not None and wiring.ble_name is not None:
+            address = wiring.ble_address or static_address(
+                self.read_u32(FICR_DEVICEADDR0), self.read_u32(FICR_DEVICEADDR1)
+            )
+            identity = BleIdentity(wiring.ble_name, address)
+            self.ble = BlePeripheral(ble_radio, identity, wiring.ble_link, clock, log)
         self.cpu = Cpu(self)
         self.powered = True
         self._lock = threading.RLock()
@@ -254,10 +269,14 @@ class VirtualBoard:
         self.gpio.reset()
         self.uart.flush_rx()
         self.udp.flush()
+        if self.ble is not None:
+            self.ble.stop()
         self.log.info("power lost: %s", reason)
 
     def shutdown(self) -> None:
         self.cpu.stop()
+        if self.ble is not None:
+            self.ble.stop()
         self.uart.close()
         self.udp.close()
 
@@ -268,6 +287,8 @@ class VirtualBoard:
         self.uart.flush_rx()
         self.udp.flush()
         self.radio.reset()
+        if self.ble is not None:
+            self.ble.stop()
 
     @property
     def gpregret(self) -> int:
@@ -385,6 +406,7 @@ class VirtualBoard:
             "powered": self.powered,
             "serial": self.uart.path,
             "smp_udp": self.udp.address,
+            "ble": None if self.ble is None else self.ble.describe(),
         }
 
     def stats(self) -> dict[str, float]:

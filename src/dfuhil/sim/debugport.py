@@ -149,6 +149,19 @@ def _uart_vanish(board: VirtualBoard, a: dict[str, Any]) -> Any:
     return None
 
 
+def _ble_drop(board: VirtualBoard, a: dict[str, Any]) -> Any:
+    """Drop the board's Bluetooth LE connection now, or once ``after_bytes`` more ATT bytes
+    were written to it (a central that walks out of range mid-upload)."""
+    if board.ble is None:
+        raise PortError(INVALID_OPERATION, f"{board.name} has no Bluetooth LE (boards.yaml ble)")
+    after = a.get("after_bytes")
+    if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 1):
+        raise PortError(
+            INVALID_PARAMETER, f"ble_drop after_bytes must be an int >= 1, not {after!r}"
+        )
+    return {"dropped": board.ble.drop(after), "connections": board.ble.connections_made}
+
+
 HANDLERS: dict[str, Handler] = {
     "read": _read,
     "write": _write,
@@ -180,6 +193,7 @@ HANDLERS: dict[str, Handler] = {
     "last_tear": _last_tear,
     "line_faults": _line_faults,
     "uart_vanish": _uart_vanish,
+    "ble_drop": _ble_drop,
 }
 
 

@@ -35,6 +35,11 @@ The J-Link's own USB link has one (a probe unplugged in the middle of programmin
   every request refused) until ``replug_probe()``. ``lose_probe_now()`` drops it at once;
   ``probe_link()`` says what the lever did (lost, losses, flash operations, last in flight).
 
+The Bluetooth LE link has one (a central that walks away):
+
+- ``drop_ble()``: the board ends its connection now (the central sees a disconnection);
+  ``drop_ble(after_bytes=n)``: once n more ATT bytes were written to it, mid-upload.
+
 - ``halt_cpu()``: the board stops answering (its core halted, as a hung firmware would).
 """
 
@@ -132,6 +137,12 @@ class FaultInjector:
     def vanish_port(self, down_s: float = 1.0) -> None:
         """The serial port goes away now; a new one appears ``down_s`` device seconds later."""
         self._call("uart_vanish", down_s=down_s)
+
+    def drop_ble(self, after_bytes: int | None = None) -> dict[str, Any]:
+        """Drop the board's BLE connection now, or after ``after_bytes`` more bytes written."""
+        if after_bytes is None:
+            return dict(self._call("ble_drop"))
+        return dict(self._call("ble_drop", after_bytes=after_bytes))
 
     def lose_probe_after(self, n: int, *, seed: int = 0) -> dict[str, Any]:
         """Drop the probe's USB link during the ``n``-th probe flash operation from now."""

@@ -11,7 +11,9 @@ import threading
 from pathlib import Path
 
 from dfuhil.farm.model import BoardSpec, Farm
+from dfuhil.formats.ble_link import LinkConfig
 from dfuhil.formats.smp_uart import Delivery
+from dfuhil.sim.ble_radio import BleRadio
 from dfuhil.sim.board import BoardWiring, VirtualBoard
 from dfuhil.sim.clock import VirtualClock
 from dfuhil.sim.debugport import DebugPortServer
@@ -54,6 +56,11 @@ class VirtualFarm:
         self.clock = VirtualClock(time_scale if time_scale is not None else farm.time_scale)
         self.radio = RadioMedium(farm.radio, self.clock)
         self.boards: dict[str, VirtualBoard] = {}
+        # One Bluetooth LE link for the boards that speak SMP over it and the hosts that join.
+        self.ble_radio: BleRadio | None = None
+        if any(spec.ble is not None for spec in farm.virtual_boards()):
+            self.ble_radio = BleRadio()
+            self.ble_radio.start()
         for spec in farm.virtual_boards():
             wiring = BoardWiring(
                 name=spec.name,
@@ -63,12 +70,16 @@ class VirtualFarm:
                 led_pins=spec.leds.pins,
                 leds_active_low=spec.leds.active_low,
                 uart_delivery=_uart_delivery(spec),
+                ble_name=spec.ble.name if spec.ble is not None else None,
+                ble_address=spec.ble.address if spec.ble is not None else None,
+                ble_link=spec.mcuboot.ble_link if spec.mcuboot is not None else LinkConfig(),
             )
             self.boards[spec.name] = VirtualBoard(
                 wiring,
                 self.clock,
                 _board_logger(spec.name, log_dir),
                 radio=self.radio.port(spec.name),
+                ble_radio=self.ble_radio,
             )
         for name, faults in farm.line_faults:
             if name in self.boards:
@@ -91,6 +102,8 @@ class VirtualFarm:
         for board in self.boards.values():
             board.shutdown()
         self.debug_port.close()
+        if self.ble_radio is not None:
+            self.ble_radio.stop()
         with contextlib.suppress(OSError):
             os.rmdir(self._sockdir)
 
@@ -100,6 +113,7 @@ class VirtualFarm:
             pid=os.getpid(),
             time_scale=self.clock.time_scale,
             boards_file=str(boards_file),
+            ble_hci=self.ble_radio.moniker if self.ble_radio is not None else None,
             boards={
                 name: VirtualBoardState(
                     name=name,

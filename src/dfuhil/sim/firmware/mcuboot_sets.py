@@ -114,6 +114,7 @@ class McubootSet:
     downgrade_prevention: bool = False
     confirm_at_boot: bool = False  # nRF Desktop: the app confirms itself
     udp: bool = False
+    ble: bool = False
     dfu_lock_timeout_ms: int = 0
     serial_recovery: SerialRecovery | None = None
 
@@ -172,6 +173,7 @@ class McubootSet:
             confirm_at_boot=self.confirm_at_boot,
             fault=fault,
             udp=self.udp,
+            ble=self.ble,
             dfu_lock_timeout_ms=self.dfu_lock_timeout_ms,
             led=1 if build == "update" else 0,
         )
@@ -180,7 +182,7 @@ class McubootSet:
 _XIP_SLOTS = {"primary": (0xC000, 0x76000), "secondary": (0x82000, 0x76000)}
 MCUBOOT_SETS: tuple[McubootSet, ...] = (
     # The Zephyr flow (NCS default mode, the layout of examples/pm_static_nrf52840.yml): the
-    # host tests and confirms; SMP over serial and UDP with nRF Desktop's DFU lock.
+    # host tests and confirms; SMP over serial, UDP and Bluetooth LE with nRF Desktop's DFU lock.
     McubootSet(
         "nRF52840_xxAA",
         "swap-move",
@@ -188,6 +190,7 @@ MCUBOOT_SETS: tuple[McubootSet, ...] = (
         primary=(0xC000, 0x76000),
         secondary=(0x82000, 0x76000),
         udp=True,
+        ble=True,
         dfu_lock_timeout_ms=5000,
     ),
     McubootSet(

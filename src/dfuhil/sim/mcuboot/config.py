@@ -71,6 +71,7 @@ class SmpAppBuild:
     confirm_at_boot: bool = False  # nRF Desktop style: the app confirms itself once it runs
     fault: Fault | None = None  # a broken build: crashes at boot, or never confirms
     udp: bool = False  # an SMP server on UDP too (the board's network port)
+    ble: bool = False  # and on Bluetooth LE (CONFIG_MCUMGR_TRANSPORT_BT; the board's radio)
     dfu_lock_timeout_ms: int = 0  # nRF Desktop DFU lock across transports; 0: no lock
     led: int = 0  # the LED this build blinks
     period_ms: int = 500
@@ -87,6 +88,7 @@ class SmpAppBuild:
             "confirm_at_boot": self.confirm_at_boot,
             "fault": self.fault,
             "udp": self.udp,
+            "ble": self.ble,
             "dfu_lock_timeout_ms": self.dfu_lock_timeout_ms,
             "led": self.led,
             "period_ms": self.period_ms,
@@ -108,6 +110,7 @@ class SmpAppBuild:
             confirm_at_boot=bool(p.get("confirm_at_boot", False)),
             fault=cast(Fault | None, fault),
             udp=bool(p.get("udp", False)),
+            ble=bool(p.get("ble", False)),
             dfu_lock_timeout_ms=int(p.get("dfu_lock_timeout_ms", 0)),
             led=int(p.get("led", 0)),
             period_ms=int(p.get("period_ms", 500)),

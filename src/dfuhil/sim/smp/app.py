@@ -2,7 +2,8 @@
 
 What a person at the bench sees: the Zephyr boot banner and a line naming the app, the version
 from its own image header and the slot it runs from; LED ``led`` toggling every ``period_ms``;
-an SMP server on the console UART (and on the board's UDP socket when the build has ``udp``).
+an SMP server on the console UART (and on the board's UDP socket when the build has ``udp``,
+on the board's Bluetooth LE radio when it has ``ble``: dfuhil.sim.ble_smp).
 
 Like Zephyr's SMP work queue, one thread (the firmware's main thread) runs every SMP command and
 every flash operation; reader threads only collect packets from the UART and the UDP socket.
@@ -47,6 +48,7 @@ from dfuhil.formats.smp import (
     SmpPacket,
     encode_frames,
 )
+from dfuhil.sim.ble_smp import BleSmpPort
 from dfuhil.sim.clock import ResetSignal
 from dfuhil.sim.mcuboot.config import SmpAppBuild
 from dfuhil.sim.runtime import Firmware, behaviour
@@ -116,6 +118,11 @@ class SmpApp(Firmware):
         self._spawn(self._serial_reader, "smp-uart")
         if build.udp:
             self._spawn(self._udp_reader, "smp-udp")
+        peripheral = ctx.board.ble
+        if build.ble and peripheral is not None:
+            port = BleSmpPort(ctx, peripheral, peripheral.config, build.buf_size)
+            peripheral.start()
+            self._spawn(lambda: port.serve(self._ble_job(port)), "smp-ble")
         self._work()
 
     # --- boot ---------------------------------------------------------------------------------
@@ -205,11 +212,20 @@ class SmpApp(Firmware):
 
             self.jobs.put(_Job("udp", data, reply))
 
+    def _ble_job(self, port: BleSmpPort) -> Callable[[int, bytes], None]:
+        def submit(connection: int, packet: bytes) -> None:
+            def reply(packets: list[bytes]) -> None:
+                port.reply(connection, packets)
+
+            self.jobs.put(_Job("ble", packet, reply))
+
+        return submit
+
     def _work(self) -> None:
         """The SMP work queue: every command and every flash operation runs here."""
         ctx = self.ctx
         clock = ctx.board.clock
-        dispatchers = {name: self._dispatcher(name) for name in ("serial", "udp")}
+        dispatchers = {name: self._dispatcher(name) for name in ("serial", "udp", "ble")}
         while True:
             wait = _POLL_WALL_S
             if self.reset_at is not None:
