@@ -58,7 +58,7 @@ class PowerSwitch(ABC):
         time.sleep(off_s)
         self.on()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most switches hold no connection
         """Let go of whatever connection the switch holds."""
 
 
