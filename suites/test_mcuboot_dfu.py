@@ -321,36 +321,50 @@ def test_power_cuts_through_the_switch_during_a_swap_leave_old_or_new_never_neit
     mcuboot: McubootUnderTest,
 ) -> None:
     """The real rig's power-cut test: the board's supply switch (a PDU outlet through its
-    labgrid place) cuts it at a few points in time during the swap, as fractions of the swap's
-    duration measured on one uncut run. Sampled, not swept: every cut mid-swap wears the
-    board's flash (MCUboot docs/design.md), so ``--power-cuts N`` bounds them. The board must
-    then boot the old or the new image, never neither, and an old one must finish the swap."""
+    labgrid place) cuts it at a few points in time during the swap, as fractions of the time
+    from reset to the new image's banner on one uncut run, less the switch's own latency
+    (measured). Sampled, not swept: every cut mid-swap wears the board's flash (MCUboot
+    docs/design.md), so ``--power-cuts N`` bounds them. The board must then start afresh and
+    boot the old or the new image, never neither; an old one must finish the swap. A run in
+    which no cut came before the application was up tested nothing and fails."""
     switch = mcuboot.power_switch()
     count = mcuboot.power_cut_count
     if count < 1:
         pytest.skip("--power-cuts 0: no power cut asked for")
+    started = time.monotonic()
+    assert switch.state(), f"{mcuboot.name}: its switch reports the outlet off before any cut"
+    latency_s = time.monotonic() - started  # asking the switch: what an off() takes to land
     image = mcuboot.sign("update", NEW)
     _stage(mcuboot, image)
     mcuboot.console.skip_to_end()
     started = time.monotonic()
     mcuboot.smp.reset()
     uncut = mcuboot.wait_boot(settle=False)
-    swap_s = time.monotonic() - started  # reset to the new image's banner: the swap's window
+    window_s = time.monotonic() - started  # reset to the new image's banner
     assert uncut.booted, f"{mcuboot.name} did not boot the update uncut:\n{uncut.diagnosis}"
     assert_running(mcuboot, NEW)
-    outcomes = [f"uncut: reset to banner {swap_s:.2f} s"]
+    outcomes = [f"uncut: reset to banner {window_s:.2f} s; the switch answers in {latency_s:.2f} s"]
+    early = 0
     for index in range(count):
         fraction = (index + 1) / (count + 1)  # evenly inside the window, never at its ends
         _stage(mcuboot, image)
         mcuboot.console.skip_to_end()
+        mark = len(mcuboot.console.text())
+        started = time.monotonic()
         mcuboot.smp.reset()
-        time.sleep(fraction * swap_s)
+        time.sleep(max(0.0, fraction * window_s - latency_s))
         switch.off()
+        cut_s = time.monotonic() - started
+        app_up = mcuboot.banner in mcuboot.console.text()[mark:]
+        early += not app_up
         assert not switch.state(), f"{mcuboot.name}: the switch still reports power after off"
         mcuboot.console.skip_to_end()  # unpowered: whatever comes next is a boot after the cut
         time.sleep(mcuboot.wall(SWITCH_OFF_DEVICE_S))
         switch.on()
-        where = f"switch cut at {fraction:.0%} of the swap ({fraction * swap_s:.2f} s)"
+        where = (
+            f"switch cut {cut_s:.2f} s after reset (aimed at {fraction:.0%} of the window), "
+            + ("the application already up" if app_up else "before the application was up")
+        )
         result = mcuboot.wait_boot()
         if result.diagnosis.boots < 1:  # no fresh MCUboot start: the cut never reached it
             raise InfrastructureError(
@@ -361,6 +375,11 @@ def test_power_cuts_through_the_switch_during_a_swap_leave_old_or_new_never_neit
             )
         _old_or_new(mcuboot, result, where, outcomes)
     allure.attach("\n".join(outcomes), name=f"{mcuboot.name} power cuts", extension="txt")
+    assert early, (
+        f"{mcuboot.name}: none of {count} cuts came before the application was up (window "
+        f"{window_s:.2f} s, switch latency {latency_s:.2f} s): nothing was interrupted\n"
+        + "\n".join(outcomes)
+    )
 
 
 def _stage(mcuboot: McubootUnderTest, image: SignedImage) -> None:

@@ -43,7 +43,7 @@ HOST = "lab-p"
 MCUBOOT = "vdk52840-swap-move"  # outlet 0: the power-cut suite's board
 BLINKY = "vdk52832"  # outlet 1: the board the chain tests cut
 OUTLETS = {MCUBOOT: 0, BLINKY: 1}
-TIME_SCALE = 0.1  # the shipped one: MCUboot's swap and SMP are paced by it
+TIME_SCALE = 1.0  # real time: the swap must outlast labgrid-client's start-up (the switch latency)
 WAIT_S = 30.0  # generous bound for anything to happen; never a speed claim
 USER = {"LG_USERNAME": "dfuhil-test", "LG_HOSTNAME": "dfuhil-test"}  # LabgridLab.place's user
 PDU_URL = "http://127.0.0.1:{port}/relay/{{index}}/{{value}}"
@@ -153,12 +153,11 @@ class PowerLab:
         url_file = self.workdir / "pdu.url"
         url_file.unlink(missing_ok=True)
         outlets = [f"--outlet={index}={board}" for board, index in OUTLETS.items()]
-        self.pdu = subprocess.Popen(
-            [sys.executable, "-m", "dfuhil", "sim", "pdu", "--state-file", str(self.state.path)]
-            + [*outlets, "--port", str(self.pdu_port), "--url-file", str(url_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "pdu.log").open("ab"),
-        )
+        command = [sys.executable, "-m", "dfuhil", "sim", "pdu"]
+        command += ["--state-file", str(self.state.path), *outlets]
+        command += ["--port", str(self.pdu_port), "--url-file", str(url_file)]
+        with (self.workdir / "pdu.log").open("ab") as log:
+            self.pdu = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + WAIT_S
         while not url_file.exists():
             assert self.pdu.poll() is None, (self.workdir / "pdu.log").read_text()
@@ -386,3 +385,9 @@ def test_the_power_cut_suite_runs_through_the_switch_alone(
     assert len(switched) == 1 and "skipped" not in cases[switched[0]], cases
     assert len(levered) == 2 and all("skipped" in cases[n] for n in levered), cases
     assert sim_log.read_text().count("power lost") - cuts_before == 2
+    # What the suite attached: two cuts, each followed by a boot of the old or the new image,
+    # at least one of them before the application was up (the suite fails otherwise).
+    attached = [f.read_text() for f in (tmp_path / "allure").glob("*-attachment.txt")]
+    cuts = next(text for text in attached if text.startswith("uncut:")).splitlines()[1:]
+    assert len(cuts) == 2 and all(line.endswith(("v1.0.0", "v1.1.0")) for line in cuts), cuts
+    assert any("before the application was up" in line for line in cuts), cuts
