@@ -29,7 +29,9 @@ from ruamel.yaml import YAML
 
 from dfuhil.cli import main
 from dfuhil.errors import InfrastructureError, InputError
+from dfuhil.farm import power as power_module
 from dfuhil.farm.loader import load_farm
+from dfuhil.farm.model import PowerSpec
 from dfuhil.farm.power import LabgridPower, VirtualPower
 from dfuhil.sim.descriptor import Behaviour
 from dfuhil.sim.faults import FaultInjector
@@ -133,6 +135,30 @@ def test_a_switch_without_a_coordinator_is_refused_before_any_switching(
     )
     with pytest.raises(InputError, match="add coordinator: HOST:PORT"):
         LabgridPower.for_board(farm, farm.board("r1"))
+
+
+def test_a_missing_labgrid_names_make_lab_setup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(power_module, "REPO", tmp_path)
+    monkeypatch.setenv("DFUHIL_LABGRID_VENV", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    switch = LabgridPower("r1", "lab-a-r1", "127.0.0.1:1", PowerSpec("netio", "192.0.2.9", 0))
+    with pytest.raises(InfrastructureError, match="make lab-setup"):
+        switch.off()
+
+
+@pytest.mark.parametrize(
+    ("outlet", "said"),
+    [("0:vdk52832", "write INDEX=BOARD"), ("0=a --outlet=0=b", "outlet 0 is wired twice")],
+)
+def test_a_bad_pdu_outlet_is_refused_before_the_farm_is_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], outlet: str, said: str
+) -> None:
+    args = [f"--outlet={o.removeprefix('--outlet=')}" for o in outlet.split(" ")]
+    missing = str(tmp_path / "no-farm.json")
+    assert main(["sim", "pdu", "--state-file", missing, *args]) == 2
+    assert said in capsys.readouterr().err
 
 
 # --- the chain on loopback -------------------------------------------------------------------
@@ -277,13 +303,18 @@ def test_labgrid_client_power_off_cuts_the_board_and_on_boots_it(power_lab: Powe
         assert banner.encode() in read_until(console, banner.encode())
 
 
-def test_dfuhil_switches_the_board_through_its_place(
-    power_lab: PowerLab, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def switch(power_lab: PowerLab, monkeypatch: pytest.MonkeyPatch) -> LabgridPower:
+    """dfuhil's switch for BLINKY, as the user who acquires the places (LabgridLab.place)."""
     for name, value in USER.items():
         monkeypatch.setenv(name, value)
     farm = load_farm(power_lab.boards)
-    switch = LabgridPower.for_board(farm, farm.board(BLINKY))
+    return LabgridPower.for_board(farm, farm.board(BLINKY))
+
+
+def test_dfuhil_switches_the_board_through_its_place(
+    power_lab: PowerLab, switch: LabgridPower
+) -> None:
     banner = flash_banner(power_lab, BLINKY)
     with (
         power_lab.lab.place(place(BLINKY), f"{HOST}/{BLINKY}/*"),
@@ -308,12 +339,8 @@ def test_dfuhil_switches_the_board_through_its_place(
 
 
 def test_an_unreachable_pdu_is_an_infrastructure_error_naming_board_place_pdu_outlet(
-    power_lab: PowerLab, monkeypatch: pytest.MonkeyPatch
+    power_lab: PowerLab, switch: LabgridPower
 ) -> None:
-    for name, value in USER.items():
-        monkeypatch.setenv(name, value)
-    farm = load_farm(power_lab.boards)
-    switch = LabgridPower.for_board(farm, farm.board(BLINKY))
     with power_lab.lab.place(place(BLINKY), f"{HOST}/{BLINKY}/*"):
         power_lab.stop_pdu()
         try:

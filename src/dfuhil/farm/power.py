@@ -135,7 +135,15 @@ class LabgridPower(PowerSwitch):
         raise self._failed("get", f"labgrid-client answered {last!r}")
 
     def _client(self, action: str) -> str:
-        command = [labgrid_client(), "-x", self.coordinator, "-p", self.place, "power", action]
+        command = [
+            labgrid_program("labgrid-client"),
+            "-x",
+            self.coordinator,
+            "-p",
+            self.place,
+            "power",
+            action,
+        ]
         try:
             done = subprocess.run(
                 command,
@@ -164,15 +172,15 @@ class LabgridPower(PowerSwitch):
         )
 
 
-def labgrid_client() -> str:
-    """``labgrid-client`` from $DFUHIL_LABGRID_VENV, else <repo>/.venv-labgrid, else PATH."""
+def labgrid_program(program: str) -> str:
+    """``program`` from $DFUHIL_LABGRID_VENV, else <repo>/.venv-labgrid, else PATH."""
     for venv in (os.environ.get(VENV_ENV), str(REPO / ".venv-labgrid")):
-        if venv and (Path(venv) / "bin" / "labgrid-client").exists():
-            return str(Path(venv) / "bin" / "labgrid-client")
-    found = shutil.which("labgrid-client")
+        if venv and (Path(venv) / "bin" / program).exists():
+            return str(Path(venv) / "bin" / program)
+    found = shutil.which(program)
     if found is None:
         raise InfrastructureError(
-            "labgrid-client not found (labgrid drives power switches)",
+            f"{program} not found (labgrid lives in its own venv)",
             f"run `make lab-setup` (labgrid in .venv-labgrid) or set {VENV_ENV}",
         )
     return found

@@ -104,16 +104,19 @@ def _handler(outlets: dict[int, VirtualPower]) -> type[BaseHTTPRequestHandler]:
 
 def parse_outlets(specs: list[str], state_file: Path) -> dict[int, VirtualPower]:
     """``INDEX=BOARD`` pairs, each board looked up in the running farm's state file."""
-    state = load_state(state_file)
-    outlets: dict[int, VirtualPower] = {}
+    wiring: dict[int, str] = {}
     for spec in specs:
         index, sep, board = spec.partition("=")
         if not sep or not index.isdigit() or not board:
             raise InputError(f"--outlet {spec!r}: write INDEX=BOARD (e.g. 0=nrf52840-a)")
-        if int(index) in outlets:
+        if int(index) in wiring:
             raise InputError(f"--outlet {spec!r}: outlet {index} is wired twice")
+        wiring[int(index)] = board
+    state = load_state(state_file)
+    outlets: dict[int, VirtualPower] = {}
+    for index, board in wiring.items():
         entry = state.board(board)  # InfrastructureError naming the farm's boards
-        outlets[int(index)] = VirtualPower(board, FaultInjector(entry.endpoint, entry.snr))
+        outlets[index] = VirtualPower(board, FaultInjector(entry.endpoint, entry.snr))
     return outlets
 
 
