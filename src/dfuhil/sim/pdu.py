@@ -114,9 +114,9 @@ def parse_outlets(specs: list[str], state_file: Path) -> dict[int, VirtualPower]
         wiring[int(index)] = board
     state = load_state(state_file)
     outlets: dict[int, VirtualPower] = {}
-    for index, board in wiring.items():
+    for outlet, board in wiring.items():
         entry = state.board(board)  # InfrastructureError naming the farm's boards
-        outlets[index] = VirtualPower(board, FaultInjector(entry.endpoint, entry.snr))
+        outlets[outlet] = VirtualPower(board, FaultInjector(entry.endpoint, entry.snr))
     return outlets
 
 
