@@ -4,20 +4,25 @@ Each test runs on the boards with role ``mcuboot`` whose mode it applies to (``m
 and is skipped on the others with the reason. The flow is the one users type: sign, ``mcumgr
 image upload``, ``image list``, ``image test <hash>``, reset, ``image confirm``; the outcome is
 read the way a person checks it: what the board reports over SMP, what MCUboot printed, which
-LED blinks. Runs unchanged on a lab; only power cuts need the virtual farm.
+LED blinks. Runs unchanged on a lab; power cuts need the virtual farm's lever or a board's
+power switch (power: in boards.yaml, through its labgrid place).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from functools import partial
 
 import allure
 import pytest
 
+from dfuhil.errors import InfrastructureError
 from dfuhil.formats.mcuboot_holes import explain_brick
 from dfuhil.formats.mcuboot_trailer import MODE_NUMBERS
 from dfuhil.links.smp_link import SmpRefused
 from dfuhil.procedures.image_sign import SignParams, sign_image
+from dfuhil.procedures.mcuboot_dfu import Boot
 from dfuhil.report import traces
 from fixtures.mcuboot import McubootUnderTest, SignedImage
 
@@ -270,8 +275,6 @@ def test_second_transport_is_refused_while_the_first_holds_the_dfu_lock(
 
 
 def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, what
@@ -286,48 +289,132 @@ def test_power_cuts_during_a_swap_leave_old_or_new_never_neither(
     """A cut before a flash operation (MCUboot's simulator's kind) or inside one (``torn``: the
     page left partly written or erased). A board that then finds no bootable image fails as
     bricked, naming MCUboot v2.1.0's own hole when its boot log shows one."""
-    faults = mcuboot.faults()
+    faults = mcuboot.flash_op_lever()
     image = mcuboot.sign("update", NEW)
-
-    def staged() -> None:
-        mcuboot.provision()
-        mcuboot.upload(image)
-        mcuboot.smp.confirm(image.image_hash)  # permanent: no revert muddles the outcome
-
-    staged()
+    _stage(mcuboot, image)
     faults.reset_stats()
     boot(mcuboot)
     assert_running(mcuboot, NEW)
     total = faults.flash_ops()
     assert total > 4, f"a swap with only {total} flash operations?"
     points = sorted({1, total // 4, total // 2, 3 * total // 4, total - 1})
-    outcomes = []
+    outcomes: list[str] = []
     for point in points:
-        staged()
+        _stage(mcuboot, image)
         faults.cut_power_after(point, torn_seed=point if cut == "torn" else None)
         mcuboot.console.skip_to_end()
         mcuboot.smp.reset()
         _wait(lambda: not mcuboot.powered(), f"no power cut at flash operation {point}")
         where = f"{cut} cut {point}/{total}: {mcuboot.cpu_status()}"
         faults.power_on()
-        result = mcuboot.wait_boot()
-        if not result.booted:
-            traces.power_cut(mcuboot.name, point, total, "bricked")
-            allure.attach("\n".join(outcomes), name=f"{mcuboot.name} power cuts", extension="txt")
-            verdict, known = _bricked(mcuboot, where, result.log)
-            if known:
-                # MCUboot's own hole, named with its source line: reported on every run as an
-                # expected failure (XFAIL with the reason), so a new brick stays a red result.
-                pytest.xfail(verdict)
-            pytest.fail(verdict, pytrace=False)
-        version = mcuboot.active().version
-        traces.power_cut(mcuboot.name, point, total, f"v{version}")
-        outcomes.append(f"{where}: boots v{version}")
-        assert version.startswith((OLD, NEW)), outcomes[-1]
-        if version.startswith(OLD):  # an interrupted swap must still complete on the next boot
-            boot(mcuboot)
-        assert_running(mcuboot, NEW)
+        record = partial(traces.power_cut, mcuboot.name, point, total)
+        _old_or_new(mcuboot, mcuboot.wait_boot(), where, outcomes, record)
     allure.attach("\n".join(outcomes), name=f"{mcuboot.name} power cuts", extension="txt")
+
+
+# Device seconds a board stays without power after a cut through its switch: its rails drain.
+SWITCH_OFF_DEVICE_S = 1.0
+
+
+@pytest.mark.modes(*SWAP_MODES, "overwrite-only")
+def test_power_cuts_through_the_switch_during_a_swap_leave_old_or_new_never_neither(
+    mcuboot: McubootUnderTest,
+) -> None:
+    """The real rig's power-cut test: the board's supply switch (a PDU outlet through its
+    labgrid place) cuts it at a few points in time during the swap, as fractions of the time
+    from reset to the new image's banner on one uncut run, less the switch's own latency
+    (measured). Sampled, not swept: every cut mid-swap wears the board's flash (MCUboot
+    docs/design.md), so ``--power-cuts N`` bounds them. The board must then start afresh and
+    boot the old or the new image, never neither; an old one must finish the swap. A run in
+    which no cut came before the application was up tested nothing and fails."""
+    switch = mcuboot.power_switch()
+    count = mcuboot.power_cut_count
+    if count < 1:
+        pytest.skip("--power-cuts 0: no power cut asked for")
+    started = time.monotonic()
+    assert switch.state(), f"{mcuboot.name}: its switch reports the outlet off before any cut"
+    latency_s = time.monotonic() - started  # asking the switch: what an off() takes to land
+    image = mcuboot.sign("update", NEW)
+    _stage(mcuboot, image)
+    mcuboot.console.skip_to_end()
+    started = time.monotonic()
+    mcuboot.smp.reset()
+    uncut = mcuboot.wait_boot(settle=False)
+    window_s = time.monotonic() - started  # reset to the new image's banner
+    assert uncut.booted, f"{mcuboot.name} did not boot the update uncut:\n{uncut.diagnosis}"
+    assert_running(mcuboot, NEW)
+    outcomes = [f"uncut: reset to banner {window_s:.2f} s; the switch answers in {latency_s:.2f} s"]
+    early = 0
+    for index in range(count):
+        fraction = (index + 1) / (count + 1)  # evenly inside the window, never at its ends
+        _stage(mcuboot, image)
+        mcuboot.console.skip_to_end()
+        mark = len(mcuboot.console.text())
+        started = time.monotonic()
+        mcuboot.smp.reset()
+        time.sleep(max(0.0, fraction * window_s - latency_s))
+        switch.off()
+        cut_s = time.monotonic() - started
+        app_up = mcuboot.banner in mcuboot.console.text()[mark:]
+        early += not app_up
+        assert not switch.state(), f"{mcuboot.name}: the switch still reports power after off"
+        mcuboot.console.skip_to_end()  # unpowered: whatever comes next is a boot after the cut
+        time.sleep(mcuboot.wall(SWITCH_OFF_DEVICE_S))
+        switch.on()
+        where = (
+            f"switch cut {cut_s:.2f} s after reset (aimed at {fraction:.0%} of the window), "
+            + ("the application already up" if app_up else "before the application was up")
+        )
+        result = mcuboot.wait_boot()
+        if result.diagnosis.boots < 1:  # no fresh MCUboot start: the cut never reached it
+            raise InfrastructureError(
+                f"{where}: the switch reported the outlet off, yet MCUboot never started "
+                f"again after it came back on; console since the cut:\n{result.log[-2000:]}",
+                f"check that {mcuboot.board.power} really feeds {mcuboot.name}",
+                board=mcuboot.name,
+            )
+        _old_or_new(mcuboot, result, where, outcomes)
+    allure.attach("\n".join(outcomes), name=f"{mcuboot.name} power cuts", extension="txt")
+    assert early, (
+        f"{mcuboot.name}: none of {count} cuts came before the application was up (window "
+        f"{window_s:.2f} s, switch latency {latency_s:.2f} s): nothing was interrupted\n"
+        + "\n".join(outcomes)
+    )
+
+
+def _stage(mcuboot: McubootUnderTest, image: SignedImage) -> None:
+    """The old image running, ``image`` uploaded and confirmed: permanent, so no revert
+    muddles the outcome of a cut."""
+    mcuboot.provision()
+    mcuboot.upload(image)
+    mcuboot.smp.confirm(image.image_hash)
+
+
+def _old_or_new(
+    mcuboot: McubootUnderTest,
+    result: Boot,
+    where: str,
+    outcomes: list[str],
+    record: Callable[[str], None] = lambda booted: None,
+) -> None:
+    """After power came back: the old or the new image boots (an old one then completes the
+    swap on the next boot), or the test fails as bricked. ``record`` hears what booted."""
+    if not result.booted:
+        record("bricked")
+        allure.attach("\n".join(outcomes), name=f"{mcuboot.name} power cuts", extension="txt")
+        verdict, known = _bricked(mcuboot, where, result.log)
+        if known:
+            # MCUboot's own hole, named with its source line: reported on every run as an
+            # expected failure (XFAIL with the reason), so a new brick stays a red result.
+            pytest.xfail(verdict)
+        pytest.fail(verdict, pytrace=False)
+    version = mcuboot.active().version
+    record(f"v{version}")
+    outcomes.append(f"{where}: boots v{version}")
+    assert version.startswith((OLD, NEW)), outcomes[-1]
+    if version.startswith(OLD):  # an interrupted swap must still complete on the next boot
+        boot(mcuboot)
+    assert_running(mcuboot, NEW)
 
 
 def _bricked(mcuboot: McubootUnderTest, where: str, log: str) -> tuple[str, bool]:

@@ -12,6 +12,9 @@ name (the conventions of issue 10, relied on by ``farm places`` and the remote l
   no J-Link resource; ``NetworkService`` (address, port, username) is its resource for "a
   service at host:port" and the exporter publishes it unchanged, so nothing is invented.
 - ``smp-udp``: a ``NetworkService`` for boards with SMP over UDP.
+- ``power``: a ``NetworkPowerPort`` (model, host, index) for boards with a ``power:`` switch,
+  exactly as boards.yaml describes it; ``labgrid-client power`` on the place then drives it
+  through labgrid's NetworkPowerDriver (dfuhil.farm.power).
 
 Nothing here imports labgrid (it lives in its own venv): the file is plain YAML.
 """
@@ -26,12 +29,13 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from dfuhil.errors import InfrastructureError, InputError, Problem
-from dfuhil.farm.model import VIRTUAL_PORT, BoardSpec, Farm
+from dfuhil.farm.model import VIRTUAL_PORT, BoardSpec, Farm, PowerSpec
 from dfuhil.sim.state import SimState, load_state
 
 CONSOLE = "console"
 PROBE = "probe"
 SMP_UDP = "smp-udp"
+POWER = "power"
 BY_ID = "/dev/serial/by-id/"
 
 
@@ -62,6 +66,7 @@ class ExportedBoard:
     baud: int
     probe: Endpoint
     smp_udp: Endpoint | None = None
+    power: PowerSpec | None = None
 
     def group(self) -> dict[str, Any]:
         """The board's resource group in labgrid's exporter format."""
@@ -71,6 +76,13 @@ class ExportedBoard:
         }
         if self.smp_udp is not None:
             group[SMP_UDP] = self.smp_udp.resource()
+        if self.power is not None:
+            group[POWER] = {
+                "cls": "NetworkPowerPort",
+                "model": self.power.model,
+                "host": self.power.host,
+                "index": self.power.index,
+            }
         return group
 
 
@@ -173,6 +185,7 @@ def _real(board: BoardSpec) -> ExportedBoard:
         baud=board.serial.baud,
         probe=Endpoint.parse(board.probe.remote),
         smp_udp=Endpoint.parse(board.smp_udp) if board.smp_udp else None,
+        power=board.power,
     )
 
 
@@ -201,4 +214,5 @@ def _virtual(board: BoardSpec, state: SimState) -> ExportedBoard:
         baud=board.serial.baud,
         probe=Endpoint.parse(entry.debug_tcp),
         smp_udp=Endpoint.parse(entry.smp_udp) if entry.smp_udp else None,
+        power=board.power,
     )

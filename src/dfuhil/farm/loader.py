@@ -38,6 +38,7 @@ from dfuhil.farm.model import (
     LedSpec,
     LineFaults,
     McubootSpec,
+    PowerSpec,
     ProbeSpec,
     RadioSpec,
     Region,
@@ -56,6 +57,7 @@ from dfuhil.farm.schema import (
     LedSchema,
     LineFaultsSchema,
     McubootSchema,
+    PowerSchema,
     ProbeSchema,
     RadioSchema,
     SerialSchema,
@@ -430,6 +432,7 @@ class _BoardParts:
     smp_udp: str | None = None
     place: str | None = None
     lab_host: str | None = None
+    power: PowerSchema | None = None
     ble: BleSchema | None = None
 
     @classmethod
@@ -744,6 +747,7 @@ class _Resolver:
             self._mcuboot_layout(firmware, layout, (*loc, "flash_layout"))
         self._smp_udp(parts, firmware, (*loc, "smp_udp"))
         self._ble(parts, firmware, (*loc, "ble"))
+        self._power(parts, (*loc, "power"))
         if (
             parts.failed
             or parts.name is None
@@ -770,7 +774,19 @@ class _Resolver:
             place=parts.place,
             lab_host=parts.lab_host,
             ble=BleSpec(name=parts.ble.name, address=parts.ble.address) if parts.ble else None,
+            power=PowerSpec(parts.power.model, parts.power.host, parts.power.index)
+            if parts.power
+            else None,
         )
+
+    def _power(self, board: _BoardParts, loc: Loc) -> None:
+        """A supply switch is driven through labgrid, so the board needs its place."""
+        if board.power is not None and board.place is None and "place" not in board.failed:
+            self.report.add(
+                loc,
+                "the switch is driven through labgrid (labgrid-client power): add place: NAME, "
+                "the labgrid place whose exporter publishes this switch",
+            )
 
     def _ble(self, board: _BoardParts, firmware: FirmwareSet | None, loc: Loc) -> None:
         """A board on the air needs a name to be found by, and firmware that serves SMP there."""

@@ -334,6 +334,18 @@ class BleSpec:
 
 
 @dataclass(frozen=True)
+class PowerSpec:
+    """A board's supply switch, as labgrid's NetworkPowerPort: model, host, outlet index."""
+
+    model: str
+    host: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.model} PDU {self.host} outlet {self.index}"
+
+
+@dataclass(frozen=True)
 class BoardSpec:
     """One board of the farm, fully resolved; ``line`` is where it starts in the YAML."""
 
@@ -351,6 +363,7 @@ class BoardSpec:
     place: str | None = None  # the labgrid place holding it, when it lives on another lab host
     lab_host: str | None = None  # the lab host whose exporter publishes it
     ble: BleSpec | None = None  # how a host finds it on the air (SMP over Bluetooth LE)
+    power: PowerSpec | None = None  # its supply switch, reached through its labgrid place
 
     @property
     def is_virtual(self) -> bool:

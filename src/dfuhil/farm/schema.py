@@ -447,6 +447,51 @@ class BleSchema(_Strict):
         return value
 
 
+# labgrid 26.0.1's network power switch models (labgrid/driver/power/*.py): the ``model`` of a
+# NetworkPowerPort names the module its NetworkPowerDriver imports.
+POWER_MODELS = (
+    "apc", "digipower", "digitalloggers_http", "digitalloggers_restapi", "eaton",
+    "eg_pms2_network", "eth008", "gude", "gude24", "gude8031", "gude8225", "gude8316",
+    "mfi_mpower", "netio", "netio_kshell", "pe6216", "poe_mib", "poe_netgear_plus", "raritan",
+    "rest", "sentry", "shelly_gen1", "shelly_gen2", "siglent", "simplerest", "tinycontrol",
+    "tinycontrol_tcpdu", "tplink", "ubus",
+)  # fmt: skip
+# Models whose ``host`` is a URL template the driver fills with {index} and {value}.
+URL_POWER_MODELS = ("rest", "simplerest")
+
+
+class PowerSchema(_Strict):
+    """The board's supply switch, as labgrid's exporter describes a ``NetworkPowerPort``:
+    the switch's model (labgrid's driver module), its host (an address, or the URL template of
+    the ``rest``/``simplerest`` models) and the outlet index. labgrid's driver does the talking.
+    """
+
+    model: str
+    host: str = Field(min_length=1)
+    index: int = Field(ge=0)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in POWER_MODELS:
+            raise ValueError(
+                f"{value!r} is no power switch model of labgrid 26.0.1; use one of "
+                + ", ".join(POWER_MODELS)
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _url_template(self) -> PowerSchema:
+        if self.model in URL_POWER_MODELS and (
+            not self.host.startswith(("http://", "https://")) or "{value}" not in self.host
+        ):
+            raise ValueError(
+                f"model {self.model} takes host as a URL template with {{value}} (0 or 1) and "
+                "optionally {index}, e.g. http://192.0.2.9/relay/{index}/{value}"
+            )
+        return self
+
+
 class BoardSchema(_Strict):
     """One board of the farm as written."""
 
@@ -465,6 +510,8 @@ class BoardSchema(_Strict):
     # lab host whose exporter publishes them (`dfuhil farm export --host NAME`).
     place: str | None = None
     lab_host: str | None = None
+    # Its supply switch (a network PDU or USB hub port), reached through the labgrid place.
+    power: PowerSchema | None = None
     # SMP over Bluetooth LE (firmware sets whose mcuboot.transports lists ble).
     ble: BleSchema | None = None
 

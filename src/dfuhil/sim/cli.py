@@ -40,6 +40,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="stop when this process is gone (the test run that started the farm)",
     )
     serve.set_defaults(func=run_serve)
+    pdu = commands.add_parser(
+        "pdu",
+        help="a virtual network PDU (labgrid's simplerest protocol on 127.0.0.1) whose outlets "
+        "switch virtual boards' power; runs until SIGTERM",
+    )
+    pdu.add_argument(
+        "--state-file",
+        type=Path,
+        default=DEFAULT_STATE_FILE,
+        metavar="STATE.json",
+        help=f"the running virtual farm's state file (default: {DEFAULT_STATE_FILE})",
+    )
+    pdu.add_argument(
+        "--outlet",
+        action="append",
+        default=[],
+        required=True,
+        metavar="INDEX=BOARD",
+        help="wire outlet INDEX to the virtual board BOARD (repeat per outlet)",
+    )
+    pdu.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free)")
+    pdu.add_argument(
+        "--url-file", type=Path, default=None, help="also write the URL template to this file"
+    )
+    pdu.set_defaults(func=run_pdu)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -59,3 +84,9 @@ def run_serve(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         watch_pid=args.watch_pid,
     )
+
+
+def run_pdu(args: argparse.Namespace) -> int:
+    from dfuhil.sim.pdu import parse_outlets, serve
+
+    return serve(parse_outlets(args.outlet, args.state_file), args.port, args.url_file)

@@ -15,6 +15,7 @@ them, switch the board on again and check what it boots:
   which MCUboot's own simulator never does. ``last_tear()`` says what it left.
 - ``cut_power_now()``: the supply drops immediately.
 - ``power_on()``: like flipping the power switch back (the board boots from reset).
+- ``powered()``: whether it has power now.
 - ``flash_ops()`` / ``reset_stats()``: code flash operations counted since the last reset of
   the board's statistics, the same count the cut uses.
 
@@ -113,6 +114,10 @@ class FaultInjector:
 
     def power_on(self) -> None:
         self._call("power_on")
+
+    def powered(self) -> bool:
+        """Whether the board has power now (the virtual PDU's outlet state reads this)."""
+        return bool(self._call("status")["powered"])
 
     def flash_ops(self) -> int:
         """Code flash writes and erases since the last :meth:`reset_stats`."""
