@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,10 +32,11 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from dfuhil.errors import InfrastructureError
+from dfuhil.farm.labgrid_client import labgrid_program
 from dfuhil.sim.state import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
-VENV_ENV = "DFUHIL_LABGRID_VENV"
 WAIT_S = 30.0  # generous bound for a process to come up; never a speed claim
 STOP_S = 5.0  # how long a process gets to stop after SIGTERM before SIGKILL
 
@@ -46,16 +46,11 @@ class LabgridMissing(RuntimeError):
 
 
 def labgrid_bin(program: str) -> str:
-    """``program`` from $DFUHIL_LABGRID_VENV, else <repo>/.venv-labgrid, else PATH."""
-    for venv in (os.environ.get(VENV_ENV), str(REPO / ".venv-labgrid")):
-        if venv and (Path(venv) / "bin" / program).exists():
-            return str(Path(venv) / "bin" / program)
-    found = shutil.which(program)
-    if found is None:
-        raise LabgridMissing(
-            f"{program} not found: run `make lab-setup` (labgrid in .venv-labgrid)"
-        )
-    return found
+    """``program`` from labgrid's venv (dfuhil's own finder); LabgridMissing if absent."""
+    try:
+        return str(labgrid_program(program))
+    except InfrastructureError as exc:
+        raise LabgridMissing(str(exc)) from None
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ view of its power, its console going silent, its banner when power comes back.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from ruamel.yaml import YAML
 
 from dfuhil.cli import main
 from dfuhil.errors import InfrastructureError, InputError
-from dfuhil.farm import power as power_module
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import PowerSpec
 from dfuhil.farm.power import LabgridPower, VirtualPower
@@ -140,7 +138,6 @@ def test_a_switch_without_a_coordinator_is_refused_before_any_switching(
 def test_a_missing_labgrid_names_make_lab_setup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(power_module, "REPO", tmp_path)
     monkeypatch.setenv("DFUHIL_LABGRID_VENV", str(tmp_path / "nowhere"))
     monkeypatch.setenv("PATH", str(tmp_path))
     switch = LabgridPower("r1", "lab-a-r1", "127.0.0.1:1", PowerSpec("netio", "192.0.2.9", 0))
@@ -392,16 +389,21 @@ def test_the_power_cut_suite_runs_through_the_switch_alone(
         "--power-cuts",
         "2",
     )
-    with power_lab.lab.place(place(MCUBOOT), f"{HOST}/{MCUBOOT}/*"):
+    # The run leases the board's place itself (as its own labgrid agent) and switches as that
+    # holder: no one acquires it by hand.
+    assert main(["farm", "places", str(power_lab.boards)]) == 0
+    try:
         run = subprocess.run(
             command,
             cwd=Path(__file__).resolve().parents[1],
-            env={**os.environ, **USER},
             capture_output=True,
             text=True,
             timeout=600,
             check=False,
         )
+    finally:
+        for board in OUTLETS:
+            power_lab.lab.client("-p", place(board), "delete", check=False)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     cases = {
         case.attrib["name"]: [c.tag for c in case]

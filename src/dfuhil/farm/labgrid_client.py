@@ -35,22 +35,30 @@ class PlaceRefused(Exception):
     """The coordinator answered, and said no (place exists, is acquired, ...)."""
 
 
-def labgrid_python() -> Path:
-    """The Python of labgrid's venv: $DFUHIL_LABGRID_VENV, <repo>/.venv-labgrid, else PATH."""
-    env = os.environ.get("DFUHIL_LABGRID_VENV")
+VENV_ENV = "DFUHIL_LABGRID_VENV"
+
+
+def labgrid_program(program: str) -> Path:
+    """One of labgrid's programs (``python``, ``labgrid-client``, ...): from
+    $DFUHIL_LABGRID_VENV, else <repo>/.venv-labgrid, else next to a labgrid-client on PATH."""
+    env = os.environ.get(VENV_ENV)
     candidates = [Path(env)] if env else [REPO / ".venv-labgrid"]
     for venv in candidates:
-        if (venv / "bin" / "python").exists():
-            return venv / "bin" / "python"
+        if (venv / "bin" / program).exists():
+            return venv / "bin" / program
     on_path = shutil.which("labgrid-client")
-    if on_path is not None:
-        python = Path(on_path).parent / "python"
-        if python.exists():
-            return python
+    if on_path is not None and (Path(on_path).parent / program).exists():
+        return Path(on_path).parent / program
     raise InfrastructureError(
-        f"labgrid is not installed (looked in {', '.join(map(str, candidates))} and on PATH)",
-        "run `make lab-setup` (labgrid's own venv), or point DFUHIL_LABGRID_VENV at one",
+        f"labgrid is not installed: no {program} (looked in "
+        f"{', '.join(map(str, candidates))} and on PATH)",
+        f"run `make lab-setup` (labgrid's own venv), or point {VENV_ENV} at one",
     )
+
+
+def labgrid_python() -> Path:
+    """The Python of labgrid's venv (runs dfuhil's agent)."""
+    return labgrid_program("python")
 
 
 def coordinator_address(farm: Farm) -> str:
@@ -184,6 +192,14 @@ def _user() -> str:
 
 _clients: dict[str, LabgridClient] = {}
 _clients_lock = threading.Lock()
+
+
+def identity_of(address: str) -> str | None:
+    """How the coordinator at ``address`` knows this process ("host/user"), if it has a client
+    there: the identity that holds the places this process leased."""
+    with _clients_lock:
+        client = _clients.get(address)
+        return client.name if client is not None and client.alive else None
 
 
 def client_for(address: str) -> LabgridClient:

@@ -19,20 +19,17 @@ outlet: the rig failed, not the product.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 from dfuhil.errors import InfrastructureError, InputError
+from dfuhil.farm.labgrid_client import identity_of, labgrid_program
 from dfuhil.farm.model import BoardSpec, Farm, PowerSpec
 from dfuhil.sim.faults import FaultInjector
 
 CYCLE_OFF_S = 2.0  # labgrid's NetworkPowerDriver.delay: long enough for the rails to drain
 CLIENT_TIMEOUT_S = 30.0  # a switch that has not answered by then is not going to
-VENV_ENV = "DFUHIL_LABGRID_VENV"
-REPO = Path(__file__).resolve().parents[3]
 
 
 class PowerSwitch(ABC):
@@ -94,11 +91,22 @@ class LabgridPower(PowerSwitch):
     this class (InfrastructureError saying who must hold it).
     """
 
-    def __init__(self, board: str, place: str, coordinator: str, pdu: PowerSpec) -> None:
+    def __init__(
+        self,
+        board: str,
+        place: str,
+        coordinator: str,
+        pdu: PowerSpec,
+        *,
+        identity: str | None = None,
+    ) -> None:
+        """``identity``: the "host/user" that acquired the place (this process's lease agent);
+        None: the process's own LG_HOSTNAME/LG_USERNAME."""
         self.board = board
         self.place = place
         self.coordinator = coordinator
         self.pdu = pdu
+        self.identity = identity
 
     @classmethod
     def for_board(cls, farm: Farm, board: BoardSpec) -> LabgridPower:
@@ -117,7 +125,9 @@ class LabgridPower(PowerSwitch):
                 f"{farm.path}: board {board.name} has a power switch but no labgrid coordinator "
                 "is named: add coordinator: HOST:PORT to the file or set LG_COORDINATOR"
             )
-        return cls(board.name, board.place, coordinator, board.power)
+        # The board's lease acquired the place as this process's agent: switch as that holder.
+        identity = identity_of(coordinator)
+        return cls(board.name, board.place, coordinator, board.power, identity=identity)
 
     def on(self) -> None:
         self._client("on")
@@ -136,7 +146,7 @@ class LabgridPower(PowerSwitch):
 
     def _client(self, action: str) -> str:
         command = [
-            labgrid_program("labgrid-client"),
+            str(labgrid_program("labgrid-client")),
             "-x",
             self.coordinator,
             "-p",
@@ -152,6 +162,7 @@ class LabgridPower(PowerSwitch):
                 timeout=CLIENT_TIMEOUT_S,
                 check=False,
                 stdin=subprocess.DEVNULL,
+                env=self._env(),
             )
         except subprocess.TimeoutExpired:
             raise self._failed(action, f"no answer within {CLIENT_TIMEOUT_S:.0f} s") from None
@@ -160,27 +171,21 @@ class LabgridPower(PowerSwitch):
             raise self._failed(action, lines[-1] if lines else f"exit {done.returncode}")
         return done.stdout
 
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.identity is not None:
+            host, _, user = self.identity.partition("/")
+            env.update(LG_HOSTNAME=host, LG_USERNAME=user)
+        return env
+
     def _failed(self, action: str, why: str) -> InfrastructureError:
         return InfrastructureError(
             f"power {action} failed through place {self.place} (coordinator "
             f"{self.coordinator}), {self.pdu}: {why}",
             f"check that the PDU answers at {self.pdu.host} and that outlet {self.pdu.index} "
             f"feeds {self.board}; the place must be acquired by this user "
-            f"({os.environ.get('LG_USERNAME', 'LG_USERNAME unset')}): labgrid-client -p "
+            f"({self.identity or os.environ.get('LG_USERNAME', 'LG_USERNAME unset')}): "
+            f"labgrid-client -p "
             f"{self.place} acquire",
             board=self.board,
         )
-
-
-def labgrid_program(program: str) -> str:
-    """``program`` from $DFUHIL_LABGRID_VENV, else <repo>/.venv-labgrid, else PATH."""
-    for venv in (os.environ.get(VENV_ENV), str(REPO / ".venv-labgrid")):
-        if venv and (Path(venv) / "bin" / program).exists():
-            return str(Path(venv) / "bin" / program)
-    found = shutil.which(program)
-    if found is None:
-        raise InfrastructureError(
-            f"{program} not found (labgrid lives in its own venv)",
-            f"run `make lab-setup` (labgrid in .venv-labgrid) or set {VENV_ENV}",
-        )
-    return found
