@@ -282,6 +282,27 @@ def test_a_worker_killed_holding_a_place_is_taken_over_after_the_bound(
     assert_no_two_holders_at_once(result.leases())
 
 
+def test_a_stopped_exporter_leaves_the_listing_and_the_other_hosts_resources_stay(
+    lab: Lab,
+) -> None:
+    """labgrid's client session keeps a deleted resource as an entry without data: the agent
+    must list the others, not fail on it (it did: ``KeyError: 'cls'`` broke every lease)."""
+    with lab.observer() as client:
+        before = {tuple(r["path"]) for r in client.call("resources")}
+        assert {path[0] for path in before} == {"lab-a", "lab-b"}
+        try:
+            lab.labgrid.stop_exporter("lab-b")
+            deadline = time.monotonic() + PROCESS_TIMEOUT_S
+            while time.monotonic() < deadline:
+                after = {tuple(r["path"]) for r in client.call("resources")}
+                if all(path[0] == "lab-a" for path in after):
+                    break
+                time.sleep(0.1)
+        finally:
+            lab.labgrid.start_exporter("lab-b", lab.exporter_files["lab-b"])
+    assert after == {path for path in before if path[0] == "lab-a"}
+
+
 def test_an_exporter_stopped_mid_test_is_an_infrastructure_error_naming_the_host(
     lab: Lab, tmp_path: Path
 ) -> None:
