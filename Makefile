@@ -24,7 +24,7 @@ SAMPLE_FIRMWARE := firmware/virtual/.generated
 REPORT_HISTORY ?= reports/history.jsonl
 
 .PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm \
-	bench-power bench-faults bench-infra fuzz clean report report-setup chromium \
+	bench-power bench-faults bench-infra bench-remote fuzz clean report report-setup chromium \
 	lab-setup ser2net
 
 setup: $(VENV)/.installed
@@ -122,6 +122,10 @@ bench-faults: setup firmware
 # Per infrastructure fault kind, on 2 generated boards: detected, retried, quarantined, others ok.
 bench-infra: setup firmware
 	$(PY) bench/infra_faults.py
+
+# 8 virtual boards local vs through labgrid (coordinator, 2 exporters, RFC 2217) on loopback.
+bench-remote: setup firmware lab-setup
+	$(PY) bench/remote_farm.py $(BENCH_REMOTE_ARGS)
 
 clean:
 	rm -rf reports firmware/virtual .pytest_cache .mypy_cache .ruff_cache node_modules

@@ -48,10 +48,8 @@ def _ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1000:8.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
+def measure(rounds: int) -> dict[str, list[float]]:
+    """Seconds per sample of each figure (bench/remote_farm.py reuses it)."""
     bindir = labgrid_python().parent
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -86,18 +84,18 @@ def main() -> None:
                 sync_places(farm, client)
                 while not any(r["path"][1] == BOARD for r in client.call("resources")):
                     time.sleep(0.1)
-                for _ in range(args.rounds):
+                for _ in range(rounds):
                     t = time.perf_counter()
                     client.call("acquire", place="bench")
                     client.call("release", place="bench", fromuser=client.name)
                     raw.append(time.perf_counter() - t)
-                for _ in range(args.rounds):
+                for _ in range(rounds):
                     t = time.perf_counter()
                     with PlaceLease(farm.board(BOARD), client):
                         pass
                     cycle.append(time.perf_counter() - t)
             env = {**os.environ, "LG_COORDINATOR": address}
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 t = time.perf_counter()
                 for verb in ("acquire", "release"):
                     subprocess.run(
@@ -112,11 +110,22 @@ def main() -> None:
                 if proc is not None:
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(timeout=10)
+    return {
+        "agent acquire+release": raw,
+        "agent start": starts,
+        "PlaceLease cycle": cycle,
+        "CLI acquire+release": cli,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    figures = measure(args.rounds)
     print(f"median of {args.rounds} rounds, ms")
-    print(f"agent acquire+release  {_ms(raw)}")
-    print(f"agent start            {_ms(starts)}")
-    print(f"PlaceLease cycle       {_ms(cycle)}")
-    print(f"CLI acquire+release    {_ms(cli)}")
+    for name, samples in figures.items():
+        print(f"{name:22} {_ms(samples)}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import ser2netproc
 
 PLACE = "bench-rfc2217"
+LOCAL, REMOTE = "local pty", "RFC 2217 (ser2net)"
 
 
 def placed(path: Path) -> Path:
@@ -50,25 +52,27 @@ def placed(path: Path) -> Path:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-scale", type=float, default=1.0)
-    parser.add_argument("--image-kib", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    if ser2netproc.ser2net_binary() is None:
-        print("ser2net missing: run `make lab-setup`", file=sys.stderr)
-        return 2
-    if not (ROOT / "firmware" / "virtual" / "keys").is_dir():
-        print("no sample firmware: run `make firmware` first", file=sys.stderr)
-        return 2
+@dataclass
+class Uploads:
+    """Device seconds per upload, per way, and what dfuhil's upload said of each way."""
+
+    size: int
+    seconds: dict[str, list[float]]
+    notes: dict[str, str]
+
+    def median(self, way: str) -> float:
+        return statistics.median(self.seconds[way])
+
+
+def measure(time_scale: float, image_kib: int, rounds: int) -> Uploads:
+    """``rounds`` uploads each way, alternating the order (bench/remote_farm.py reuses it)."""
     with tempfile.TemporaryDirectory(prefix="dfuhil-bench-rfc2217-") as tmp:
         work = Path(tmp)
-        path = boards_file(work / "boards.yaml", args.time_scale)
+        path = boards_file(work / "boards.yaml", time_scale)
         local_farm = load_farm(path)
         remote_farm: Farm = load_farm(placed(path))
         board = local_farm.board(BOARD)
-        image = grown_image(board, args.image_kib * 1024)
+        image = grown_image(board, image_kib * 1024)
         with FarmProcess(path, work / "state.json", log_dir=work / "sim") as state:
             entry = state.board(BOARD)
             assert entry.debug_tcp is not None
@@ -77,33 +81,54 @@ def main() -> int:
                 remote = Rig(remote_farm)
                 endpoints = RemoteEndpoints("loopback", PLACE, server.url, entry.debug_tcp)
                 remote.attach_remote(BOARD, endpoints)
-                ways = {"local pty": local, "RFC 2217 (ser2net)": remote}
+                ways = {LOCAL: local, REMOTE: remote}
                 seconds: dict[str, list[float]] = {name: [] for name in ways}
                 notes: dict[str, str] = {}
-                for round_ in range(args.rounds):
+                for round_ in range(rounds):
                     order = list(ways) if round_ % 2 == 0 else list(reversed(ways))
                     for name in order:
                         rig = ways[name]
                         spec = rig.farm.board(BOARD)
                         fresh(rig, spec)
                         wall, note = dfuhil_way(rig, spec, image, window=None)
-                        seconds[name].append(wall / args.time_scale)
+                        seconds[name].append(wall / time_scale)
                         notes[name] = note
-    size = len(image)
+    return Uploads(len(image), seconds, notes)
+
+
+def missing_tools() -> str | None:
+    """Why this bench cannot run here, or None."""
+    if ser2netproc.ser2net_binary() is None:
+        return "ser2net missing: run `make lab-setup`"
+    if not (ROOT / "firmware" / "virtual" / "keys").is_dir():
+        return "no sample firmware: run `make firmware` first"
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--image-kib", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    missing = missing_tools()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
+    uploads = measure(args.time_scale, args.image_kib, args.rounds)
+    size = uploads.size
     print(
         f"{size} B signed image, virtual nRF52840 ({BOARD}), 115200 baud paced UART, "
         f"time_scale {args.time_scale}, {args.rounds} rounds, dfuhil default window"
     )
     print(f"{'way':22} {'median s':>9} {'min s':>7} {'max s':>7} {'B/s':>7}  note")
-    medians = {}
-    for name, values in seconds.items():
-        med = statistics.median(values)
-        medians[name] = med
+    for name, values in uploads.seconds.items():
+        med = uploads.median(name)
         print(
             f"{name:22} {med:>9.2f} {min(values):>7.2f} {max(values):>7.2f} "
-            f"{size / med:>7.0f}  {notes[name]}"
+            f"{size / med:>7.0f}  {uploads.notes[name]}"
         )
-    ratio = medians["RFC 2217 (ser2net)"] / medians["local pty"]
+    ratio = uploads.median(REMOTE) / uploads.median(LOCAL)
     print(
         f"RFC 2217 / local: {ratio:.3f} ({ratio - 1:+.1%}); goal within 5 %: "
         f"{'met' if ratio <= 1.05 else 'NOT met'}"

@@ -39,6 +39,10 @@ def resources_json(session):
     for exporter, groups in session.resources.items():
         for group, resources in groups.items():
             for name, entry in resources.items():
+                if "cls" not in entry.data:
+                    # A deleted resource (its exporter left): labgrid's session keeps it with
+                    # empty data; it is gone, and must not break the listing of the others.
+                    continue
                 found.append(
                     {
                         "path": [exporter, group, entry.cls, name],

@@ -158,10 +158,12 @@ def resolve_endpoints(board: BoardSpec, client: LabgridClient) -> RemoteEndpoint
     probe = by_name.get("probe")
     if console is None or probe is None:
         have = ", ".join("/".join(r["path"]) for r in found) or "none"
+        host = f"lab host {board.lab_host}" if board.lab_host else "its lab host"
         raise InfrastructureError(
             f"labgrid place {name} has no {'console serial port' if console is None else 'probe'}"
-            f" resource (resources: {have})",
-            "check the exporter's file for this board (`dfuhil farm export`) and restart it",
+            f" resource on {host} (resources: {have})",
+            f"check that the exporter of {host} runs (a stopped one publishes nothing) with the "
+            "file `dfuhil farm export` writes for this board, and restart it",
             board=board.name,
         )
     smp = by_name.get("smp-udp")
