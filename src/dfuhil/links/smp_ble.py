@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ from dfuhil.links.smp_transport import _seq, _SeqDemux, checked_answer
 
 __all__ = [
     "ATT_WRITE_OVERHEAD",
-    "HOST_ADDRESS",
+    "host_address",
     "PREFERRED_MTU",
     "SMP_CHARACTERISTIC_UUID",
     "SMP_SERVICE_UUID",
@@ -63,8 +64,19 @@ PREFERRED_MTU = 517
 # LE Data Length Extension: the largest link-layer payload and its time on 1M PHY.
 DATA_LENGTH_OCTETS = 251
 DATA_LENGTH_TIME_US = 2120
-# The host's own static random address on the air.
-HOST_ADDRESS = "F0:F1:F2:F3:F4:F5"
+
+
+def host_address() -> str:
+    """A fresh random static address for this host on the air (Core Vol 6 Part B 1.3.2.1: the
+    two top bits set, the other 46 random, neither all ones nor all zeros). A fixed one would
+    make two dfuhil hosts on one air (or on one virtual farm) the same device: the link layer
+    delivers to one of them and the other's GATT requests time out."""
+    while True:
+        random_part = int.from_bytes(secrets.token_bytes(6), "big") & ((1 << 46) - 1)
+        if 0 < random_part < (1 << 46) - 1:
+            raw = (0b11 << 46) | random_part
+            return ":".join(f"{b:02X}" for b in raw.to_bytes(6, "big"))
+
 
 HciOpener = Callable[[], Awaitable[Transport]]
 
@@ -172,8 +184,17 @@ class BleTransport(SMPTransport):
         )
         self._found = found
         connection = await self._connect(found, timeout_s)
-        await self._negotiate(connection)
-        await self._discover(connection)
+        try:
+            await self._negotiate(connection)
+            await self._discover(connection)
+        except TimeoutError:
+            raise InfrastructureError(
+                f"connected to {found}, but it did not answer the ATT MTU exchange or the GATT "
+                "discovery in time; nothing was written",
+                "is another central (a phone, another host with the same address) connected to "
+                "it? power-cycle the board, or move the dongle closer",
+                board=self.board,
+            ) from None
 
     async def reopen(self, timeout_s: float) -> None:
         """Connect again to the same device if the link dropped (a reset ends the connection;
@@ -209,7 +230,7 @@ class BleTransport(SMPTransport):
             ) from None
         device = Device.with_hci(
             "dfuhil",
-            hci.Address(HOST_ADDRESS),
+            hci.Address(host_address()),
             self._hci_transport.source,
             self._hci_transport.sink,
         )
