@@ -42,7 +42,6 @@ from dfuhil.links.smp_transport import _seq, _SeqDemux, checked_answer
 
 __all__ = [
     "ATT_WRITE_OVERHEAD",
-    "host_address",
     "PREFERRED_MTU",
     "SMP_CHARACTERISTIC_UUID",
     "SMP_SERVICE_UUID",
@@ -50,6 +49,7 @@ __all__ = [
     "BleTransport",
     "HciOpener",
     "Reassembler",
+    "host_address",
 ]
 
 log = logging.getLogger(__name__)
