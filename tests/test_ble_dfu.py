@@ -11,6 +11,7 @@ secondary slot byte for byte the file (read back over the probe).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import threading
@@ -19,16 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
+from bumble.device import Device, Peer
+from bumble.hci import Address
+from bumble.transport import open_transport
 from simfarm import shipped_subset
 from test_mcuboot_cli import BANNER, BOARD, run, slot_lines
+from test_sim_ble import find, request, smp_answers, smp_characteristic, upload_chunk
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import BoardSpec
 from dfuhil.farm.rig import Rig
+from dfuhil.links.smp_ble import host_address
 from dfuhil.links.smp_ble_hci import ble_target
-from dfuhil.links.smp_link import SmpLink
+from dfuhil.links.smp_link import SmpLink, ble_window
 from dfuhil.procedures.image_sign import sign_build
 from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
 from dfuhil.sim.faults import FaultInjector
@@ -162,6 +169,64 @@ def test_upload_then_upgrade_over_ble(
     assert "1.2.0" in row and "active" in row and "confirmed" in row, out
 
 
+# --- pipelining -----------------------------------------------------------------------------------
+
+
+def test_an_upload_keeps_the_boards_netbufs_busy_and_stays_byte_exact(
+    farm: BleFarm, tmp_path: Path
+) -> None:
+    """Over BLE dfuhil keeps as many requests in flight as the board's MCUmgr netbufs hold
+    (its params' buf_count less the answer's), each as big as a netbuf (smp_svr's Bluetooth
+    overlay: 2475 bytes in five writes); the image lands byte for byte."""
+    data = image_file(farm, tmp_path, "1.1.0").read_bytes()
+    with farm.link() as link:
+        params = link.params
+        assert params is not None and params.buf_size == 2475, params
+        result = link.upload(data)
+    assert result.window == ble_window(params.buf_count) == params.buf_count - 1 > 1, result
+    assert result.requests <= len(data) // 2400 + 2, result.summary()
+    assert farm.secondary(BOARD, len(data)) == data
+    log = (farm.boards.parent / "sim" / f"{BOARD}.sim.log").read_text()
+    assert "no free netbuf" not in log
+
+
+def test_a_request_beyond_the_boards_netbufs_is_dropped_at_the_radio(farm: BleFarm) -> None:
+    """While the board erases for an upload's first chunk its work queue holds that request;
+    echoes written meanwhile take the other netbufs, and one more finds none: Zephyr drops the
+    write (no answer ever comes), as smp_reassembly_collect does (-ENOMEM)."""
+    image = sign_build(farm.spec(), "update", "1.1.0")
+    assert farm.state.ble_hci is not None
+    hci = farm.state.ble_hci
+    echoes = [request(0, 0, 2, cbor2.dumps({"d": f"echo {i}"}), 20 + i) for i in range(4)]
+
+    async def flood() -> list[int]:
+        async with await open_transport(hci) as (source, sink):
+            device = Device.with_hci("central", Address(host_address()), source, sink)
+            await device.power_on()
+            connection = await device.connect(await find(device, NAME))
+            peer = Peer(connection)
+            await peer.request_mtu(498)
+            characteristic = await smp_characteristic(peer)
+            answers, on_notification = smp_answers()
+            await peer.subscribe(characteristic, on_notification)
+            for packet in [upload_chunk(image, 0, 256, 1), *echoes]:
+                await peer.write_value(characteristic, packet, with_response=False)
+            seqs = []
+            while True:
+                try:
+                    answer = await asyncio.wait_for(answers.get(), 3.0)
+                except TimeoutError:
+                    break
+                seqs.append(answer[6])
+            await connection.disconnect()
+            return seqs
+
+    answered = asyncio.run(flood())
+    assert answered == [1, 20, 21], answered  # the upload and two echoes; two had no netbuf
+    log = (farm.boards.parent / "sim" / f"{BOARD}.sim.log").read_text()
+    assert "no free netbuf (3 busy): a write dropped" in log
+
+
 # --- a dropped connection -----------------------------------------------------------------------
 
 
@@ -170,7 +235,9 @@ def test_an_upload_dropped_at_a_random_point_resumes_and_is_byte_exact(
     farm: BleFarm, tmp_path: Path, seed: int
 ) -> None:
     data = image_file(farm, tmp_path, f"1.1.{seed}").read_bytes()
-    after = random.Random(seed).randrange(600, len(data) - 600)
+    # past the first two requests (up to 2475 bytes each: the first alone makes the board
+    # erase), before the last
+    after = random.Random(seed).randrange(6000, len(data) - 3000)
     link = farm.link()
     try:
         link.connect()

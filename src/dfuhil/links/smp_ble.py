@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bumble import att, core, hci
-from bumble.device import Connection, Device, Peer
+from bumble.device import Connection, ConnectionParametersPreferences, Device, Peer
 from bumble.gatt_client import CharacteristicProxy
 from bumble.transport import open_transport
 from bumble.transport.common import Transport, TransportSpecError
@@ -145,8 +145,14 @@ class BleTransport(SMPTransport):
         board: str | None = None,
         scan_timeout_s: float = 10.0,
         preferred_mtu: int = PREFERRED_MTU,
+        interval_ms: float | None = None,
+        latency: int = 0,
     ) -> None:
         self._hci = hci_source
+        # The connection interval and peripheral latency asked for at connection (None: bumble's
+        # default); the device may ask for others later (Zephyr's CONN_PARAM_CONTROL, nRF Desktop).
+        self.interval_ms = interval_ms
+        self.latency = latency
         self.board = board
         self.scan_timeout_s = scan_timeout_s
         self.preferred_mtu = preferred_mtu
@@ -248,8 +254,24 @@ class BleTransport(SMPTransport):
 
     async def _connect(self, address: hci.Address, timeout_s: float) -> Connection:
         assert self._device is not None
+        preferences = None
+        if self.interval_ms is not None:
+            # the supervision timeout must exceed (1 + latency) x interval x 2 (Core Vol 6 B 4.5.2)
+            supervision_ms = max(720.0, (1 + self.latency) * self.interval_ms * 2 + 100)
+            preferences = {
+                hci.Phy.LE_1M: ConnectionParametersPreferences(
+                    connection_interval_min=self.interval_ms,
+                    connection_interval_max=self.interval_ms,
+                    max_latency=self.latency,
+                    supervision_timeout=int(min(supervision_ms, 32000.0)),
+                )
+            }
         try:
-            connection = await self._device.connect(address, timeout=max(timeout_s, 5.0))
+            connection = await self._device.connect(
+                address,
+                connection_parameters_preferences=preferences,
+                timeout=max(timeout_s, 5.0),
+            )
         except (TimeoutError, core.BaseBumbleError) as exc:
             raise InfrastructureError(
                 f"{address} was seen advertising but the connection failed "

@@ -55,6 +55,7 @@ class Write:
     connection: int
     value: bytes
     arrives_s: float  # device time its last LL packet is in
+    since: float | None = None  # when its connection was made: a handle is used again later
 
 
 def static_address(ficr_deviceaddr0: int, ficr_deviceaddr1: int) -> str:
@@ -240,6 +241,12 @@ class BlePeripheral:
             self.log.info("BLE: %s: %s", why, new.describe())
         return new
 
+    def current(self, write: Write) -> bool:
+        """Whether ``write``'s connection is still up: the LL packets of a write still on the
+        air when its link dropped never arrive."""
+        with self._lock:
+            return self.connected_at.get(write.connection) == write.since
+
     def state(self, handle: int) -> LinkState | None:
         with self._lock:
             pacer = self.pacers.get(handle)
@@ -253,7 +260,8 @@ class BlePeripheral:
         if pacer is None:
             return
         arrives = pacer.received(len(data) + ATT_NOTIFY_HEADER, self.clock.now())
-        self.writes.put(Write(connection.handle, data, arrives))
+        since = self.connected_at.get(connection.handle)
+        self.writes.put(Write(connection.handle, data, arrives, since))
         if drop_after is not None and pacer.bytes_rx >= drop_after:
             self._drop_after = None
             self.log.info("BLE: fault lever: dropping the link after %d bytes", pacer.bytes_rx)
