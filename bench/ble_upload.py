@@ -113,7 +113,9 @@ def dfuhil_way(
     )
     with link:
         result = link.upload(image, progress=clock, window=window or None)
-        note = f"{result.requests} requests, window {result.window}, {link.params}"
+        params = link.params
+        size = params.buf_size if params is not None else "?"
+        note = f"{result.requests} requests of <= {size} B, window {result.window}"
     return result.seconds, clock, note
 
 
@@ -149,7 +151,7 @@ def smpclient_way(
                 clock(int(off), len(image))
                 count += 1
             seconds = time.monotonic() - started
-            note = f"{count} requests, max {transport.max_unencoded_size} B per message"
+            note = f"{count} requests of <= {transport.max_unencoded_size} B, window 1"
             await transport.disconnect()
             await connection.disconnect()
             return seconds, clock, note

@@ -1,7 +1,8 @@
 """Benchmark: a 200 KiB MCUboot image over SMP at 115200 baud: dfuhil, smpmgr and smpclient.
 
 Part 1 (``--part farm``). One virtual nRF52840 (the shipped swap-move board: MCUboot + a Zephyr
-smp_svr-like app, stock ``buf_size`` 384, ``buf_count`` 4, its UART a paced J-Link VCOM, which
+smp_svr-like app, ``buf_count`` 4 and ``buf_size`` 2475 as its Bluetooth overlay sets it (the
+figures print what params said), its UART a paced J-Link VCOM, which
 the bench's boards file states as ``mcuboot.smp_uart: {delivery: paced}``) is provisioned afresh
 before every way, so each starts from
 the same state (empty secondary slot). The same signed 200 KiB image goes up each way; the clock
