@@ -179,15 +179,16 @@ def test_an_upload_keeps_the_boards_netbufs_busy_and_stays_byte_exact(
     (its params' buf_count less the answer's), each as big as a netbuf (smp_svr's Bluetooth
     overlay: 2475 bytes in five writes); the image lands byte for byte."""
     data = image_file(farm, tmp_path, "1.1.0").read_bytes()
+    log_file = farm.boards.parent / "sim" / f"{BOARD}.sim.log"
     with farm.link() as link:
         params = link.params
         assert params is not None and params.buf_size == 2475, params
+        before = len(log_file.read_text())
         result = link.upload(data)
     assert result.window == ble_window(params.buf_count) == params.buf_count - 1 > 1, result
     assert result.requests <= len(data) // 2400 + 2, result.summary()
     assert farm.secondary(BOARD, len(data)) == data
-    log = (farm.boards.parent / "sim" / f"{BOARD}.sim.log").read_text()
-    assert "no free netbuf" not in log
+    assert "no free netbuf" not in log_file.read_text()[before:]
 
 
 def test_a_request_beyond_the_boards_netbufs_is_dropped_at_the_radio(farm: BleFarm) -> None:
@@ -225,6 +226,46 @@ def test_a_request_beyond_the_boards_netbufs_is_dropped_at_the_radio(farm: BleFa
     assert answered == [1, 20, 21], answered  # the upload and two echoes; two had no netbuf
     log = (farm.boards.parent / "sim" / f"{BOARD}.sim.log").read_text()
     assert "no free netbuf (3 busy): a write dropped" in log
+
+
+def test_a_host_answering_at_once_never_outruns_the_boards_netbufs(farm: BleFarm) -> None:
+    """A central that sends the next request the moment an answer arrives, three in flight (the
+    board's netbufs less the answer's): the answer reaches it only once it is on the air, after
+    the board freed its request's netbuf, so no write is ever dropped."""
+    assert farm.state.ble_hci is not None
+    hci = farm.state.ble_hci
+    log_file = farm.boards.parent / "sim" / f"{BOARD}.sim.log"
+    before = len(log_file.read_text())
+    total, window, mtu = 12, 3, 247
+    echo = [request(0, 0, 2, cbor2.dumps({"d": "x" * 360}), 40 + i) for i in range(total)]
+
+    async def echoes() -> int:
+        async with await open_transport(hci) as (source, sink):
+            device = Device.with_hci("central", Address(host_address()), source, sink)
+            await device.power_on()
+            connection = await device.connect(await find(device, NAME))
+            peer = Peer(connection)
+            await peer.request_mtu(mtu)
+            characteristic = await smp_characteristic(peer)
+            answers, on_notification = smp_answers()
+            await peer.subscribe(characteristic, on_notification)
+            sent = answered = 0
+            while answered < total:
+                while sent < total and sent - answered < window:
+                    for i in range(0, len(echo[sent]), mtu - 3):
+                        chunk = echo[sent][i : i + mtu - 3]
+                        await peer.write_value(characteristic, chunk, with_response=False)
+                    sent += 1
+                try:
+                    await asyncio.wait_for(answers.get(), TIMEOUT_S)
+                except TimeoutError:
+                    break
+                answered += 1
+            await connection.disconnect()
+            return answered
+
+    assert asyncio.run(echoes()) == total
+    assert "no free netbuf" not in log_file.read_text()[before:]
 
 
 # --- a dropped connection -----------------------------------------------------------------------

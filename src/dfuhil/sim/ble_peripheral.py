@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,7 @@ class BlePeripheral:
         self.pacers: dict[int, AirPacer] = {}
         self.connected_at: dict[int, float] = {}  # handle -> device time of the connection
         self._drop_after: int | None = None
+        self._last_notify: dict[int, float] = {}  # handle -> loop time of its last notification
         self.connections_made = 0
 
     def describe(self) -> dict[str, object]:
@@ -279,8 +281,15 @@ class BlePeripheral:
         if device is None or characteristic is None or connection is None or pacer is None:
             return None
         done = pacer.sent(len(value) + ATT_NOTIFY_HEADER, now_s)
-
-        self.radio.spawn(device.notify_subscriber(connection, characteristic, value))
+        # The central has it when it is on the air, not before (it answers at once), and the
+        # notifications of one connection reach it in order.
+        when = time.monotonic() + self.clock.wall(max(0.0, done - self.clock.now()))
+        with self._lock:
+            when = max(when, self._last_notify.get(handle, 0.0) + 1e-6)
+            self._last_notify[handle] = when
+        self.radio.spawn_at(
+            when, lambda: device.notify_subscriber(connection, characteristic, value)
+        )
         return done
 
     def drop(self, after_bytes: int | None = None) -> bool:
