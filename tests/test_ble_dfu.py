@@ -228,15 +228,31 @@ def test_a_request_beyond_the_boards_netbufs_is_dropped_at_the_radio(farm: BleFa
     assert "no free netbuf (3 busy): a write dropped" in log
 
 
-def test_a_host_answering_at_once_never_outruns_the_boards_netbufs(farm: BleFarm) -> None:
+@pytest.fixture(scope="module")
+def real_time_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BleFarm]:
+    """The board in real time: a host's reaction (a millisecond or two) is then short against
+    a connection event, as on a real radio (at 0.05 it spans several)."""
+    work = tmp_path_factory.mktemp("ble-dfu-real-time")
+    boards = shipped_subset(work / "boards.yaml", [BOARD], 1.0)
+    state_file = work / "state.json"
+    with FarmProcess(boards, state_file, log_dir=work / "sim", time_scale=1.0) as state:
+        running = BleFarm(boards, state_file, state)
+        running.provision()
+        yield running
+
+
+def test_a_host_answering_at_once_never_outruns_the_boards_netbufs(
+    real_time_farm: BleFarm,
+) -> None:
     """A central that sends the next request the moment an answer arrives, three in flight (the
     board's netbufs less the answer's): the answer reaches it only once it is on the air, after
     the board freed its request's netbuf, so no write is ever dropped."""
+    farm = real_time_farm
     assert farm.state.ble_hci is not None
     hci = farm.state.ble_hci
     log_file = farm.boards.parent / "sim" / f"{BOARD}.sim.log"
     before = len(log_file.read_text())
-    total, window, mtu = 12, 3, 247
+    total, window, mtu = 24, 3, 247
     echo = [request(0, 0, 2, cbor2.dumps({"d": "x" * 360}), 40 + i) for i in range(total)]
 
     async def echoes() -> int:
