@@ -23,8 +23,9 @@ SAMPLE_FIRMWARE := firmware/virtual/.generated
 # Allure's history between runs (trends, new failures); CI points it at its cache.
 REPORT_HISTORY ?= reports/history.jsonl
 
-.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-farm \
-	bench-power bench-faults bench-infra bench-remote fuzz clean report report-setup chromium \
+.PHONY: setup firmware regression test lint typecheck bench bench-mesh bench-smp bench-ble \
+	bench-farm bench-power bench-faults bench-infra bench-remote fuzz clean report report-setup \
+	chromium \
 	lab-setup ser2net
 
 setup: $(VENV)/.installed
@@ -97,6 +98,10 @@ bench-mesh: setup firmware
 
 bench-smp: setup firmware
 	$(PY) bench/smp_upload.py
+
+# SMP upload over the virtual BLE link at 7.5/15/30/50 ms against the link bound (issue 15).
+bench-ble: setup firmware
+	$(PY) bench/smp_upload.py --part ble
 
 # Farm scale: generated farms of 1..32 boards in parallel, and the shipped farm serial vs -n.
 bench-farm: setup firmware

@@ -6,8 +6,8 @@ it, except that it asks for no connection parameters of its own (``mcuboot.ble_l
 central asks for. A plain bumble central
 (no dfuhil host code) connects at 7.5, 15, 30 and 50 ms, exchanges a 247-byte ATT MTU and sends
 SMP echo requests as writes without response, ``--window`` of them in flight (Zephyr's netbuf
-count is 4), each as big as the netbuf allows (384 bytes: two writes). Per interval it prints
-the request bytes per device second the board took in, and the link's bound for one direction
+count is 4, one of them kept for the answer: 3), each of 384 bytes (two writes). Per interval it
+prints the request bytes per device second the board took in, and the link's bound for one direction
 (full ATT values in every LL packet of every event: ``ble_link.bound_bytes_per_s``) with the
 link state the board logged. Figures, not a pass/fail: the echo's answers share the events
 with the requests, so the ratio says how much of the air the pacing gives SMP.
@@ -93,7 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--kib", type=int, default=32)
-    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--window", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dfuhil-ble-bench-") as tmp:
         work = Path(tmp)

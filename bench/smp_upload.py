@@ -1,7 +1,8 @@
 """Benchmark: a 200 KiB MCUboot image over SMP at 115200 baud: dfuhil, smpmgr and smpclient.
 
 Part 1 (``--part farm``). One virtual nRF52840 (the shipped swap-move board: MCUboot + a Zephyr
-smp_svr-like app, stock ``buf_size`` 384, ``buf_count`` 4, its UART a paced J-Link VCOM, which
+smp_svr-like app, ``buf_count`` 4 and ``buf_size`` 2475 as its Bluetooth overlay sets it (the
+figures print what params said), its UART a paced J-Link VCOM, which
 the bench's boards file states as ``mcuboot.smp_uart: {delivery: paced}``) is provisioned afresh
 before every way, so each starts from
 the same state (empty secondary slot). The same signed 200 KiB image goes up each way; the clock
@@ -32,8 +33,14 @@ hold), dfuhil sending what the netbuf holds (380-byte messages, 4 in flight: the
 and a build with 8 line buffers stated in boards.yaml (``mcuboot.smp_uart.rx_buf_count: 8``,
 given to the link as the loader would). A way that fails shows how long it took to say so.
 
-Run: `make bench-smp` or `.venv/bin/python bench/smp_upload.py [--time-scale 0.2]
-[--image-kib 100] [--part farm|stock|all]`.
+Part 3 (``--part ble``, bench/ble_upload.py): the same image over the virtual farm's Bluetooth
+LE link at connection intervals 7.5, 15, 30 and 50 ms, with and without nRF Desktop's latency
+request, against the link's bound (ATT payload per connection event x events per second):
+dfuhil one request at a time, dfuhil's default, and smpclient's own bumble transport.
+Goal: dfuhil within 10 % of the link bound at every interval.
+
+Run: `make bench-smp` / `make bench-ble` or `.venv/bin/python bench/smp_upload.py
+[--time-scale 0.2] [--image-kib 100] [--part farm|stock|ble|all]`.
 """
 
 from __future__ import annotations
@@ -184,9 +191,14 @@ def main() -> int:
     parser.add_argument(
         "--image-kib", type=int, default=IMAGE_SIZE // 1024, help="image size (smoke tests: 32)"
     )
-    parser.add_argument("--part", choices=("farm", "stock", "all"), default="all")
+    parser.add_argument("--part", choices=("farm", "stock", "ble", "all"), default="all")
+    parser.add_argument(
+        "--intervals", default="7.5,15,30,50", help="BLE: connection intervals in ms"
+    )
     args = parser.parse_args()
     scale = args.time_scale
+    if args.part == "ble":
+        return ble_part(args.image_kib, scale, args.intervals)
     if args.part in ("stock", "all"):
         from stock_uart import stock_geometry  # bench/stock_uart.py
 
@@ -207,6 +219,23 @@ def main() -> int:
         with FarmProcess(path, work / "state.json", log_dir=work / "sim") as state:
             rows, buf_size = run_ways(state, load_farm(path), board, image, image_file)
     report(rows, image, buf_size, scale)
+    return 0
+
+
+def ble_part(image_kib: int, scale: float, intervals: str) -> int:
+    import logging
+
+    from ble_upload import report_ble, run_ble  # bench/ble_upload.py
+
+    # bumble warns that the farm's virtual controller has no Data Length command: noise here
+    logging.getLogger("bumble").setLevel(logging.ERROR)
+
+    with tempfile.TemporaryDirectory(prefix="dfuhil-bench-smp-") as tmp:
+        board = load_farm(boards_file(Path(tmp) / "boards.yaml", scale)).board(BOARD)
+        image = grown_image(board, image_kib * 1024)
+    chosen = tuple(float(i) for i in intervals.split(","))
+    runs = run_ble(image, scale, fresh, chosen)
+    report_ble(runs, len(image), scale)
     return 0
 
 

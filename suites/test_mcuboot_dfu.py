@@ -1,7 +1,9 @@
 """MCUboot DFU over SMP, the Zephyr flow, on every upgrade mode the farm has.
 
 Each test runs on the boards with role ``mcuboot`` whose mode it applies to (``modes`` mark)
-and is skipped on the others with the reason. The flow is the one users type: sign, ``mcumgr
+and is skipped on the others with the reason; it runs over serial on every board and again over
+Bluetooth LE on boards whose firmware set lists ``ble`` (the test id ends in ``-serial`` or
+``-ble``; ``smp_transports`` narrows it). The flow is the one users type: sign, ``mcumgr
 image upload``, ``image list``, ``image test <hash>``, reset, ``image confirm``; the outcome is
 read the way a person checks it: what the board reports over SMP, what MCUboot printed, which
 LED blinks. Runs unchanged on a lab; power cuts need the virtual farm's lever or a board's
@@ -163,6 +165,26 @@ def test_an_interrupted_upload_resumes_and_a_reset_mid_upload_recovers(
     assert_running(mcuboot, NEW)
 
 
+@pytest.mark.modes(*TWO_SLOTS)
+@pytest.mark.smp_transports("ble")
+def test_an_upload_whose_connection_drops_resumes_from_the_device_offset(
+    mcuboot: McubootUnderTest,
+) -> None:
+    """The board's link drops a third of the way (the farm's lever: a phone walking away); the
+    host says the link was lost, and the next upload connects again and goes on from where the
+    board stands; the image then boots."""
+    faults = mcuboot.faults()
+    image = mcuboot.sign("update", NEW)
+    faults.drop_ble(after_bytes=len(image.data) // 3)
+    with pytest.raises(InfrastructureError, match="lost"):
+        mcuboot.upload(image)
+    resumed = mcuboot.upload(image)
+    assert 0 < resumed.start_offset < len(image.data), resumed.summary()
+    mcuboot.test(image)
+    boot(mcuboot)
+    assert_running(mcuboot, NEW)
+
+
 # --- refused images -----------------------------------------------------------------------------
 
 
@@ -230,6 +252,7 @@ def test_downgrade_is_refused_where_the_board_prevents_it(mcuboot: McubootUnderT
 
 
 @pytest.mark.modes("single-slot")
+@pytest.mark.smp_transports("serial")
 def test_serial_recovery_writes_the_single_slot(mcuboot: McubootUnderTest) -> None:
     if mcuboot.spec.serial_recovery is None:
         pytest.skip(f"{mcuboot.name}'s MCUboot has no serial recovery")
@@ -257,18 +280,20 @@ def _dfu_lock_ms(mcuboot: McubootUnderTest) -> int:
 def test_second_transport_is_refused_while_the_first_holds_the_dfu_lock(
     mcuboot: McubootUnderTest,
 ) -> None:
+    """nRF Desktop's DFU lock: the transport that sent an image command holds it, another is
+    refused until it expires (serial holds, UDP is refused; BLE holds, serial is refused)."""
     lock_ms = _dfu_lock_ms(mcuboot)
-    udp = mcuboot.udp()
+    other = mcuboot.other_transport()
     image = mcuboot.sign("update", NEW)
-    mcuboot.upload(image)  # over serial: serial now holds the lock
+    mcuboot.upload(image)  # over the test's transport: it now holds the lock
     with pytest.raises(SmpRefused) as refused:
-        udp.upload(image.data)
+        other.upload(image.data)
     assert refused.value.error == "EACCESSDENIED", refused.value
     assert "DFU lock" in str(refused.value)
-    mcuboot.settle(lock_ms / 1000 * 1.2)  # no image command from serial: the lock expires
-    result = udp.upload(image.data)
+    mcuboot.settle(lock_ms / 1000 * 1.2)  # no image command from the holder: the lock expires
+    result = other.upload(image.data)
     assert result.size == len(image.data)
-    assert image.image_hash in [s.hash for s in udp.image_list()]
+    assert image.image_hash in [s.hash for s in other.image_list()]
 
 
 # --- power cuts -----------------------------------------------------------------------------------
@@ -282,6 +307,7 @@ def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 20.0) -> 
 
 
 @pytest.mark.modes(*SWAP_MODES, "overwrite-only")
+@pytest.mark.smp_transports("serial")  # the cuts are in MCUboot's swap: the transport is moot
 @pytest.mark.parametrize("cut", ["whole", "torn"])
 def test_power_cuts_during_a_swap_leave_old_or_new_never_neither(
     mcuboot: McubootUnderTest, cut: str

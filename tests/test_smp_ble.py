@@ -327,18 +327,20 @@ def ble_farm(tmp_path: Path) -> Path:
     text = (ROOT / "boards.yaml").read_text()
     for folder in ("firmware/", "examples/"):
         text = text.replace(f" {folder}", f" {ROOT}/{folder}")
-    text = text.replace(
-        "      transports: [serial, udp]\n      dfu_lock_timeout_ms: 5000",
-        "      transports: [serial, udp, ble]\n      dfu_lock_timeout_ms: 5000",
-        1,
-    )
+    if "transports: [serial, udp, ble]" not in text:  # the swap-move set ships with ble now
+        text = text.replace(
+            "      transports: [serial, udp]\n      dfu_lock_timeout_ms: 5000",
+            "      transports: [serial, udp, ble]\n      dfu_lock_timeout_ms: 5000",
+            1,
+        )
     text = text.replace(
         "      mode: single-slot\n", "      mode: single-slot\n      transports: [serial, ble]\n", 1
     )
     for board, name in (("vdk52840-swap-move", "dfuhil-smp"), ("vdk52832-single-slot", "xiao")):
         start = text.index(f"  - name: {board}\n")
         end = text.index("    flash_layout:", start)
-        text = text[:end] + f"    ble: {{name: {name}}}\n" + text[end:]
+        block = re.sub(r"    ble: \{[^}]*\}\n", "", text[start:end])  # the shipped one, if any
+        text = text[:start] + block + f"    ble: {{name: {name}}}\n" + text[end:]
     path = tmp_path / "boards.yaml"
     path.write_text(text)
     return path

@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from bumble import att, core, hci
-from bumble.device import Connection, Device, Peer
+from bumble.device import Connection, ConnectionParametersPreferences, Device, Peer
 from bumble.gatt_client import CharacteristicProxy
 from bumble.transport import open_transport
 from bumble.transport.common import Transport, TransportSpecError
@@ -41,7 +42,6 @@ from dfuhil.links.smp_transport import _seq, _SeqDemux, checked_answer
 
 __all__ = [
     "ATT_WRITE_OVERHEAD",
-    "HOST_ADDRESS",
     "PREFERRED_MTU",
     "SMP_CHARACTERISTIC_UUID",
     "SMP_SERVICE_UUID",
@@ -49,6 +49,7 @@ __all__ = [
     "BleTransport",
     "HciOpener",
     "Reassembler",
+    "host_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,19 @@ PREFERRED_MTU = 517
 # LE Data Length Extension: the largest link-layer payload and its time on 1M PHY.
 DATA_LENGTH_OCTETS = 251
 DATA_LENGTH_TIME_US = 2120
-# The host's own static random address on the air.
-HOST_ADDRESS = "F0:F1:F2:F3:F4:F5"
+
+
+def host_address() -> str:
+    """A fresh random static address for this host on the air (Core Vol 6 Part B 1.3.2.1: the
+    two top bits set, the other 46 random, neither all ones nor all zeros). A fixed one would
+    make two dfuhil hosts on one air (or on one virtual farm) the same device: the link layer
+    delivers to one of them and the other's GATT requests time out."""
+    while True:
+        random_part = int.from_bytes(secrets.token_bytes(6), "big") & ((1 << 46) - 1)
+        if 0 < random_part < (1 << 46) - 1:
+            raw = (0b11 << 46) | random_part
+            return ":".join(f"{b:02X}" for b in raw.to_bytes(6, "big"))
+
 
 HciOpener = Callable[[], Awaitable[Transport]]
 
@@ -133,8 +145,14 @@ class BleTransport(SMPTransport):
         board: str | None = None,
         scan_timeout_s: float = 10.0,
         preferred_mtu: int = PREFERRED_MTU,
+        interval_ms: float | None = None,
+        latency: int = 0,
     ) -> None:
         self._hci = hci_source
+        # The connection interval and peripheral latency asked for at connection (None: bumble's
+        # default); the device may ask for others later (Zephyr's CONN_PARAM_CONTROL, nRF Desktop).
+        self.interval_ms = interval_ms
+        self.latency = latency
         self.board = board
         self.scan_timeout_s = scan_timeout_s
         self.preferred_mtu = preferred_mtu
@@ -172,8 +190,17 @@ class BleTransport(SMPTransport):
         )
         self._found = found
         connection = await self._connect(found, timeout_s)
-        await self._negotiate(connection)
-        await self._discover(connection)
+        try:
+            await self._negotiate(connection)
+            await self._discover(connection)
+        except TimeoutError:
+            raise InfrastructureError(
+                f"connected to {found}, but it did not answer the ATT MTU exchange or the GATT "
+                "discovery in time; nothing was written",
+                "is another central (a phone, another host with the same address) connected to "
+                "it? power-cycle the board, or move the dongle closer",
+                board=self.board,
+            ) from None
 
     async def reopen(self, timeout_s: float) -> None:
         """Connect again to the same device if the link dropped (a reset ends the connection;
@@ -209,7 +236,7 @@ class BleTransport(SMPTransport):
             ) from None
         device = Device.with_hci(
             "dfuhil",
-            hci.Address(HOST_ADDRESS),
+            hci.Address(host_address()),
             self._hci_transport.source,
             self._hci_transport.sink,
         )
@@ -227,8 +254,24 @@ class BleTransport(SMPTransport):
 
     async def _connect(self, address: hci.Address, timeout_s: float) -> Connection:
         assert self._device is not None
+        preferences = None
+        if self.interval_ms is not None:
+            # the supervision timeout must exceed (1 + latency) x interval x 2 (Core Vol 6 B 4.5.2)
+            supervision_ms = max(720.0, (1 + self.latency) * self.interval_ms * 2 + 100)
+            preferences = {
+                hci.Phy.LE_1M: ConnectionParametersPreferences(
+                    connection_interval_min=self.interval_ms,
+                    connection_interval_max=self.interval_ms,
+                    max_latency=self.latency,
+                    supervision_timeout=int(min(supervision_ms, 32000.0)),
+                )
+            }
         try:
-            connection = await self._device.connect(address, timeout=max(timeout_s, 5.0))
+            connection = await self._device.connect(
+                address,
+                connection_parameters_preferences=preferences,
+                timeout=max(timeout_s, 5.0),
+            )
         except (TimeoutError, core.BaseBumbleError) as exc:
             raise InfrastructureError(
                 f"{address} was seen advertising but the connection failed "

@@ -187,6 +187,15 @@ class _BootloaderModeRead(smpos.BootloaderInformationReadRequest):
 # --- the link ---------------------------------------------------------------------------------
 
 
+def ble_window(buf_count: int) -> int:
+    """Requests an upload keeps in flight over BLE. Zephyr's Bluetooth transport takes every
+    write into a netbuf of the MCUmgr pool (``buf_count`` of them, reassembling a packet in
+    one) and the SMP work queue answers one packet at a time, holding its request and its
+    answer: ``buf_count - 1`` requests fit, one more is dropped at the radio (no buffer).
+    Several in flight keep the link busy while the board writes flash."""
+    return max(1, buf_count - 1)
+
+
 class SmpLink:
     """A connected SMP client with blocking calls; ``with SmpLink.over_console(c) as smp:``."""
 
@@ -216,6 +225,7 @@ class SmpLink:
         self._owns_console = owns_console
         self._pipelined = pipelined
         self._client = SMPClient(transport, address, timeout_s=timeout_s)
+        self._buf_count = 1  # the server's MCUmgr netbufs (params), for the BLE window
         self._loop: LoopThread | None = None
         # A loop given by the caller (an in-process radio lives on it) is the caller's to close.
         self._given_loop = loop
@@ -307,12 +317,21 @@ class SmpLink:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         scan_timeout_s: float = 10.0,
         loop: LoopThread | None = None,
+        interval_ms: float | None = None,
+        latency: int = 0,
     ) -> SmpLink:
         """SMP over Bluetooth LE (GATT) to the board advertising ``target`` (name or address),
-        through the HCI controller ``hci`` (a bumble transport name, or an opener in tests)."""
+        through the HCI controller ``hci`` (a bumble transport name, or an opener in tests);
+        ``interval_ms``/``latency``: the connection parameters asked for (bench)."""
         from dfuhil.links.smp_ble import BleTransport  # bumble is imported only for BLE
 
-        transport = BleTransport(hci, board=name or None, scan_timeout_s=scan_timeout_s)
+        transport = BleTransport(
+            hci,
+            board=name or None,
+            scan_timeout_s=scan_timeout_s,
+            interval_ms=interval_ms,
+            latency=latency,
+        )
         remedy = (
             "is the board advertising its SMP service (CONFIG_MCUMGR_TRANSPORT_BT) and in range? "
             "is --ble its name or address (boards.yaml ble)? is --hci the right controller?"
@@ -326,6 +345,7 @@ class SmpLink:
             timeout_s=timeout_s,
             loop=loop,
             kind="ble",
+            pipelined=True,  # answers are matched by sequence number (BleTransport)
         )
 
     # -- life cycle ------------------------------------------------------------------------
@@ -407,13 +427,17 @@ class SmpLink:
         return ServerParams(manual, 1, source, self._transport.max_unencoded_size, 1)
 
     def _set_buf_count(self, buf_count: int) -> None:
+        self._buf_count = buf_count
         if isinstance(self._transport, ConsoleTransport):
             self._transport.set_buf_count(buf_count)
 
     def _window(self) -> int:
-        """Requests in flight: what the UART line buffers hold on serial, 1 on UDP."""
+        """Requests in flight: what the UART line buffers hold on serial; over BLE what the
+        server's netbufs hold (:func:`ble_window`); 1 on UDP."""
         if isinstance(self._transport, ConsoleTransport) and self._pipelined:
             return self._transport.budget.window
+        if self.kind == "ble" and self._pipelined:
+            return ble_window(self._buf_count)
         return 1
 
     def renegotiate(self) -> ServerParams:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ class Write:
     connection: int
     value: bytes
     arrives_s: float  # device time its last LL packet is in
+    since: float | None = None  # when its connection was made: a handle is used again later
 
 
 def static_address(ficr_deviceaddr0: int, ficr_deviceaddr1: int) -> str:
@@ -91,6 +93,7 @@ class BlePeripheral:
         self.pacers: dict[int, AirPacer] = {}
         self.connected_at: dict[int, float] = {}  # handle -> device time of the connection
         self._drop_after: int | None = None
+        self._last_notify: dict[int, float] = {}  # handle -> loop time of its last notification
         self.connections_made = 0
 
     def describe(self) -> dict[str, object]:
@@ -240,6 +243,12 @@ class BlePeripheral:
             self.log.info("BLE: %s: %s", why, new.describe())
         return new
 
+    def current(self, write: Write) -> bool:
+        """Whether ``write``'s connection is still up: the LL packets of a write still on the
+        air when its link dropped never arrive."""
+        with self._lock:
+            return self.connected_at.get(write.connection) == write.since
+
     def state(self, handle: int) -> LinkState | None:
         with self._lock:
             pacer = self.pacers.get(handle)
@@ -253,7 +262,8 @@ class BlePeripheral:
         if pacer is None:
             return
         arrives = pacer.received(len(data) + ATT_NOTIFY_HEADER, self.clock.now())
-        self.writes.put(Write(connection.handle, data, arrives))
+        since = self.connected_at.get(connection.handle)
+        self.writes.put(Write(connection.handle, data, arrives, since))
         if drop_after is not None and pacer.bytes_rx >= drop_after:
             self._drop_after = None
             self.log.info("BLE: fault lever: dropping the link after %d bytes", pacer.bytes_rx)
@@ -271,8 +281,15 @@ class BlePeripheral:
         if device is None or characteristic is None or connection is None or pacer is None:
             return None
         done = pacer.sent(len(value) + ATT_NOTIFY_HEADER, now_s)
-
-        self.radio.spawn(device.notify_subscriber(connection, characteristic, value))
+        # The central has it when it is on the air, not before (it answers at once), and the
+        # notifications of one connection reach it in order.
+        when = time.monotonic() + self.clock.wall(max(0.0, done - self.clock.now()))
+        with self._lock:
+            when = max(when, self._last_notify.get(handle, 0.0) + 1e-6)
+            self._last_notify[handle] = when
+        self.radio.spawn_at(
+            when, lambda: device.notify_subscriber(connection, characteristic, value)
+        )
         return done
 
     def drop(self, after_bytes: int | None = None) -> bool:

@@ -179,6 +179,11 @@ def _log_failure(future: concurrent.futures.Future[Any]) -> None:
         log.info("BLE: %s", future.exception())
 
 
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("BLE: %s", task.exception())
+
+
 class BleRadio:
     """The farm's link, its HCI server for hosts, and the loop everything bumble runs on."""
 
@@ -222,6 +227,17 @@ class BleRadio:
             return
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         future.add_done_callback(_log_failure)
+
+    def spawn_at(self, when: float, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``make()`` on the radio's loop at ``when`` (the loop's clock, time.monotonic);
+        its failure is only logged."""
+
+        def start() -> None:
+            task = self.loop.create_task(make())
+            task.add_done_callback(_log_task_failure)
+
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.call_at, when, start)
 
     def submit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the radio's loop soon, without waiting."""

@@ -18,6 +18,7 @@ takes the new values from the next event; the board log names each change.
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -41,12 +42,19 @@ class BleSmpPort:
         peripheral: BlePeripheral,
         config: LinkConfig,
         buf_size: int,
+        buf_count: int = 4,
     ) -> None:
         self.ctx = ctx
         self.peripheral = peripheral
         self.config = config
         self.buf_size = buf_size
-        self._partial: dict[int, bytearray] = {}
+        # MCUmgr netbufs for requests: the pool's count less the one the work queue's answer
+        # takes. A packet holds one from its first write until it has been answered.
+        self.request_bufs = max(1, buf_count - 1)
+        self._held = 0
+        self._held_lock = threading.Lock()
+        # packets being reassembled, per connection (its handle and when it was made)
+        self._partial: dict[tuple[int, float | None], bytearray] = {}
         self._smp_until: dict[int, float] = {}  # connection -> when SMP params are restored
         self._upload_until: dict[int, float] = {}  # connection -> when latency is raised again
         self._auto_done: set[int] = set()  # connections past CONFIG_BT_CONN_PARAM_UPDATE_TIMEOUT
@@ -64,16 +72,45 @@ class BleSmpPort:
             wait = write.arrives_s - ctx.now()
             if wait > 0:
                 ctx.sleep(wait)
+            self._drop_stale()
+            if not self.peripheral.current(write):
+                continue  # the link dropped before this write was in
             packet = self._collect(write)
             if packet is not None:
                 self._on_smp(write.connection, packet)
                 submit(write.connection, packet)
             self._restore_idle()
 
+    def _take(self) -> bool:
+        with self._held_lock:
+            if self._held >= self.request_bufs:
+                return False
+            self._held += 1
+            return True
+
+    def release(self) -> None:
+        """A request was answered (or dropped): its netbuf goes back to the pool."""
+        with self._held_lock:
+            self._held = max(0, self._held - 1)
+
+    def _drop_stale(self) -> None:
+        """smp_bt's disconnection callback: the packet being reassembled is dropped."""
+        live = dict(self.peripheral.connected_at)
+        for key in [k for k in self._partial if live.get(k[0]) != k[1]]:
+            del self._partial[key]
+            self.release()
+
     def _collect(self, write: Write) -> bytes | None:
+        """A whole packet once its last write is in; None while it grows or when it is dropped
+        (smp_reassembly_collect: no free netbuf at its first write (-ENOMEM: the write is
+        lost, the next one starts a packet of its own), longer than the netbuf, or overrun)."""
+        key = (write.connection, write.since)
+        if key not in self._partial and not self._take():
+            self.ctx.log(f"SMP BLE: no free netbuf ({self.request_bufs} busy): a write dropped")
+            return None
         if not self.config.reassembly:
-            return write.value
-        buf = self._partial.setdefault(write.connection, bytearray())
+            return write.value  # a packet is one write (its netbuf taken above)
+        buf = self._partial.setdefault(key, bytearray())
         buf += write.value
         if len(buf) < SmpHeader.SIZE:
             return None
@@ -82,11 +119,12 @@ class BleSmpPort:
             self.ctx.log(
                 f"SMP BLE: dropped a packet of {len(buf)}/{expected} bytes (netbuf {self.buf_size})"
             )
-            del self._partial[write.connection]
+            del self._partial[key]
+            self.release()
             return None
         if len(buf) < expected:
             return None
-        del self._partial[write.connection]
+        del self._partial[key]
         return bytes(buf)
 
     def reply(self, connection: int, packets: list[bytes]) -> None:

@@ -52,7 +52,7 @@ from dfuhil.sim.firmware.generate import (
     to_intelhex,
 )
 from dfuhil.formats.mcuboot_build import FlashGeometry, SerialRecovery, Slot
-from dfuhil.sim.mcuboot.config import Fault, McubootBuild, SmpAppBuild
+from dfuhil.sim.mcuboot.config import BT_OVERLAY_NETBUF_SIZE, Fault, McubootBuild, SmpAppBuild
 
 KeyKind = Literal["ecdsa-p256", "ed25519"]
 HEADER_SIZE = 0x200
@@ -170,6 +170,7 @@ class McubootSet:
             fault = "never-confirm"
         return SmpAppBuild(
             geometry=self.geometry(chip),
+            buf_size=BT_OVERLAY_NETBUF_SIZE if self.ble else SmpAppBuild.buf_size,
             confirm_at_boot=self.confirm_at_boot,
             fault=fault,
             udp=self.udp,

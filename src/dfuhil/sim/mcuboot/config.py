@@ -58,6 +58,13 @@ class McubootBuild:
         )
 
 
+# CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE as Zephyr's smp_svr sets it in overlay-bt.conf (with
+# CONFIG_MCUMGR_TRANSPORT_BT_REASSEMBLY): one SMP packet in five Write Commands at its 498-byte
+# ATT MTU. A build with the Bluetooth transport is that overlay's build; without it the Kconfig
+# default (384) stands.
+BT_OVERLAY_NETBUF_SIZE = 2475
+
+
 @dataclass(frozen=True)
 class SmpAppBuild:
     """Descriptor params of kind ``smp_app``: a Zephyr app with an SMP server (smp_svr-like)."""

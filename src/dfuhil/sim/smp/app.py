@@ -69,6 +69,7 @@ class _Job:
     transport: str
     packet: bytes
     reply: Callable[[list[bytes]], None]
+    done: Callable[[], None] | None = None  # the request's buffer is free again
 
 
 def active_slot_of(build: SmpAppBuild, address: int) -> int:
@@ -120,7 +121,7 @@ class SmpApp(Firmware):
             self._spawn(self._udp_reader, "smp-udp")
         peripheral = ctx.board.ble
         if build.ble and peripheral is not None:
-            port = BleSmpPort(ctx, peripheral, peripheral.config, build.buf_size)
+            port = BleSmpPort(ctx, peripheral, peripheral.config, build.buf_size, build.buf_count)
             peripheral.start()
             self._spawn(lambda: port.serve(self._ble_job(port)), "smp-ble")
         self._work()
@@ -217,7 +218,7 @@ class SmpApp(Firmware):
             def reply(packets: list[bytes]) -> None:
                 port.reply(connection, packets)
 
-            self.jobs.put(_Job("ble", packet, reply))
+            self.jobs.put(_Job("ble", packet, reply, port.release))
 
         return submit
 
@@ -239,9 +240,13 @@ class SmpApp(Firmware):
                 ctx.log("SMP reset")
                 ctx.system_reset()
             if job is not None:
-                replies = dispatchers[job.transport].responses(job.packet)
-                if replies:
-                    job.reply(replies)
+                try:
+                    replies = dispatchers[job.transport].responses(job.packet)
+                    if replies:
+                        job.reply(replies)
+                finally:
+                    if job.done is not None:
+                        job.done()
 
     # --- SMP ----------------------------------------------------------------------------------
 
