@@ -343,6 +343,7 @@ SWITCH_OFF_DEVICE_S = 1.0
 
 
 @pytest.mark.modes(*SWAP_MODES, "overwrite-only")
+@pytest.mark.smp_transports("serial")  # the cuts are in MCUboot's swap: the transport is moot
 def test_power_cuts_through_the_switch_during_a_swap_leave_old_or_new_never_neither(
     mcuboot: McubootUnderTest,
 ) -> None:

@@ -205,7 +205,10 @@ def test_suites_pass_through_places_on_two_lab_hosts(lab_run: Run) -> None:
         [f"test_provisioned_board_prints_its_boot_banner[{b}]" for b in HOSTS]
         + [f"test_second_provisioning_skips_every_unchanged_step[{b}]" for b in HOSTS]
         + [f"test_dfu_capable_app_leaves_every_led_off_after_reset[{b}]" for b in MESH]
-        + [UPGRADE.split("::")[1] + f"[{MCUBOOT}]", MESH_HAPPY.split("::")[1]]
+        # The MCUboot board's upgrade over serial (RFC 2217) and over Bluetooth LE (its lab
+        # host's radio, published by the place as ble-hci).
+        + [UPGRADE.split("::")[1] + f"[{MCUBOOT}-{way}]" for way in ("serial", "ble")]
+        + [MESH_HAPPY.split("::")[1]]
     )
     assert sorted(found) == sorted(expected), found
 

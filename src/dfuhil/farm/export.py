@@ -12,6 +12,8 @@ name (the conventions of issue 10, relied on by ``farm places`` and the remote l
   no J-Link resource; ``NetworkService`` (address, port, username) is its resource for "a
   service at host:port" and the exporter publishes it unchanged, so nothing is invented.
 - ``smp-udp``: a ``NetworkService`` for boards with SMP over UDP.
+- ``ble-hci``: a ``NetworkService`` for a virtual board on the air: its farm's HCI port (bumble's
+  ``tcp-client:``), so a host elsewhere joins that farm's radio.
 - ``power``: a ``NetworkPowerPort`` (model, host, index) for boards with a ``power:`` switch,
   exactly as boards.yaml describes it; ``labgrid-client power`` on the place then drives it
   through labgrid's NetworkPowerDriver (dfuhil.farm.power).
@@ -35,6 +37,7 @@ from dfuhil.sim.state import SimState, load_state
 CONSOLE = "console"
 PROBE = "probe"
 SMP_UDP = "smp-udp"
+BLE_HCI = "ble-hci"  # a virtual farm's Bluetooth radio: an HCI port per host (bumble)
 POWER = "power"
 BY_ID = "/dev/serial/by-id/"
 
@@ -67,6 +70,7 @@ class ExportedBoard:
     probe: Endpoint
     smp_udp: Endpoint | None = None
     power: PowerSpec | None = None
+    ble_hci: Endpoint | None = None
 
     def group(self) -> dict[str, Any]:
         """The board's resource group in labgrid's exporter format."""
@@ -76,6 +80,8 @@ class ExportedBoard:
         }
         if self.smp_udp is not None:
             group[SMP_UDP] = self.smp_udp.resource()
+        if self.ble_hci is not None:
+            group[BLE_HCI] = self.ble_hci.resource()
         if self.power is not None:
             group[POWER] = {
                 "cls": "NetworkPowerPort",
@@ -215,4 +221,21 @@ def _virtual(board: BoardSpec, state: SimState) -> ExportedBoard:
         probe=Endpoint.parse(entry.debug_tcp),
         smp_udp=Endpoint.parse(entry.smp_udp) if entry.smp_udp else None,
         power=board.power,
+        ble_hci=_ble_hci(board, state),
     )
+
+
+def _ble_hci(board: BoardSpec, state: SimState) -> Endpoint | None:
+    """The farm's radio for a board on the air: its HCI port (``tcp-client:HOST:PORT``)."""
+    if board.ble is None:
+        return None
+    host_port = (state.ble_hci or "").removeprefix("tcp-client:")
+    if not state.ble_hci or host_port == state.ble_hci:
+        raise InfrastructureError(
+            f"boards.yaml puts the board on the air (ble) but the virtual farm ({state.path}) "
+            f"publishes no HCI port (ble_hci: {state.ble_hci!r})",
+            f"restart it from this dfuhil: dfuhil sim serve --boards {state.boards_file} "
+            f"--state-file {state.path}",
+            board=board.name,
+        )
+    return Endpoint.parse(host_port)

@@ -167,12 +167,14 @@ def resolve_endpoints(board: BoardSpec, client: LabgridClient) -> RemoteEndpoint
             board=board.name,
         )
     smp = by_name.get("smp-udp")
+    ble = by_name.get("ble-hci")
     return RemoteEndpoints(
         host=console["path"][0],
         place=name,
         serial_url=f"rfc2217://{console['params']['host']}:{console['params']['port']}",
         probe=_address(probe),
         smp_udp=_address(smp) if smp is not None else None,
+        ble_hci=f"tcp-client:{_address(ble)}" if ble is not None else None,
     )
 
 

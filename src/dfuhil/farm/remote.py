@@ -20,6 +20,7 @@ class RemoteEndpoints:
     serial_url: str  # "rfc2217://HOST:PORT"
     probe: str  # "HOST:PORT" (J-Link Remote Server, or the virtual farm's TCP debug port)
     smp_udp: str | None = None
+    ble_hci: str | None = None  # a bumble HCI transport name onto the lab host's radio
 
     @property
     def where(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dfuhil.errors import InfrastructureError, InputError, Problem
 from dfuhil.farm.model import BoardSpec, Farm
+from dfuhil.farm.remote import RemoteEndpoints
 from dfuhil.sim.state import SimState
 
 __all__ = ["ble_target", "board_advertising", "resolve_hci"]
@@ -51,11 +52,27 @@ def ble_target(farm: Farm, board: BoardSpec) -> str:
 
 
 def resolve_hci(
-    hci: str | None, *, farm: Farm | None, board: BoardSpec | None, sim: SimState | None
+    hci: str | None,
+    *,
+    farm: Farm | None,
+    board: BoardSpec | None,
+    sim: SimState | None,
+    remote: RemoteEndpoints | None = None,
 ) -> str:
-    """The bumble HCI transport name to open (see the module docstring)."""
+    """The bumble HCI transport name to open (see the module docstring). ``remote``: the
+    board's leased place, whose lab host may publish its virtual farm's radio (``ble-hci``)."""
     if hci:
         return hci
+    if board is not None and board.is_virtual and remote is not None:
+        if remote.ble_hci:
+            return remote.ble_hci
+        raise InfrastructureError(
+            f"the board's lab host publishes no Bluetooth radio ({remote.where}: no ble-hci "
+            "resource)",
+            "re-export that host with this dfuhil (dfuhil farm export writes ble-hci for a "
+            "board with ble) and restart its exporter, or give --hci",
+            board=board.name,
+        )
     if board is not None and board.is_virtual:
         if sim is None:
             raise InfrastructureError(
