@@ -21,7 +21,6 @@ import ast
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ser2netproc import free_port  # one loopback port picker for the lab tests
 
 from dfuhil.errors import InfrastructureError
 from dfuhil.farm.labgrid_client import labgrid_program
@@ -51,14 +51,6 @@ def labgrid_bin(program: str) -> str:
         return str(labgrid_program(program))
     except InfrastructureError as exc:
         raise LabgridMissing(str(exc)) from None
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now (the OS's pick; taken again only by a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def descendants(pid: int) -> list[int]:

@@ -23,28 +23,19 @@ from typing import Any
 import pytest
 
 from dfuhil.errors import InfrastructureError, InputError
-from dfuhil.farm.labgrid_client import LabgridClient, labgrid_python
+from dfuhil.farm.labgrid_client import LabgridClient
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import Farm
 from dfuhil.farm.place_lease import HEARTBEAT, HOLDER, PlaceLease
 from dfuhil.farm.places import check_places, sync_places
 from tests.farmgen import pytest_command, subset, write_farm
+from tests.labgrid_lab import free_port, labgrid_bin
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 30.0  # bound for a process to come up; never a speed claim
 BOARDS = ("vdk52840-swap-move", "vdk52832")
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _bin(program: str) -> str:
-    return str(labgrid_python().parent / program)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -95,7 +86,7 @@ class Lab:
         config.write_text("\n".join(lines) + "\n")
         proc = self._stack.enter_context(
             _process(
-                [_bin("labgrid-exporter"), "-c", self.address, "-n", host, str(config)],
+                [labgrid_bin("labgrid-exporter"), "-c", self.address, "-n", host, str(config)],
                 self.tmp,
                 f"exporter-{host}.log",
             )
@@ -122,9 +113,9 @@ def _wait(condition: Any, timeout: float = WAIT_S) -> None:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    port = _free_port()
+    port = free_port()
     with _process(
-        [_bin("labgrid-coordinator"), "-l", f"127.0.0.1:{port}"], tmp_path, "coordinator.log"
+        [labgrid_bin("labgrid-coordinator"), "-l", f"127.0.0.1:{port}"], tmp_path, "coordinator.log"
     ):
         _wait(lambda: _listening(port))
         lab = Lab(tmp_path, port)
@@ -173,7 +164,7 @@ def test_farm_places_creates_then_changes_nothing_then_updates(lab: Lab, tmp_pat
     assert place["tags"]["roles"] == ",".join(farm.board("vdk52840-swap-move").roles)
     # labgrid's own client sees the same place (interop, not just our agent's view).
     shown = subprocess.run(
-        [_bin("labgrid-client"), "-x", lab.address, "-p", "place-vdk52832", "show"],
+        [labgrid_bin("labgrid-client"), "-x", lab.address, "-p", "place-vdk52832", "show"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -194,7 +185,7 @@ def test_farm_places_creates_then_changes_nothing_then_updates(lab: Lab, tmp_pat
 
 
 def test_farm_places_coordinator_down_is_a_clear_error(tmp_path: Path) -> None:
-    dead = Lab(tmp_path, _free_port())
+    dead = Lab(tmp_path, free_port())
     farm = _farm(tmp_path, dead)
     result = _dfuhil("farm", "places", str(farm.path))
     assert result.returncode == InfrastructureError.exit_code
@@ -323,7 +314,7 @@ def test_place_held_by_a_person_is_never_taken_over(lab: Lab, tmp_path: Path) ->
     with LabgridClient(lab.address) as client:
         sync_places(farm, client)
         human = subprocess.run(
-            [_bin("labgrid-client"), "-x", lab.address, "-p", "place-vdk52832", "acquire"],
+            [labgrid_bin("labgrid-client"), "-x", lab.address, "-p", "place-vdk52832", "acquire"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -340,9 +331,9 @@ def test_place_held_by_a_person_is_never_taken_over(lab: Lab, tmp_path: Path) ->
 
 
 def test_coordinator_gone_mid_session_is_an_infrastructure_error(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     coordinator = subprocess.Popen(
-        [_bin("labgrid-coordinator"), "-l", f"127.0.0.1:{port}"],
+        [labgrid_bin("labgrid-coordinator"), "-l", f"127.0.0.1:{port}"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -398,7 +389,7 @@ def test_boards_list_says_where_boards_live_and_who_holds_them(lab: Lab, tmp_pat
         assert rows["vdk52840-swap-move"]["held_by"] is None
         table = _dfuhil("boards", "list", str(farm.path)).stdout
         assert "lab-a, place place-vdk52832" in table
-    dead = Lab(tmp_path, _free_port())
+    dead = Lab(tmp_path, free_port())
     moved = _farm(tmp_path, dead)
     listed = _dfuhil("boards", "list", str(moved.path))
     assert listed.returncode == 0, listed.stderr
@@ -417,7 +408,7 @@ def test_a_place_taken_while_held_is_noticed_and_an_infrastructure_error(
         try:
             kick = ["-p", "place-vdk52832", "release", "--kick"]
             kicked = subprocess.run(
-                [_bin("labgrid-client"), "-x", lab.address, *kick],
+                [labgrid_bin("labgrid-client"), "-x", lab.address, *kick],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -445,9 +436,9 @@ def test_a_coordinator_that_never_answers_is_an_error_not_a_hang() -> None:
 
 
 def test_a_stopped_coordinator_mid_session_is_an_error_not_a_hang(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with _process(
-        [_bin("labgrid-coordinator"), "-l", f"127.0.0.1:{port}"], tmp_path, "coordinator.log"
+        [labgrid_bin("labgrid-coordinator"), "-l", f"127.0.0.1:{port}"], tmp_path, "coordinator.log"
     ) as coordinator:
         lab = Lab(tmp_path, port)
         _wait(lambda: _listening(port))
