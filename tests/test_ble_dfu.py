@@ -242,7 +242,7 @@ def test_a_request_beyond_the_boards_netbufs_is_dropped_at_the_radio(
             await peer.subscribe(characteristic, on_notification)
             for packet in [upload, *echoes]:
                 await peer.write_value(characteristic, packet, with_response=False)
-            seqs = []
+            seqs: list[int] = []
             while True:
                 try:  # the first answer comes after the erase
                     answer = await asyncio.wait_for(answers.get(), 3.0 if seqs else TIMEOUT_S)
