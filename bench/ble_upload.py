@@ -1,12 +1,15 @@
 """bench/smp_upload.py part 3 (``--part ble``): one image over the virtual farm's BLE link.
 
 The shipped swap-move board (MCUboot + smp_svr with its Bluetooth overlay: ATT MTU 498, data
-length 251, the SoftDevice Controller's 7.5 ms event length), except that it asks for no
+length 251, the SoftDevice Controller's 7.5 ms event length), its app built without the UDP
+transport (Zephyr's stock 4 MCUmgr netbufs: 3 requests in flight; the shipped build has UDP too,
+so 2 netbufs and one request at a time, which is what ``dfuhil w1`` measures), and asking for no
 connection parameters of its own (``mcuboot.ble_link: {smp_conn_param_control: false,
-auto_update: false}``) so the connection keeps the interval the central asks for: 7.5, 15, 30 and
-50 ms. Per interval, three links: peripheral latency 0 (smp_svr's preferred parameters); latency
-99 (nRF Desktop's CONFIG_BT_PERIPHERAL_PREF_LATENCY) without nRF Desktop's latency request; and
-with it, the board lowering the latency to 0 while an upload runs (its ble_latency module).
+auto_update: false}``) so the connection keeps the interval the central asks for: 7.5, 15, 30
+and 50 ms. Per interval, three links: peripheral latency 0 (smp_svr's preferred parameters);
+latency 99 (nRF Desktop's CONFIG_BT_PERIPHERAL_PREF_LATENCY) without nRF Desktop's latency
+request; and with it, the board lowering the latency to 0 while an upload runs (its ble_latency
+module).
 
 Ways, each on a freshly provisioned board (empty secondary slot):
   dfuhil w1   dfuhil's SmpLink over BLE, one request at a time (--window 1)
@@ -163,11 +166,13 @@ def smpclient_way(
 def ble_farm(
     work: Path, time_scale: float, latency_request: bool, latency: int
 ) -> Iterator[tuple[SimState, Rig, BoardSpec]]:
-    from simfarm import shipped_subset  # tests/simfarm.py (smp_upload.py put tests/ on the path)
+    # tests/simfarm.py (smp_upload.py put tests/ on the path)
+    from simfarm import shipped_subset, use_ble_only_build
 
     board_name = "vdk52840-swap-move"
 
     def fixed_interval(data: Any) -> None:
+        use_ble_only_build(data, data["boards"][0], work)
         firmware = data["firmware_sets"][data["boards"][0]["firmware"]]
         firmware["mcuboot"]["ble_link"] = {
             "smp_conn_param_control": False,

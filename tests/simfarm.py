@@ -7,11 +7,12 @@ tests never depend on the shipped boards.yaml being served, and stop it when the
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,8 +22,11 @@ from ruamel.yaml import YAML
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import Farm
 from dfuhil.formats.chips import Chip, find_chip
+from dfuhil.formats.hexfile import hex_text
 from dfuhil.links.console import Console
+from dfuhil.procedures.image_sign import image_hex
 from dfuhil.sim.firmware.generate import generate_firmware, short_name
+from dfuhil.sim.firmware.mcuboot_sets import KEYS, app_body, find_set, signed_app
 from dfuhil.sim.lowlevel import VirtualLowLevelAPI
 from dfuhil.sim.state import FarmProcess, SimState
 
@@ -231,3 +235,27 @@ def shipped_subset(
         text = text.replace(f" {folder}", f" {REPO / folder}/")
     path.write_text(text)
     return path
+
+
+BLE_ONLY_SET = "nrf52840-mcuboot-swap-move-ble-only"
+
+
+def use_ble_only_build(data: Any, board: Any, folder: Path) -> None:
+    """Point ``board`` (a swap-move entry of a loaded boards.yaml) at the shipped app built
+    without the UDP transport (smp_svr with overlay-bt.conf alone): Zephyr's stock 4 MCUmgr
+    netbufs, so 3 requests fit in flight. The shipped build has UDP too, and with it the UDP
+    default of 2 netbufs: one request at a time. The hex is written to ``folder``."""
+    nrf52840 = chip("nRF52840_xxAA")
+    mset = replace(find_set(nrf52840.name, "swap-move"), udp=False)
+    app = folder / "smp_app-ble-only.hex"
+    if not app.exists():
+        key = REPO / "firmware" / "virtual" / "keys" / KEYS[mset.key].file
+        signed = signed_app(mset, app_body(mset, nrf52840), key, None)
+        app.write_text(hex_text(image_hex(signed, mset.primary[0])))
+    if BLE_ONLY_SET not in data["firmware_sets"]:
+        firmware = copy.deepcopy(data["firmware_sets"][board["firmware"]])
+        firmware["application"]["file"] = str(app)
+        firmware["mcuboot"]["transports"] = ["serial", "ble"]
+        data["firmware_sets"][BLE_ONLY_SET] = firmware
+    board["firmware"] = BLE_ONLY_SET
+    board.pop("smp_udp", None)

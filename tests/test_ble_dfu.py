@@ -15,7 +15,7 @@ import asyncio
 import random
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import pytest
 from bumble.device import Device, Peer
 from bumble.hci import Address
 from bumble.transport import open_transport
-from simfarm import shipped_subset
+from simfarm import shipped_subset, use_ble_only_build
 from test_mcuboot_cli import BANNER, BOARD, run, slot_lines
 from test_sim_ble import find, request, smp_answers, smp_characteristic, upload_chunk
 
@@ -33,9 +33,10 @@ from dfuhil.errors import InfrastructureError
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import BoardSpec
 from dfuhil.farm.rig import Rig
+from dfuhil.formats.smp import netbuf_window
 from dfuhil.links.smp_ble import host_address
 from dfuhil.links.smp_ble_hci import ble_target
-from dfuhil.links.smp_link import SmpLink, ble_window
+from dfuhil.links.smp_link import SmpLink
 from dfuhil.procedures.image_sign import sign_build
 from dfuhil.procedures.provision import STEPS, Provisioner, ProvisioningPlan
 from dfuhil.sim.faults import FaultInjector
@@ -49,17 +50,23 @@ TWIN_NAME = "vdk-swap-move-twin"
 TIMEOUT_S = 5.0  # a bound on a hang, never a speed claim
 
 
-def add_twin(data: Any) -> None:
-    """A second BLE board: the swap-move board again, its own probe, port and name."""
-    board = next(b for b in data["boards"] if b["name"] == BOARD)
-    twin = dict(board)
-    twin.update(
-        name=TWIN,
-        probe={"backend": "virtual", "snr": 900000077},
-        ble={"name": TWIN_NAME},
-        roles=["mcuboot", "swap-move"],
-    )
-    data["boards"].append(twin)
+def twin_editor(folder: Path) -> Callable[[Any], None]:
+    """A second BLE board: the swap-move board again with its own probe, port and name, and
+    the app built for Bluetooth without UDP (4 netbufs), to keep several requests in flight."""
+
+    def add_twin(data: Any) -> None:
+        board = next(b for b in data["boards"] if b["name"] == BOARD)
+        twin = dict(board)
+        twin.update(
+            name=TWIN,
+            probe={"backend": "virtual", "snr": 900000077},
+            ble={"name": TWIN_NAME},
+            roles=["mcuboot", "swap-move"],
+        )
+        use_ble_only_build(data, twin, folder)
+        data["boards"].append(twin)
+
+    return add_twin
 
 
 @dataclass
@@ -110,7 +117,7 @@ def ble_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BleFarm]:
     work = tmp_path_factory.mktemp("ble-dfu")
     if not (REPO / "firmware" / "virtual" / "keys").is_dir():
         pytest.fail("no sample firmware: run `make firmware` first")
-    boards = shipped_subset(work / "boards.yaml", [BOARD], TIME_SCALE, edit=add_twin)
+    boards = shipped_subset(work / "boards.yaml", [BOARD], TIME_SCALE, edit=twin_editor(work))
     state_file = work / "state.json"
     with FarmProcess(boards, state_file, log_dir=work / "sim", time_scale=TIME_SCALE) as state:
         yield BleFarm(boards, state_file, state)
@@ -178,15 +185,34 @@ def test_an_upload_keeps_the_boards_netbufs_busy_and_stays_byte_exact(
     """Over BLE dfuhil keeps as many requests in flight as the board's MCUmgr netbufs hold
     (its params' buf_count less the answer's), each as big as a netbuf (smp_svr's Bluetooth
     overlay: 2475 bytes in five writes); the image lands byte for byte."""
+    farm.provision(TWIN)
+    data = image_file(farm, tmp_path, "1.1.0", TWIN).read_bytes()
+    log_file = farm.boards.parent / "sim" / f"{TWIN}.sim.log"
+    with farm.link(TWIN) as link:
+        params = link.params
+        assert params is not None and (params.buf_size, params.buf_count) == (2475, 4), params
+        before = len(log_file.read_text())
+        result = link.upload(data)
+    assert result.window == netbuf_window(params.buf_count) == 3, result
+    assert result.requests <= len(data) // 2400 + 2, result.summary()
+    assert farm.secondary(TWIN, len(data)) == data
+    assert "no free netbuf" not in log_file.read_text()[before:]
+
+
+def test_a_stock_build_with_udp_too_gets_one_request_at_a_time(
+    farm: BleFarm, tmp_path: Path
+) -> None:
+    """The shipped build has the UDP transport as well, so Zephyr's UDP defaults stand: 2
+    netbufs, one for the request and one for its answer. A second request in flight would be
+    dropped at the radio; dfuhil reads the count and sends one at a time."""
     data = image_file(farm, tmp_path, "1.1.0").read_bytes()
     log_file = farm.boards.parent / "sim" / f"{BOARD}.sim.log"
     with farm.link() as link:
         params = link.params
-        assert params is not None and params.buf_size == 2475, params
+        assert params is not None and (params.buf_size, params.buf_count) == (2475, 2), params
         before = len(log_file.read_text())
         result = link.upload(data)
-    assert result.window == ble_window(params.buf_count) == params.buf_count - 1 > 1, result
-    assert result.requests <= len(data) // 2400 + 2, result.summary()
+    assert result.window == 1, result
     assert farm.secondary(BOARD, len(data)) == data
     assert "no free netbuf" not in log_file.read_text()[before:]
 
@@ -196,11 +222,17 @@ def real_time_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BleFarm
     """The board in real time: a host's reaction (a millisecond or two) is then short against
     a connection event, as on a real radio (at 0.05 it spans several)."""
     work = tmp_path_factory.mktemp("ble-dfu-real-time")
-    boards = shipped_subset(work / "boards.yaml", [BOARD], 1.0)
+    add_twin = twin_editor(work)
+
+    def twin_alone(data: Any) -> None:
+        add_twin(data)
+        data["boards"] = [b for b in data["boards"] if b["name"] == TWIN]
+
+    boards = shipped_subset(work / "boards.yaml", [BOARD], 1.0, edit=twin_alone)
     state_file = work / "state.json"
     with FarmProcess(boards, state_file, log_dir=work / "sim", time_scale=1.0) as state:
         running = BleFarm(boards, state_file, state)
-        running.provision()
+        running.provision(TWIN)
         yield running
 
 
@@ -213,10 +245,11 @@ def test_a_request_beyond_the_boards_netbufs_is_dropped_at_the_radio(
 
     The erase is made long against any host's jitter: a stale image in the secondary slot (a
     blank slot is not erased again) and a first chunk announcing 20 pages, erased in real time
-    (20 x 89.7 ms); the five writes are on the air within a few connection events."""
+    (20 x 89.7 ms); the five writes are on the air within a few connection events. The board
+    is the Bluetooth-only build (4 netbufs: 3 for requests)."""
     farm = real_time_farm
-    farm.provision()
-    spec = farm.spec()
+    farm.provision(TWIN)
+    spec = farm.spec(TWIN)
     slot = spec.layout.mcuboot_slots().secondary
     assert slot is not None and farm.state.ble_hci is not None
     with Rig(load_farm(farm.boards), farm.state).probe(spec) as probe:
@@ -227,14 +260,14 @@ def test_a_request_beyond_the_boards_netbufs_is_dropped_at_the_radio(
     image = sign_build(spec, "update", "1.1.0")
     upload = upload_chunk(image + bytes(announced - len(image)), 0, 256, 1)
     echoes = [request(0, 0, 2, cbor2.dumps({"d": f"echo {i}"}), 20 + i) for i in range(4)]
-    log_file = farm.boards.parent / "sim" / f"{BOARD}.sim.log"
+    log_file = farm.boards.parent / "sim" / f"{TWIN}.sim.log"
     before = len(log_file.read_text())
 
     async def flood() -> list[int]:
         async with await open_transport(hci) as (source, sink):
             device = Device.with_hci("central", Address(host_address()), source, sink)
             await device.power_on()
-            connection = await device.connect(await find(device, NAME))
+            connection = await device.connect(await find(device, TWIN_NAME))
             peer = Peer(connection)
             await peer.request_mtu(498)
             characteristic = await smp_characteristic(peer)
@@ -267,7 +300,7 @@ def test_a_host_answering_at_once_never_outruns_the_boards_netbufs(
     farm = real_time_farm
     assert farm.state.ble_hci is not None
     hci = farm.state.ble_hci
-    log_file = farm.boards.parent / "sim" / f"{BOARD}.sim.log"
+    log_file = farm.boards.parent / "sim" / f"{TWIN}.sim.log"
     before = len(log_file.read_text())
     total, window, mtu = 24, 3, 247
     echo = [request(0, 0, 2, cbor2.dumps({"d": "x" * 360}), 40 + i) for i in range(total)]
@@ -276,7 +309,7 @@ def test_a_host_answering_at_once_never_outruns_the_boards_netbufs(
         async with await open_transport(hci) as (source, sink):
             device = Device.with_hci("central", Address(host_address()), source, sink)
             await device.power_on()
-            connection = await device.connect(await find(device, NAME))
+            connection = await device.connect(await find(device, TWIN_NAME))
             peer = Peer(connection)
             await peer.request_mtu(mtu)
             characteristic = await smp_characteristic(peer)

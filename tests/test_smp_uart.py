@@ -24,9 +24,15 @@ from dfuhil.formats.smp import SmpHeader, encode_frames
 from dfuhil.formats.smp_uart import SmpUart, frame_lines, max_packet_for_lines, serial_budget
 from dfuhil.links.console import Console
 from dfuhil.links.smp_link import SmpLink
+from dfuhil.sim.mcuboot.config import stock_netbufs
 from dfuhil.sim.smp.uart_lines import UartLineBuffers
 
 STOCK_BUILD = {"buf_size": 384, "buf_count": 4}  # smp_svr's params answer
+UDP_BUF_SIZE, UDP_BUF_COUNT = stock_netbufs(udp=True, ble=False)  # 2048, 2
+NETBUF_BUILDS = {
+    "udp": app_build(buf_size=UDP_BUF_SIZE, buf_count=UDP_BUF_COUNT, udp=True),  # overlay-udp.conf
+    "3-netbufs": app_build(**{**STOCK_BUILD, "buf_count": 3}),
+}
 SMPMGR = Path(sys.executable).parent / "smpmgr"
 
 
@@ -77,7 +83,15 @@ def test_the_budget_fits_the_line_buffers_it_is_given() -> None:
     bigger = serial_budget(SmpUart(rx_buf_count=8), 384, 4)
     assert bigger.window * bigger.lines_per_message <= 8 and bigger.message_size > 182
     paced = serial_budget(SmpUart(delivery="paced"), 384, 4)
-    assert (paced.message_size, paced.window) == (380, 4)
+    assert (paced.message_size, paced.window) == (380, 3)  # the 4th netbuf is the answer's
+
+
+def test_the_netbufs_bound_the_window_whatever_the_line_buffers_hold() -> None:
+    """A request holds a netbuf until answered and the answer takes one: with the UDP
+    transport's stock 2 netbufs one request at a time, however many line buffers there are."""
+    for uart in (SmpUart(delivery="paced"), SmpUart(rx_buf_count=8)):
+        assert serial_budget(uart, 2048, 2).window == 1, uart
+        assert serial_budget(uart, 2048, 1).window == 1, uart
 
 
 # --- the virtual smp_svr ----------------------------------------------------------------------
@@ -95,6 +109,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     bigger = app_build(**STOCK_BUILD, uart_rx_buf_count=8)  # CONFIG_UART_MCUMGR_RX_BUF_COUNT=8
     body = app_body(bigger, "1.0.0", 6 * 1024, seed="8-lines")
     signed["1.0.0-8-lines"] = sign(directory, body, "1.0.0", key, name="8-lines").read_bytes()
+    for name, build in NETBUF_BUILDS.items():
+        body = app_body(build, "1.0.0", 6 * 1024, seed=name)
+        signed[f"1.0.0-{name}"] = sign(directory, body, "1.0.0", key, name=name).read_bytes()
     return signed
 
 
@@ -225,3 +242,54 @@ def test_boards_yaml_states_the_smp_uart_and_refuses_nonsense(tmp_path: Path) ->
     wrong = "      smp_uart: {delivery: usb}\n      builds:"
     problems = mcu_problems(tmp_path, "      builds:", wrong)
     assert any("smp_uart" in p.field for p in problems), problems
+
+
+# --- the netbufs behind the line buffers ------------------------------------------------------
+
+
+def test_a_request_beyond_the_netbufs_is_never_answered(
+    images: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Zephyr takes a netbuf for each request as its first line arrives and holds it until the
+    request is answered; the work queue takes one for the answer. With 3 netbufs, an erase
+    running and one echo waiting, a second echo finds none: no answer ever comes, the board
+    logs the drop. In real time the erase of the whole secondary slot (16 pages, 1.4 s) is long
+    against the three frames, which a hardware UART delivers in milliseconds."""
+    build = NETBUF_BUILDS["3-netbufs"]
+    secondary = build.geometry.secondary
+    assert secondary is not None
+    with smp_board(images["1.0.0-3-netbufs"], build, time_scale=1.0) as dut:
+        dut.board.flash.load(secondary.start, b"\x3d\xb8\xf3\x96")  # a stale image: erased
+        erase = SmpHeader(op=2, version=1, flags=0, length=1, group=1, seq=1, command_id=5)
+        with Console(dut.serial) as console:
+            seqs: list[int] = []
+            console.attach_packets(lambda answer: seqs.append(answer[6]))
+            for packet in (erase.pack() + cbor2.dumps({}), echo_packet(60, 2), echo_packet(60, 3)):
+                console.send_packet(packet)
+            end = time.monotonic() + 20.0  # a bound on a hang
+            while len(seqs) < 2 and time.monotonic() < end:
+                time.sleep(0.02)
+            time.sleep(1.0)  # a third answer would follow the second at once
+            console.attach_packets(None)
+        assert dut.slot_bytes(secondary, 4) == b"\xff" * 4  # the erase ran
+    assert seqs == [1, 2], seqs
+    assert caplog.text.count("SMP UART: no free netbuf (2 busy): a frame dropped") == 1
+
+
+def test_dfuhil_sends_one_request_at_a_time_to_a_build_with_udp(
+    images: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """smp_svr with the UDP overlay keeps Zephyr's UDP defaults on every transport: 2 netbufs
+    (MCUmgr params say so), one for the request and one for its answer. Over its serial port
+    dfuhil keeps one request in flight and the image lands byte for byte, nothing dropped."""
+    build = NETBUF_BUILDS["udp"]
+    with smp_board(images["1.0.0-udp"], build) as dut:
+        with SmpLink.over_console(Console(dut.serial), owns_console=True) as smp:
+            assert smp.params is not None
+            assert (smp.params.buf_size, smp.params.buf_count, smp.params.window) == (2048, 2, 1)
+            result = smp.upload(images["2.0.0"])
+        secondary = build.geometry.secondary
+        assert secondary is not None
+        assert dut.slot_bytes(secondary, len(images["2.0.0"])) == images["2.0.0"]
+    assert result.window == 1, result
+    assert "no free netbuf" not in caplog.text

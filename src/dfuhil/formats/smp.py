@@ -220,6 +220,16 @@ def split_messages(packet: bytes) -> list[tuple[SmpHeader, bytes]]:
 # dfuhil keeps only what no library does: telling console text from frames on one UART, and
 # the receiver's checks the package's decoder lacks (see SerialFrameDecoder).
 
+
+def netbuf_window(buf_count: int) -> int:
+    """Requests a host may keep in flight to a Zephyr SMP server with ``buf_count`` netbufs
+    (MCUmgr params). Every transport (UART, UDP, Bluetooth) takes a netbuf of the one MCUmgr
+    pool for each request as it arrives and holds it until the request is answered; the SMP
+    work queue takes one more for the answer it builds. So ``buf_count - 1`` requests fit; one
+    more finds no buffer and is dropped without an answer (``smp_packet_alloc``: K_NO_WAIT)."""
+    return max(1, buf_count - 1)
+
+
 FRAME_START = smppacket.START_DELIMITER
 FRAME_CONTINUE = smppacket.CONTINUE_DELIMITER
 LINE_LENGTH = 128  # smpclient's convention: 124 base64 chars, 127-byte frames

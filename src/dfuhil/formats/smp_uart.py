@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from dfuhil.formats.smp import FRAME_OVERHEAD, LINE_LENGTH, chars_per_line
+from dfuhil.formats.smp import FRAME_OVERHEAD, LINE_LENGTH, chars_per_line, netbuf_window
 
 __all__ = [
     "DELIVERIES",
@@ -91,8 +91,10 @@ class SerialBudget:
 def serial_budget(uart: SmpUart, buf_size: int, buf_count: int) -> SerialBudget:
     """Message size and window whose bytes in flight fit ``uart``'s line buffers.
 
-    ``buf_size``/``buf_count`` are the netbuf (MCUmgr params). With paced delivery the line
-    buffers come back between lines, so only the netbuf bounds the budget. With bursts every
+    ``buf_size``/``buf_count`` are the netbuf (MCUmgr params): at most
+    :func:`~dfuhil.formats.smp.netbuf_window` requests are in flight, whatever the UART holds.
+    With paced delivery the line buffers come back between lines, so only the netbuf bounds
+    the budget. With bursts every
     line in flight needs a buffer: of the splits that fill the most buffers, the one with the
     largest messages wins (fewer headers and round trips).
     """
@@ -100,14 +102,15 @@ def serial_budget(uart: SmpUart, buf_size: int, buf_count: int) -> SerialBudget:
     largest = max(1, buf_size - FRAME_OVERHEAD)
     if uart.delivery == "paced":
         size = largest
-        return SerialBudget(size, max(1, buf_count), line_length, frame_lines(size, line_length))
+        window = netbuf_window(buf_count)
+        return SerialBudget(size, window, line_length, frame_lines(size, line_length))
     best: SerialBudget | None = None
     for lines in range(1, max(1, uart.rx_buf_count) + 1):
         size = min(largest, max_packet_for_lines(lines, line_length))
         if size <= 0:
             continue
         used = frame_lines(size, line_length)
-        window = max(1, min(buf_count, uart.rx_buf_count // used))
+        window = max(1, min(netbuf_window(buf_count), uart.rx_buf_count // used))
         candidate = SerialBudget(size, window, line_length, used)
         if best is None or (window * size, size) > (
             best.window * best.message_size,

@@ -57,6 +57,7 @@ from smpclient.requests.os_management import (
 from smpclient.transport import SMPTransport, SMPTransportDisconnected
 
 from dfuhil.errors import InfrastructureError, ProductError
+from dfuhil.formats.smp import netbuf_window
 from dfuhil.formats.smp_uart import SmpUart
 from dfuhil.links.async_loop import LoopThread, Progress, guarded
 from dfuhil.links.console import Console
@@ -185,15 +186,6 @@ class _BootloaderModeRead(smpos.BootloaderInformationReadRequest):
 
 
 # --- the link ---------------------------------------------------------------------------------
-
-
-def ble_window(buf_count: int) -> int:
-    """Requests an upload keeps in flight over BLE. Zephyr's Bluetooth transport takes every
-    write into a netbuf of the MCUmgr pool (``buf_count`` of them, reassembling a packet in
-    one) and the SMP work queue answers one packet at a time, holding its request and its
-    answer: ``buf_count - 1`` requests fit, one more is dropped at the radio (no buffer).
-    Several in flight keep the link busy while the board writes flash."""
-    return max(1, buf_count - 1)
 
 
 class SmpLink:
@@ -433,11 +425,12 @@ class SmpLink:
 
     def _window(self) -> int:
         """Requests in flight: what the UART line buffers hold on serial; over BLE what the
-        server's netbufs hold (:func:`ble_window`); 1 on UDP."""
+        server's netbufs hold (:func:`~dfuhil.formats.smp.netbuf_window`: several in flight
+        keep the link busy while the board writes flash); 1 on UDP."""
         if isinstance(self._transport, ConsoleTransport) and self._pipelined:
             return self._transport.budget.window
         if self.kind == "ble" and self._pipelined:
-            return ble_window(self._buf_count)
+            return netbuf_window(self._buf_count)
         return 1
 
     def renegotiate(self) -> ServerParams:

@@ -18,7 +18,6 @@ takes the new values from the next event; the board log names each change.
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,7 @@ from dfuhil.formats.ble_link import LinkConfig
 from dfuhil.formats.smp import Group, ImageCmd, SmpHeader
 from dfuhil.sim.ble_link import ATT_NOTIFY_HEADER
 from dfuhil.sim.ble_peripheral import BlePeripheral, Write
+from dfuhil.sim.netbufs import NetbufPool
 
 if TYPE_CHECKING:
     from dfuhil.sim.runtime import FirmwareContext
@@ -42,17 +42,15 @@ class BleSmpPort:
         peripheral: BlePeripheral,
         config: LinkConfig,
         buf_size: int,
-        buf_count: int = 4,
+        netbufs: NetbufPool,
     ) -> None:
         self.ctx = ctx
         self.peripheral = peripheral
         self.config = config
         self.buf_size = buf_size
-        # MCUmgr netbufs for requests: the pool's count less the one the work queue's answer
-        # takes. A packet holds one from its first write until it has been answered.
-        self.request_bufs = max(1, buf_count - 1)
-        self._held = 0
-        self._held_lock = threading.Lock()
+        # The app's MCUmgr netbufs, shared with its other transports: a packet holds one from
+        # its first write until it has been answered.
+        self.netbufs = netbufs
         # packets being reassembled, per connection (its handle and when it was made)
         self._partial: dict[tuple[int, float | None], bytearray] = {}
         self._smp_until: dict[int, float] = {}  # connection -> when SMP params are restored
@@ -81,17 +79,9 @@ class BleSmpPort:
                 submit(write.connection, packet)
             self._restore_idle()
 
-    def _take(self) -> bool:
-        with self._held_lock:
-            if self._held >= self.request_bufs:
-                return False
-            self._held += 1
-            return True
-
     def release(self) -> None:
         """A request was answered (or dropped): its netbuf goes back to the pool."""
-        with self._held_lock:
-            self._held = max(0, self._held - 1)
+        self.netbufs.release()
 
     def _drop_stale(self) -> None:
         """smp_bt's disconnection callback: the packet being reassembled is dropped."""
@@ -105,8 +95,8 @@ class BleSmpPort:
         (smp_reassembly_collect: no free netbuf at its first write (-ENOMEM: the write is
         lost, the next one starts a packet of its own), longer than the netbuf, or overrun)."""
         key = (write.connection, write.since)
-        if key not in self._partial and not self._take():
-            self.ctx.log(f"SMP BLE: no free netbuf ({self.request_bufs} busy): a write dropped")
+        if key not in self._partial and not self.netbufs.take():
+            self.ctx.log(f"SMP BLE: {self.netbufs.refusal()}: a write dropped")
             return None
         if not self.config.reassembly:
             return write.value  # a packet is one write (its netbuf taken above)

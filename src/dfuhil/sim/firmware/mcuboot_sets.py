@@ -52,7 +52,7 @@ from dfuhil.sim.firmware.generate import (
     to_intelhex,
 )
 from dfuhil.formats.mcuboot_build import FlashGeometry, SerialRecovery, Slot
-from dfuhil.sim.mcuboot.config import BT_OVERLAY_NETBUF_SIZE, Fault, McubootBuild, SmpAppBuild
+from dfuhil.sim.mcuboot.config import Fault, McubootBuild, SmpAppBuild, stock_netbufs
 
 KeyKind = Literal["ecdsa-p256", "ed25519"]
 HEADER_SIZE = 0x200
@@ -168,9 +168,11 @@ class McubootSet:
             fault = "crash-at-boot"
         elif build == "never-confirm":
             fault = "never-confirm"
+        buf_size, buf_count = stock_netbufs(udp=self.udp, ble=self.ble)
         return SmpAppBuild(
             geometry=self.geometry(chip),
-            buf_size=BT_OVERLAY_NETBUF_SIZE if self.ble else SmpAppBuild.buf_size,
+            buf_size=buf_size,
+            buf_count=buf_count,
             confirm_at_boot=self.confirm_at_boot,
             fault=fault,
             udp=self.udp,

@@ -61,8 +61,17 @@ class McubootBuild:
 # CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE as Zephyr's smp_svr sets it in overlay-bt.conf (with
 # CONFIG_MCUMGR_TRANSPORT_BT_REASSEMBLY): one SMP packet in five Write Commands at its 498-byte
 # ATT MTU. A build with the Bluetooth transport is that overlay's build; without it the Kconfig
-# default (384) stands.
+# default stands (384, or 2048 with the UDP transport).
 BT_OVERLAY_NETBUF_SIZE = 2475
+
+
+def stock_netbufs(*, udp: bool, ble: bool) -> tuple[int, int]:
+    """(CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE, _COUNT) of an smp_svr build with these transports:
+    Zephyr's defaults (subsys/mgmt/mcumgr/transport/Kconfig: 2048 and 2 with the UDP transport,
+    else 384 and 4), the size as the Bluetooth overlay sets it. A build with UDP keeps one
+    request in flight on every transport (dfuhil.sim.netbufs)."""
+    size = BT_OVERLAY_NETBUF_SIZE if ble else 2048 if udp else 384
+    return size, 2 if udp else 4
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,7 @@ class SmpAppBuild:
 
     geometry: FlashGeometry
     buf_size: int = 384  # CONFIG_MCUMGR_TRANSPORT_NETBUF_SIZE (stock without UDP)
-    buf_count: int = 4  # CONFIG_MCUMGR_TRANSPORT_NETBUF_COUNT
+    buf_count: int = 4  # CONFIG_MCUMGR_TRANSPORT_NETBUF_COUNT (stock without UDP)
     uart_rx_buf_count: int = 2  # CONFIG_UART_MCUMGR_RX_BUF_COUNT (stock)
     uart_rx_buf_size: int = 128  # CONFIG_UART_MCUMGR_RX_BUF_SIZE (stock)
     uart_mtu: int = 256  # CONFIG_MCUMGR_TRANSPORT_UART_MTU (stock)

@@ -7,6 +7,8 @@ on the board's Bluetooth LE radio when it has ``ble``: dfuhil.sim.ble_smp).
 
 Like Zephyr's SMP work queue, one thread (the firmware's main thread) runs every SMP command and
 every flash operation; reader threads only collect packets from the UART and the UDP socket.
+Every request holds one of the build's MCUmgr netbufs (``dfuhil.sim.netbufs``, one pool for all
+transports) until it is answered; one that finds none is dropped unanswered, as on the board.
 Commands (spec §4.4): OS echo, reset (``{}`` first, the reset 250 ms device time later;
 ``boot_mode`` is written to GPREGRET, so 1 makes MCUboot enter serial recovery), MCUmgr params,
 bootloader info (``mode`` from MODE_NUMBERS); image state read/write (``img_state``), upload
@@ -51,6 +53,7 @@ from dfuhil.formats.smp import (
 from dfuhil.sim.ble_smp import BleSmpPort
 from dfuhil.sim.clock import ResetSignal
 from dfuhil.sim.mcuboot.config import SmpAppBuild
+from dfuhil.sim.netbufs import NetbufPool
 from dfuhil.sim.runtime import Firmware, behaviour
 from dfuhil.sim.smp.dfu_lock import DfuLock
 from dfuhil.sim.smp.img_state import ImageState, image_error
@@ -105,6 +108,7 @@ class SmpApp(Firmware):
             )
         self.reset_at: float | None = None
         self.jobs: queue.Queue[_Job] = queue.Queue()
+        self.netbufs = NetbufPool(build.buf_count)  # every transport's requests share it
 
         info = self.images.read_info(active)
         version = str(info.version) if info is not None else ctx.behaviour.version
@@ -121,7 +125,7 @@ class SmpApp(Firmware):
             self._spawn(self._udp_reader, "smp-udp")
         peripheral = ctx.board.ble
         if build.ble and peripheral is not None:
-            port = BleSmpPort(ctx, peripheral, peripheral.config, build.buf_size, build.buf_count)
+            port = BleSmpPort(ctx, peripheral, peripheral.config, build.buf_size, self.netbufs)
             peripheral.start()
             self._spawn(lambda: port.serve(self._ble_job(port)), "smp-ble")
         self._work()
@@ -197,7 +201,10 @@ class SmpApp(Firmware):
                 if len(item.data) + FRAME_OVERHEAD > self.build.buf_size:
                     ctx.log(f"SMP packet of {len(item.data)} bytes exceeds the netbuf, dropped")
                     continue
-                self.jobs.put(_Job("serial", item.data, reply))
+                if not self.netbufs.take():
+                    ctx.log(f"SMP UART: {self.netbufs.refusal()}: a frame dropped")
+                    continue
+                self.jobs.put(_Job("serial", item.data, reply, self.netbufs.release))
 
     def _udp_reader(self) -> None:
         ctx = self.ctx
@@ -211,7 +218,10 @@ class SmpApp(Firmware):
                 for packet in packets:
                     ctx.udp_send(packet, addr)
 
-            self.jobs.put(_Job("udp", data, reply))
+            if not self.netbufs.take():
+                ctx.log(f"SMP UDP: {self.netbufs.refusal()}: a datagram dropped")
+                continue
+            self.jobs.put(_Job("udp", data, reply, self.netbufs.release))
 
     def _ble_job(self, port: BleSmpPort) -> Callable[[int, bytes], None]:
         def submit(connection: int, packet: bytes) -> None:
