@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from dfuhil.cli import boards as cli
 from dfuhil.errors import InfrastructureError, InputError, Problem
-from dfuhil.farm import cli
 from dfuhil.farm.loader import load_farm
 from dfuhil.farm.model import Farm, FlashLayout, LineFaults, Region
 from dfuhil.farm.rig import Rig

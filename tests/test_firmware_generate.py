@@ -13,6 +13,7 @@ from imgtool import keys as imgtool_keys
 from imgtool.image import Image, VerifyResult
 from intelhex import IntelHex
 
+from dfuhil.cli import firmware as cli
 from dfuhil.errors import InputError
 from dfuhil.farm.loader import load_farm
 from dfuhil.formats.chips import CHIPS, RAM_BASE, UICR_BOOTLOADERADDR, UICR_MBR_PARAMS, Chip
@@ -22,7 +23,6 @@ from dfuhil.formats.mcuboot_trailer import Flag, Magic, TrailerLayout, read_trai
 from dfuhil.formats.softdevice import MBR_SIZE, SOFTDEVICES, read_installed_softdevice
 from dfuhil.procedures.provision import ProvisioningPlan
 from dfuhil.sim import descriptor
-from dfuhil.sim.firmware import cli
 from dfuhil.sim.firmware.generate import (
     BLINKY_BEHAVIOUR,
     BOOTLOADER_BEHAVIOUR,

@@ -38,7 +38,7 @@ from smpclient.transport import SMPTransport, SMPTransportDisconnected
 
 from dfuhil.errors import InfrastructureError, ProductError
 from dfuhil.links.smp_ble_scan import BleTarget, find_device
-from dfuhil.links.smp_transport import _seq, _SeqDemux, checked_answer
+from dfuhil.links.smp_transport import SeqDemux, checked_answer, packet_seq
 
 __all__ = [
     "ATT_WRITE_OVERHEAD",
@@ -162,7 +162,7 @@ class BleTransport(SMPTransport):
         self._connection: Connection | None = None
         self._characteristic: CharacteristicProxy[bytes] | None = None
         self._found: hci.Address | None = None  # the device the name resolved to
-        self._demux = _SeqDemux()
+        self._demux = SeqDemux()
         self._reassembler = Reassembler()
         self.link: BleLink | None = None
         self.writes = 0  # ATT writes sent (tests: a message spans several)
@@ -382,7 +382,7 @@ class BleTransport(SMPTransport):
         raise TypeError("responses are matched by sequence number: use send_and_receive()")
 
     async def send_and_receive(self, data: bytes) -> bytes:
-        seq = _seq(data)
+        seq = packet_seq(data)
         future = self._demux.expect(seq)
         try:
             await self.send(data)

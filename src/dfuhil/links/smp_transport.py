@@ -47,7 +47,9 @@ MAX_SERIAL_BUFFER = 0xFFFF - 2 + FRAME_OVERHEAD
 _LOST_POLL_S = 0.1
 
 
-def _seq(packet: bytes) -> int:
+def packet_seq(packet: bytes) -> int:
+    """The SMP header's sequence number (-1 for a packet shorter than a header): what matches
+    an answer to its request on every transport."""
     return packet[6] if len(packet) >= smphdr.Header.SIZE else -1
 
 
@@ -93,7 +95,7 @@ def _answer_problem(request: bytes, answer: bytes) -> str | None:
     return None
 
 
-class _SeqDemux:
+class SeqDemux:
     """Futures keyed by SMP sequence number; unclaimed packets are counted and dropped."""
 
     def __init__(self) -> None:
@@ -113,10 +115,10 @@ class _SeqDemux:
             del self._waiting[seq]
 
     def deliver(self, packet: bytes) -> None:
-        future = self._waiting.pop(_seq(packet), None)
+        future = self._waiting.pop(packet_seq(packet), None)
         if future is None or future.done():
             self.stale += 1
-            log.debug("dropping an SMP packet nobody waits for (seq %d)", _seq(packet))
+            log.debug("dropping an SMP packet nobody waits for (seq %d)", packet_seq(packet))
             return
         future.set_result(packet)
 
@@ -145,7 +147,7 @@ class ConsoleTransport(SMPTransport):
         self._smp_server_transport_buffer_size = buf_size
         self._manual_size = buf_size
         self._buf_count = 1
-        self._demux = _SeqDemux()
+        self._demux = SeqDemux()
         self._loop: asyncio.AbstractEventLoop | None = None
         # One writer thread keeps the packets in order and the event loop free while a large
         # request drains into a slow UART.
@@ -195,7 +197,7 @@ class ConsoleTransport(SMPTransport):
         raise TypeError("responses are matched by sequence number: use send_and_receive()")
 
     async def send_and_receive(self, data: bytes) -> bytes:
-        seq = _seq(data)
+        seq = packet_seq(data)
         future = self._demux.expect(seq)
         try:
             await self.send(data)
@@ -271,12 +273,13 @@ class UdpTransport(SMPUDPTransport):
 
     async def send_and_receive(self, data: bytes) -> bytes:
         await self.send(data)
-        seq = _seq(data)
+        seq = packet_seq(data)
         while True:
             packet = bytes(await self.receive())
-            if _seq(packet) == seq:
+            if packet_seq(packet) == seq:
                 return checked_answer(data, packet)
-            log.debug("dropping a stale SMP datagram (seq %d, waiting for %d)", _seq(packet), seq)
+            stale = packet_seq(packet)
+            log.debug("dropping a stale SMP datagram (seq %d, waiting for %d)", stale, seq)
 
     @property
     def max_unencoded_size(self) -> int:

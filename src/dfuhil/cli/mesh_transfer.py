@@ -21,8 +21,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dfuhil.board_cli import add_board_options, add_farm_options
-from dfuhil.report.plot_cli import plot_option
+from dfuhil.cli.options import add_board_options, add_farm_options
+from dfuhil.cli.report_plot import plot_option
 
 if TYPE_CHECKING:
     from dfuhil.farm.model import BoardSpec
@@ -108,7 +108,7 @@ def register(mesh_commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from dfuhil.board_cli import open_rig
+    from dfuhil.cli.options import open_rig
     from dfuhil.formats.meshpkg import read_package
 
     package = read_package(args.package)
@@ -172,10 +172,10 @@ def run_dfu(args: argparse.Namespace) -> int:
         + (f", time scale {scale}" if scale != 1.0 else ""),
         flush=True,
     )
+    from dfuhil.cli.progress_bar import ProgressBar
+    from dfuhil.cli.report_plot import recording
     from dfuhil.procedures.mesh_dfu import TransferPlan
-    from dfuhil.progress_bar import ProgressBar
     from dfuhil.report.mesh_trace import observed
-    from dfuhil.report.plot_cli import recording
 
     segments = TransferPlan.from_package(package).segments
     with (
@@ -301,7 +301,7 @@ def _board_link(
 ) -> tuple[str, int, bool, float, str, _MeshNodes]:
     """Port, baud, flow control, time scale, name and the mesh from boards.yaml; pre-flight
     first (of the serial node)."""
-    from dfuhil.board_cli import open_rig
+    from dfuhil.cli.options import open_rig
     from dfuhil.procedures.mesh_check import (
         PreflightError,
     )

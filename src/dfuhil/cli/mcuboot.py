@@ -25,9 +25,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dfuhil.board_cli import add_farm_options
+from dfuhil.cli.options import add_farm_options
+from dfuhil.cli.report_plot import plot_option
 from dfuhil.formats.mcuboot_trailer import MODES
-from dfuhil.report.plot_cli import plot_option
 
 if TYPE_CHECKING:
     from dfuhil.farm.model import BoardSpec
@@ -225,7 +225,7 @@ def _connected(
     """The SMP link the target options name; ``boot_log``: with --board over UDP or BLE, the
     board's console is opened too, so the boot log after a reset is seen; ``ota``: an image
     will be sent, so a board BLE cannot update (one slot) is refused before any radio use."""
-    from dfuhil.board_cli import open_rig
+    from dfuhil.cli.options import open_rig
     from dfuhil.errors import InputError, Problem
     from dfuhil.links.smp_link import SmpLink
 
@@ -379,9 +379,9 @@ def run_upload(args: argparse.Namespace) -> int:
             + (f"; {params}" if params else ""),
             flush=True,
         )
-        from dfuhil.progress_bar import ProgressBar
+        from dfuhil.cli.progress_bar import ProgressBar
+        from dfuhil.cli.report_plot import recording
         from dfuhil.report import traces
-        from dfuhil.report.plot_cli import recording
 
         with recording(args.plot), ProgressBar(target.who) as bar:
             result = target.link.upload(
@@ -403,11 +403,11 @@ def run_upload(args: argparse.Namespace) -> int:
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
+    from dfuhil.cli.progress_bar import ProgressBar
     from dfuhil.errors import InputError, Problem, ProductError
     from dfuhil.procedures.image_check import read_image_file
     from dfuhil.procedures.mcuboot_dfu import image_info
     from dfuhil.procedures.mcuboot_upgrade import UpgradeSettings, upgrade
-    from dfuhil.progress_bar import ProgressBar
 
     loaded = read_image_file(args.image)  # a missing or unreadable file: nothing is opened
     image_info(loaded.data, str(args.image))  # not an MCUboot image: refused before connecting

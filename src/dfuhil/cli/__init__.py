@@ -1,5 +1,9 @@
 """The ``dfuhil`` command line: what a person at the rig types.
 
+One module per verb group (``boards``, ``farm``, ``board``: provision/leds/console, ``mesh``,
+``image``, ``mcuboot``, ``firmware``, ``sim``, ``report``), each with a ``register`` that adds its
+verbs; ``options`` holds what they share. They are the only face besides the pytest layer.
+
 Every verb works against real boards and against a virtual farm started by ``dfuhil sim serve``
 alike. Errors dfuhil raises on purpose are printed as one clear message, never a traceback.
 """
@@ -15,11 +19,7 @@ from dfuhil.errors import DfuhilError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dfuhil import board_cli, image_cli, mcuboot_cli, mesh_cli
-    from dfuhil.farm import cli as farm_cli
-    from dfuhil.report import cli as report_cli
-    from dfuhil.sim import cli as sim_cli
-    from dfuhil.sim.firmware import cli as firmware_cli
+    from dfuhil.cli import board, boards, farm, firmware, image, mcuboot, mesh, report, sim
 
     parser = argparse.ArgumentParser(
         prog="dfuhil",
@@ -27,14 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dfuhil {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    farm_cli.register(commands)
-    board_cli.register(commands)
-    mesh_cli.register(commands)
-    image_cli.register(commands)
-    mcuboot_cli.register(commands)
-    firmware_cli.register(commands)
-    sim_cli.register(commands)
-    report_cli.register(commands)
+    for group in (farm, boards, board, mesh, image, mcuboot, firmware, sim, report):
+        group.register(commands)
     return parser
 
 

@@ -1,6 +1,7 @@
 """``dfuhil boards check|list``: look at a farm file before a night of runs depends on it.
 
-(``boards discover`` lives in discover_cli.py, ``import-hwmap``/``export-hwmap`` in hwmap_cli.py.)
+(``boards discover`` lives in boards_discover.py, ``import-hwmap``/``export-hwmap`` in
+boards_hwmap.py.)
 
 ``list`` also says where each board lives (local, or lab host and labgrid place) and who holds
 it now (the local lock's holder, or the place's; the coordinator is asked only when the file has
@@ -19,6 +20,7 @@ import json
 import sys
 from typing import Any
 
+from dfuhil.cli import boards_discover, boards_hwmap
 from dfuhil.errors import DfuhilError, InputError
 from dfuhil.farm.labgrid_client import client_for, coordinator_address
 from dfuhil.farm.lease import local_holder
@@ -32,8 +34,7 @@ COLUMNS = ("name", "chip", "board type", "roles", "probe", "serial port", "lives
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``boards check|list|discover|import-hwmap|export-hwmap`` and ``farm export|places``."""
-    register_farm(subparsers)
+    """Add ``boards check|list|discover|import-hwmap|export-hwmap``."""
     boards = subparsers.add_parser(
         "boards", help="check, list or discover the boards of a farm file; twister hardware maps"
     )
@@ -47,22 +48,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--json", action="store_true", help="print a JSON list of objects")
     _file_argument(listing)
     listing.set_defaults(func=list_command)
-    from dfuhil.farm import discover_cli
-
-    discover_cli.register(verbs, DEFAULT_FILE)
-    from dfuhil.farm import hwmap_cli
-
-    hwmap_cli.register(verbs, DEFAULT_FILE)
-
-
-def register_farm(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``farm export|places``: a farm spread over lab hosts (labgrid)."""
-    farm = subparsers.add_parser("farm", help="boards on several lab hosts (labgrid)")
-    verbs = farm.add_subparsers(dest="farm_command", metavar="VERB", required=True)
-    from dfuhil.farm import export_cli, places_cli
-
-    export_cli.register(verbs)
-    places_cli.register(verbs)
+    boards_discover.register(verbs, DEFAULT_FILE)
+    boards_hwmap.register(verbs, DEFAULT_FILE)
 
 
 def _file_argument(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from intelhex import IntelHex
 
-from dfuhil.board_cli import add_farm_options
+from dfuhil.cli.options import add_farm_options
 from dfuhil.errors import InputError, Problem
 from dfuhil.formats.chips import CHIPS, Chip, chip_names, find_chip
 from dfuhil.formats.softdevice import SOFTDEVICES, SoftDevice, find_softdevice
@@ -101,11 +101,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _register_extra_mesh_verbs(
     mesh_commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
-    """Let dfuhil.mesh_transfer_cli add verbs when it is installed; skip it when it is not."""
+    """Let dfuhil.cli.mesh_transfer add verbs when it is installed; skip it when it is not."""
     try:
-        module = importlib.import_module("dfuhil.mesh_transfer_cli")
+        module = importlib.import_module("dfuhil.cli.mesh_transfer")
     except ModuleNotFoundError as exc:
-        if exc.name != "dfuhil.mesh_transfer_cli":
+        if exc.name != "dfuhil.cli.mesh_transfer":
             raise  # the module exists but something it imports does not: show that
         return
     module.register(mesh_commands)
@@ -244,7 +244,7 @@ def _show_hex(path: Path, device: str | None) -> int:
 
 
 def _show_board(args: argparse.Namespace) -> int:
-    from dfuhil.board_cli import open_rig
+    from dfuhil.cli.options import open_rig
     from dfuhil.formats.devpage import describe, read_device_page
 
     rig, board = open_rig(args)
