@@ -1,7 +1,8 @@
 """Benchmark: SMP over the virtual farm's Bluetooth LE link against the link's own bound.
 
 One farm process serves the shipped swap-move board with its Bluetooth stack as smp_svr builds
-it, except that it asks for no connection parameters of its own (``mcuboot.ble_link:
+it, its app built without the UDP transport (the shipped one has it, and with it 2 netbufs: one
+request at a time), and asking for no connection parameters of its own (``mcuboot.ble_link:
 {smp_conn_param_control: false, auto_update: false}``), so the connection keeps the interval the
 central asks for. A plain bumble central
 (no dfuhil host code) connects at 7.5, 15, 30 and 50 ms, exchanges a 247-byte ATT MTU and sends
@@ -12,7 +13,7 @@ prints the request bytes per device second the board took in, and the link's bou
 link state the board logged. Figures, not a pass/fail: the echo's answers share the events
 with the requests, so the ratio says how much of the air the pacing gives SMP.
 
-Run: `.venv/bin/python bench/ble_link.py [--time-scale 1.0] [--kib 32] [--window 4]`.
+Run: `.venv/bin/python bench/ble_link.py [--time-scale 1.0] [--kib 32] [--window 3]`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -31,8 +33,8 @@ import cbor2  # noqa: E402
 from bumble.device import ConnectionParametersPreferences, Device, Peer  # noqa: E402
 from bumble.hci import Address, Phy  # noqa: E402
 from bumble.transport import open_transport  # noqa: E402
-from ruamel.yaml import YAML  # noqa: E402
-from test_mcuboot_cli import BANNER, BOARD, farm_subset  # noqa: E402
+from simfarm import shipped_subset, use_ble_only_build  # noqa: E402
+from test_mcuboot_cli import BANNER, BOARD  # noqa: E402
 from test_sim_ble import NAME, find, request, smp_answers, smp_characteristic  # noqa: E402
 
 from dfuhil.farm.loader import load_farm  # noqa: E402
@@ -97,15 +99,16 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dfuhil-ble-bench-") as tmp:
         work = Path(tmp)
-        boards = farm_subset(work / "boards.yaml", [BOARD], args.time_scale)
-        yaml = YAML()
-        data = yaml.load(boards.read_text())
-        data["firmware_sets"]["nrf52840-mcuboot-swap-move"]["mcuboot"]["ble_link"] = {
-            "smp_conn_param_control": False,
-            "auto_update": False,
-        }
-        with boards.open("w") as out:
-            yaml.dump(data, out)
+
+        def fixed_interval(data: Any) -> None:
+            board = data["boards"][0]
+            use_ble_only_build(data, board, work)  # 4 netbufs: 3 requests in flight
+            data["firmware_sets"][board["firmware"]]["mcuboot"]["ble_link"] = {
+                "smp_conn_param_control": False,
+                "auto_update": False,
+            }
+
+        boards = shipped_subset(work / "boards.yaml", [BOARD], args.time_scale, fixed_interval)
         with FarmProcess(
             boards, work / "state.json", log_dir=work / "sim", time_scale=args.time_scale
         ) as state:

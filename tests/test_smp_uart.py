@@ -293,3 +293,21 @@ def test_dfuhil_sends_one_request_at_a_time_to_a_build_with_udp(
         assert dut.slot_bytes(secondary, len(images["2.0.0"])) == images["2.0.0"]
     assert result.window == 1, result
     assert "no free netbuf" not in caplog.text
+
+
+def test_a_window_beyond_the_netbufs_is_cut_down_and_said(
+    images: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--window 3`` against a board whose 2 netbufs hold one request: the extra requests
+    would be dropped unanswered while the board writes flash, so dfuhil sends one at a time
+    and says why."""
+    build = NETBUF_BUILDS["udp"]
+    with smp_board(images["1.0.0-udp"], build) as dut:
+        with SmpLink.over_console(Console(dut.serial), owns_console=True) as smp:
+            result = smp.upload(images["2.0.0"], window=3)
+        secondary = build.geometry.secondary
+        assert secondary is not None
+        assert dut.slot_bytes(secondary, len(images["2.0.0"])) == images["2.0.0"]
+    assert result.window == 1, result
+    assert "a window of 3 is more than the board's 2 MCUmgr netbufs hold" in caplog.text
+    assert "no free netbuf" not in caplog.text

@@ -90,6 +90,7 @@ class _NoTimeoutDumps(logging.Filter):
 
 
 logging.getLogger("smpclient").addFilter(_NoTimeoutDumps())
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 2.5  # smpclient's default per request
 # Times a request with a lost answer is sent again (not a reset: that would reset twice).
@@ -238,12 +239,12 @@ class SmpLink:
         """SMP on the board's console port (the console keeps the boot log); ``uart`` is the
         app's SMP UART as built (default: Zephyr's stock one, reached in bursts)."""
         where = f"serial port {console.url} at {console.baud} baud"
-        log = (
+        board_log = (
             f" (the board log {console.log_path} shows what it printed)" if console.log_path else ""
         )
         remedy = (
             "is an application with an SMP server on this UART (CONFIG_MCUMGR_TRANSPORT_UART) "
-            f"running{log}? is {console.baud} baud right? a board halted in MCUboot without "
+            f"running{board_log}? is {console.baud} baud right? a board halted in MCUboot without "
             "serial recovery answers nothing: flash a signed application, or enter serial "
             "recovery; if short requests are answered and long ones are not, the app's SMP "
             "UART drops lines: state its RX line buffers (CONFIG_UART_MCUMGR_RX_BUF_COUNT/_SIZE)"
@@ -606,6 +607,8 @@ class SmpLink:
         params = self.params
         if window is None:
             window = params.window if (params is not None and self._pipelined) else 1
+        elif params is not None and params.source == "params":
+            window = self._within_netbufs(window, params.buf_count)
         if isinstance(self._transport, ConsoleTransport):
             self.probe_budget(window)
         upload = PipelinedUpload(
@@ -622,6 +625,22 @@ class SmpLink:
             who=self.name,
         )
         return self._run(self._guard("image upload", upload.run()))
+
+    def _within_netbufs(self, window: int, buf_count: int) -> int:
+        """An asked-for window the server's netbufs cannot hold is cut down, and said: on a
+        board busy writing flash the extra request would be dropped without an answer."""
+        most = netbuf_window(buf_count)
+        if window <= most:
+            return window
+        log.warning(
+            "%s: a window of %d is more than the board's %d MCUmgr netbufs hold (one is the "
+            "answer's): %d in flight",
+            self.name,
+            window,
+            buf_count,
+            most,
+        )
+        return most
 
     # -- the serial budget -----------------------------------------------------------------
 
