@@ -2,19 +2,19 @@
 
 They stand in for the SDK's device_page_generator.py and nrfutil's mesh branch (Python 2 only,
 no longer installable), with the same options and the same output bytes, so lab scripts and
-docs written for Nordic's tools carry over. Other modules may add ``mesh`` verbs (see
-``_register_extra_mesh_verbs``).
+docs written for Nordic's tools carry over. The verbs that drive boards (``mesh dfu``,
+``mesh check``, ...) live in ``mesh_transfer`` and are added to the same group.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 from pathlib import Path
 
 from intelhex import IntelHex
 
+from dfuhil.cli import mesh_transfer
 from dfuhil.cli.options import add_farm_options
 from dfuhil.errors import InputError, Problem
 from dfuhil.formats.chips import CHIPS, Chip, chip_names, find_chip
@@ -95,20 +95,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.add_argument("package", type=Path, metavar="PKG.zip")
     show.set_defaults(func=run_show)
 
-    _register_extra_mesh_verbs(mesh_commands)
-
-
-def _register_extra_mesh_verbs(
-    mesh_commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
-    """Let dfuhil.cli.mesh_transfer add verbs when it is installed; skip it when it is not."""
-    try:
-        module = importlib.import_module("dfuhil.cli.mesh_transfer")
-    except ModuleNotFoundError as exc:
-        if exc.name != "dfuhil.cli.mesh_transfer":
-            raise  # the module exists but something it imports does not: show that
-        return
-    module.register(mesh_commands)
+    mesh_transfer.register(mesh_commands)
 
 
 # --- parsing helpers -------------------------------------------------------------------------
