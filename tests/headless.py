@@ -106,17 +106,34 @@ class Browser:
         )
         return result.get("result", {}).get("value")
 
-    def wait_for(self, expression: str, timeout_s: float = 120.0) -> Any:
+    def wait_for(
+        self, expression: str, timeout_s: float = 120.0, reload_every_s: float = 30.0
+    ) -> Any:
         """Evaluate until truthy; the last value on timeout (the caller's assert says why).
-        Generous: Allure's one-file report is a large script, slow to start on a busy machine."""
-        deadline = time.monotonic() + timeout_s
+        Generous: Allure's one-file report is a large script, slow to start on a busy machine.
+        A page still without it after ``reload_every_s`` is reloaded, as a person would: once
+        in CI (3 workers on 2 cores) Allure 3.18's one-file report loaded completely but drew
+        only its frame, for minutes; the same file drew at once when opened again."""
+        start = time.monotonic()
+        deadline = start + timeout_s
+        reload_at = start + reload_every_s
         value = None
         while time.monotonic() < deadline:
             value = self.evaluate(expression)
             if value:
                 return value
+            if time.monotonic() >= reload_at:
+                self.page("Page.reload")
+                reload_at = time.monotonic() + reload_every_s
             time.sleep(0.2)
         return value
+
+    def shown(self) -> str:
+        """What the page shows now (its state and the start of its text), for a failure."""
+        text = self.evaluate(
+            "document.readyState + ': ' + (document.body ? document.body.innerText : '')"
+        )
+        return str(text)[:400]
 
     def screenshot(self, path: Path) -> None:
         data = self.page("Page.captureScreenshot", {"format": "png"})["data"]

@@ -174,7 +174,7 @@ def test_the_report_shows_the_boards(seeded: Seeded, browser: Browser) -> None:
     text = browser.wait_for(
         "document.body.innerText.includes('test_the_rig_fails') && document.body.innerText"
     )
-    assert text, "the report never showed its results"
+    assert text, f"the report never showed its results: {browser.shown()}"
     assert "vdk-a" in text and "vdk-b" in text
     assert "dfuhil nightly" in text
     screenshot(browser, "report-results")
@@ -191,7 +191,7 @@ def test_the_report_shows_infrastructure_and_product_categories_with_their_count
             return text.split('\\n').map(s => s.trim()).filter(s => s);
         })()"""
     )
-    assert rows, "no categories shown"
+    assert rows, f"no categories shown: {browser.shown()}"
     screenshot(browser, "report-categories")
 
     def count_after(heading: str) -> str:
