@@ -79,16 +79,12 @@ class BleSmpPort:
                 submit(write.connection, packet)
             self._restore_idle()
 
-    def release(self) -> None:
-        """A request was answered (or dropped): its netbuf goes back to the pool."""
-        self.netbufs.release()
-
     def _drop_stale(self) -> None:
         """smp_bt's disconnection callback: the packet being reassembled is dropped."""
         live = dict(self.peripheral.connected_at)
         for key in [k for k in self._partial if live.get(k[0]) != k[1]]:
             del self._partial[key]
-            self.release()
+            self.netbufs.release()
 
     def _collect(self, write: Write) -> bytes | None:
         """A whole packet once its last write is in; None while it grows or when it is dropped
@@ -110,7 +106,7 @@ class BleSmpPort:
                 f"SMP BLE: dropped a packet of {len(buf)}/{expected} bytes (netbuf {self.buf_size})"
             )
             del self._partial[key]
-            self.release()
+            self.netbufs.release()
             return None
         if len(buf) < expected:
             return None

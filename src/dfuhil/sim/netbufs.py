@@ -22,11 +22,6 @@ class NetbufPool:
         self._held = 0
         self._lock = threading.Lock()
 
-    @property
-    def held(self) -> int:
-        with self._lock:
-            return self._held
-
     def take(self) -> bool:
         """A request arrives: False when no netbuf is free (the transport drops it)."""
         with self._lock:

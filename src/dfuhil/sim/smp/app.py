@@ -228,7 +228,7 @@ class SmpApp(Firmware):
             def reply(packets: list[bytes]) -> None:
                 port.reply(connection, packets)
 
-            self.jobs.put(_Job("ble", packet, reply, port.release))
+            self.jobs.put(_Job("ble", packet, reply, self.netbufs.release))
 
         return submit
 
